@@ -1,0 +1,135 @@
+"""The one place configuration is read from: environment variables prefixed `MEDREGA_`, or `.env`.
+
+Nested-looking names are flat on purpose (`MEDREGA_LISTENER_PORT`) so a hospital's ops team can
+see every knob in one table (README "Configuration").
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Values that must never reach production; refused outside development.
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development"}
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MEDREGA_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+
+    # --- PostgreSQL (source of truth) ---
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/medrega"
+
+    # --- RabbitMQ (Celery broker) ---
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+
+    # --- content storage for received DICOM ---
+    storage_dir: Path = REPO_ROOT / "var" / "storage"
+    # Associations are refused and C-STOREs answered 0xA700 below this much free space.
+    storage_min_free_bytes: int = 512 * 1024 * 1024
+
+    # --- DICOM listener (our Storage SCP) ---
+    listener_ae_title: str = "MEDREGA_AI"
+    listener_host: str = "127.0.0.1"
+    listener_port: int = 11112
+    # Calling AE titles allowed to associate; empty list = refuse everyone.
+    listener_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ORTHANC", "STORESCU", "MEDREGA_TEST"]
+    )
+    listener_processes: int = 1  # >1: several processes share the port (SO_REUSEPORT)
+    listener_max_associations: int = 16
+    listener_max_pdu: int = 262_144
+    listener_tls_cert: Path | None = None
+    listener_tls_key: Path | None = None
+    listener_tls_ca: Path | None = None  # when set, peers must present a certificate it signed
+    # A study with no new instance for this long is 'stable' and gets a draft job.
+    stable_age_s: float = 60.0
+    stability_sweep_interval_s: float = 2.0
+
+    # --- the PACS (Orthanc) ---
+    pacs_ae_title: str = "ORTHANC"
+    pacs_host: str = "127.0.0.1"
+    pacs_port: int = 4242
+    pacs_http_url: str = "http://127.0.0.1:8042"
+    pacs_http_user: str = "medrega"
+    pacs_http_password: SecretStr | None = None
+    pacs_stable_age_s: int = 10  # Orthanc's StableAge (its own idea of "stable")
+
+    # --- the RIS (HL7 over MLLP) ---
+    ris_host: str = "127.0.0.1"
+    ris_port: int = 2575
+    ris_timeout_s: float = 10.0
+
+    # --- web ---
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    secret_key: SecretStr | None = None
+
+    # --- model ---
+    model_backend: Literal["onnx", "mllm"] = "onnx"
+    model_path: Path = REPO_ROOT / "model" / "artifacts" / "medrega-ref.onnx"
+    # ONNX Runtime providers in order of preference; a GPU worker lists TensorRT/CUDA first.
+    model_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"]
+    )
+    model_require_gpu: bool = False
+    model_cache_dir: Path = REPO_ROOT / "var" / "model-cache"
+
+    # --- local stack ---
+    run_dir: Path = REPO_ROOT / "var"
+
+    @field_validator("listener_allowed_aes", "model_providers", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("listener_ae_title", "pacs_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not 0 < len(value) <= 16 or "\\" in value:
+            raise ValueError(f"AE title {value!r} must be 1-16 characters without backslash")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_outside_development(self) -> Settings:
+        if self.environment == "production":
+            for name in ("secret_key", "pacs_http_password"):
+                secret = getattr(self, name)
+                if secret is None or secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(
+                        f"MEDREGA_{name.upper()} must be set to a real secret in production"
+                    )
+        if (self.listener_tls_cert is None) != (self.listener_tls_key is None):
+            raise ValueError("MEDREGA_LISTENER_TLS_CERT and _KEY must be set together")
+        return self
+
+    def secret(self, name: Literal["secret_key", "pacs_http_password"]) -> str:
+        """A secret's value; development falls back to a fixed, obviously-local value."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        if self.environment == "production":  # unreachable: the validator refuses it
+            raise RuntimeError(f"{name} is not set")
+        return "medrega-development-only"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
