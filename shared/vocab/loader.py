@@ -1,0 +1,216 @@
+"""Typed, validated access to the vocabulary JSON files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+VOCAB_DIR = Path(__file__).resolve().parent
+Language = Literal["en", "zh"]
+
+
+class VocabError(ValueError):
+    """A vocabulary file is inconsistent, or a code is unknown."""
+
+
+@dataclass(frozen=True)
+class CodedConcept:
+    scheme: str  # "SCT" (SNOMED CT)
+    code: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    code: str
+    domains: tuple[str, ...]
+    en: str
+    zh: str
+    snomed: CodedConcept
+    laterality: CodedConcept | None  # modifier for the generic structure code, if lateral
+    synonyms_en: tuple[str, ...]
+    synonyms_zh: tuple[str, ...]
+
+    def name(self, lang: Language) -> str:
+        return self.en if lang == "en" else self.zh
+
+
+@dataclass(frozen=True)
+class FindingInfo:
+    code: str
+    domains: tuple[str, ...]
+    en: str
+    zh: str
+    snomed: CodedConcept
+    critical: bool
+    regions: tuple[str, ...]  # region codes this finding may lie in
+    sentence_en: str
+    sentence_zh: str
+    impression_en: str
+    impression_zh: str
+
+    def name(self, lang: Language) -> str:
+        return self.en if lang == "en" else self.zh
+
+    def sentence(self, lang: Language, region_name: str, size_mm: float) -> str:
+        template = self.sentence_en if lang == "en" else self.sentence_zh
+        return template.format(region=region_name, size_mm=round(size_mm))
+
+    def impression(self, lang: Language, region_name: str) -> str:
+        template = self.impression_en if lang == "en" else self.impression_zh
+        return template.format(region=region_name)
+
+
+@dataclass(frozen=True)
+class NormalWording:
+    region_sentence_en: str
+    region_sentence_zh: str
+    impression_en: str
+    impression_zh: str
+
+    def region_sentence(self, lang: Language, region_name: str) -> str:
+        template = self.region_sentence_en if lang == "en" else self.region_sentence_zh
+        return template.format(region=region_name)
+
+    def impression(self, lang: Language) -> str:
+        return self.impression_en if lang == "en" else self.impression_zh
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    code: str
+    en: str
+    zh: str
+    modalities: tuple[str, ...]
+    body_part: str
+
+
+@dataclass(frozen=True)
+class Vocab:
+    version: str
+    regions: tuple[RegionInfo, ...]  # file order; the model's own order lives in its metadata
+    findings: tuple[FindingInfo, ...]
+    domains: tuple[DomainInfo, ...]
+    normal: NormalWording
+
+    def region(self, code: str) -> RegionInfo:
+        for region in self.regions:
+            if region.code == code:
+                return region
+        raise VocabError(f"unknown region code {code!r}")
+
+    def finding(self, code: str) -> FindingInfo:
+        for finding in self.findings:
+            if finding.code == code:
+                return finding
+        raise VocabError(f"unknown finding code {code!r}")
+
+    def domain(self, code: str) -> DomainInfo:
+        for domain in self.domains:
+            if domain.code == code:
+                return domain
+        raise VocabError(f"unknown domain code {code!r}")
+
+    def regions_for(self, domain: str) -> tuple[RegionInfo, ...]:
+        return tuple(r for r in self.regions if domain in r.domains)
+
+    def findings_for(self, domain: str) -> tuple[FindingInfo, ...]:
+        return tuple(f for f in self.findings if domain in f.domains)
+
+    @property
+    def region_codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.regions)
+
+    @property
+    def finding_codes(self) -> tuple[str, ...]:
+        return tuple(f.code for f in self.findings)
+
+
+def _concept(raw: dict[str, Any]) -> CodedConcept:
+    return CodedConcept(scheme=raw.get("scheme", "SCT"), code=raw["code"], meaning=raw["meaning"])
+
+
+def _read(name: str, directory: Path) -> dict[str, Any]:
+    with open(directory / name, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+@lru_cache(maxsize=4)
+def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
+    """Read and cross-check regions.json, findings.json and domains.json."""
+    regions_raw = _read("regions.json", directory)
+    findings_raw = _read("findings.json", directory)
+    domains_raw = _read("domains.json", directory)
+    versions = {regions_raw["version"], findings_raw["version"], domains_raw["version"]}
+    if len(versions) != 1:
+        raise VocabError(f"vocabulary files disagree on the version: {sorted(versions)}")
+
+    laterality = {k: _concept(v) for k, v in regions_raw["laterality_codes"].items()}
+    domains = tuple(
+        DomainInfo(
+            code=d["code"],
+            en=d["en"],
+            zh=d["zh"],
+            modalities=tuple(d["modalities"]),
+            body_part=d["body_part"],
+        )
+        for d in domains_raw["domains"]
+    )
+    domain_codes = {d.code for d in domains}
+    regions = tuple(
+        RegionInfo(
+            code=r["code"],
+            domains=tuple(r["domains"]),
+            en=r["en"],
+            zh=r["zh"],
+            snomed=_concept(r["snomed"]),
+            laterality=laterality[r["laterality"]] if r["laterality"] else None,
+            synonyms_en=tuple(r["synonyms_en"]),
+            synonyms_zh=tuple(r["synonyms_zh"]),
+        )
+        for r in regions_raw["regions"]
+    )
+    findings = tuple(
+        FindingInfo(
+            code=f["code"],
+            domains=tuple(f["domains"]),
+            en=f["en"],
+            zh=f["zh"],
+            snomed=_concept(f["snomed"]),
+            critical=bool(f["critical"]),
+            regions=tuple(f["regions"]),
+            sentence_en=f["sentence_en"],
+            sentence_zh=f["sentence_zh"],
+            impression_en=f["impression_en"],
+            impression_zh=f["impression_zh"],
+        )
+        for f in findings_raw["findings"]
+    )
+    normal = NormalWording(**findings_raw["normal"])
+
+    region_codes = [r.code for r in regions]
+    finding_codes = [f.code for f in findings]
+    for codes, what in ((region_codes, "region"), (finding_codes, "finding")):
+        if len(set(codes)) != len(codes):
+            raise VocabError(f"duplicate {what} codes")
+    for code, item_domains in [(r.code, r.domains) for r in regions] + [
+        (f.code, f.domains) for f in findings
+    ]:
+        unknown = set(item_domains) - domain_codes
+        if unknown:
+            raise VocabError(f"{code}: unknown domains {sorted(unknown)}")
+    for finding in findings:
+        unknown = set(finding.regions) - set(region_codes)
+        if unknown:
+            raise VocabError(f"{finding.code}: unknown regions {sorted(unknown)}")
+    return Vocab(
+        version=versions.pop(),
+        regions=regions,
+        findings=findings,
+        domains=domains,
+        normal=normal,
+    )
