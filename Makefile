@@ -1,0 +1,42 @@
+# The two commands: `make run` (whole stack + demo studies) and `make test` (the suite).
+SHELL := /bin/bash
+PY := .venv/bin/python
+export TCP_NODELAY := 1
+
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model
+
+install:
+	ops/stack.sh install
+
+run: install
+	ops/stack.sh start
+	$(PY) -m ops.demo
+
+demo:
+	$(PY) -m ops.demo
+
+test: install
+	ops/stack.sh infra
+	$(MAKE) lint typecheck pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck:
+	.venv/bin/mypy shared services
+
+pytest:
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+stop:
+	ops/stack.sh stop
+
+status:
+	ops/stack.sh status
+
+bench-ingest:
+	$(PY) -m ops.bench.ingest
+
+bench-model:
+	$(PY) -m ops.bench.model

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The local stack on loopback: install what is missing, start/stop the services, report status.
+#
+#   ops/stack.sh install        Debian packages + .venv (idempotent)
+#   ops/stack.sh infra          start PostgreSQL and RabbitMQ where they are not running, make the DB
+#   ops/stack.sh start          infra + Orthanc (our config + plugin) + listener (+ worker/web once present)
+#   ops/stack.sh stop           stop our services (PostgreSQL/RabbitMQ are left to the machine)
+#   ops/stack.sh status         what is up
+#
+# Safe to run twice: every step checks before it acts. Logs: var/log/<service>.log.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VAR="${MEDREGA_RUN_DIR:-$ROOT/var}"
+LOG="$VAR/log"
+RUN="$VAR/run"
+PY="$ROOT/.venv/bin/python"
+DB_NAME="${MEDREGA_DB_NAME:-medrega}"
+export MEDREGA_DATABASE_URL="${MEDREGA_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/$DB_NAME}"
+export MEDREGA_STORAGE_DIR="${MEDREGA_STORAGE_DIR:-$VAR/storage}"
+# DCMTK-based programs (storescu, storescp, Orthanc) crawl on loopback without it (Nagle).
+export TCP_NODELAY=1
+
+DEBIAN_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools postgresql
+  rabbitmq-server)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  for _ in $(seq 1 $(($2 * 5))); do port_open "$1" && return 0; sleep 0.2; done
+  log "$3 did not open port $1 within $2 s (see $LOG/$3.log)"; return 1
+}
+
+install_debian() {
+  local missing=()
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    # The packages' own services are not wanted: we run Orthanc with our configuration.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    for svc in orthanc; do $sudo service "$svc" stop >/dev/null 2>&1 || true; done
+  fi
+}
+
+install_venv() {
+  if [ ! -x "$PY" ]; then
+    log "creating .venv"
+    python3.11 -m venv "$ROOT/.venv" 2>/dev/null || python3 -m venv "$ROOT/.venv"
+  fi
+  local stamp="$ROOT/.venv/.medrega-installed"
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    log "installing the project into .venv (this takes a minute the first time)"
+    "$PY" -m pip install -q --upgrade pip >/dev/null
+    "$PY" -m pip install -q -e "$ROOT[dev]"
+    touch "$stamp"
+  fi
+}
+
+start_postgres() {
+  if ! port_open 5432; then
+    log "starting PostgreSQL"
+    local ver; ver=$(ls /etc/postgresql | sort -V | tail -1)
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    wait_port 5432 30 postgresql
+  fi
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database where datname='$DB_NAME'" | grep -q 1; then
+    log "creating database $DB_NAME"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "create database \"$DB_NAME\""
+  fi
+  "$PY" -m alembic -c "$ROOT/alembic.ini" upgrade head 2>&1 | grep -v '^INFO' >&2 || true
+}
+
+start_rabbitmq() {
+  if ! port_open 5672; then
+    log "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_port 5672 60 rabbitmq
+  fi
+}
+
+# start_daemon name port command… — runs detached in its own session, pid in var/run.
+start_daemon() {
+  local name=$1 port=$2; shift 2
+  if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    return 0
+  fi
+  log "starting $name"
+  setsid nohup "$@" >>"$LOG/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+  [ "$port" = "-" ] || wait_port "$port" 60 "$name"
+}
+
+stop_daemon() {
+  local name=$1 pidfile="$RUN/$1.pid"
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+settings() { "$PY" -c "from shared.config import get_settings as g; s=g(); print($1)"; }
+
+start_services() {
+  mkdir -p "$LOG" "$RUN" "$MEDREGA_STORAGE_DIR"
+  local orthanc_http listener_port
+  orthanc_http=$(settings "s.pacs_http_url.rsplit(':',1)[1].rstrip('/')")
+  listener_port=$(settings "s.listener_port")
+  if ! port_open "$orthanc_http"; then
+    log "starting Orthanc"
+    "$PY" -m services.pacs.local_orthanc start --workdir "$VAR/orthanc" >&2
+  fi
+  start_daemon listener "$listener_port" "$PY" -m services.listener.main
+  if [ -f "$ROOT/services/worker/celery_app.py" ]; then
+    start_daemon worker - "$PY" -m celery -A services.worker.celery_app worker -Q gpu,io \
+      --pool threads --concurrency 2 --loglevel INFO
+  fi
+  if [ -f "$ROOT/services/web/app.py" ]; then
+    start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
+      --host 127.0.0.1 --port "$(settings s.web_port)"
+  fi
+}
+
+stop_services() {
+  for name in web worker listener; do stop_daemon "$name"; done
+  [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
+}
+
+status() {
+  local fmt='%-12s %-6s %s\n'
+  printf "$fmt" SERVICE STATE WHERE
+  port_open 5432 && printf "$fmt" postgresql up 127.0.0.1:5432 || printf "$fmt" postgresql down 127.0.0.1:5432
+  port_open 5672 && printf "$fmt" rabbitmq up 127.0.0.1:5672 || printf "$fmt" rabbitmq down 127.0.0.1:5672
+  if [ -x "$PY" ]; then
+    local http lp; http=$(settings "s.pacs_http_url.rsplit(':',1)[1].rstrip('/')"); lp=$(settings s.listener_port)
+    port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
+    port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
+  fi
+  for name in worker web; do
+    if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+      printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
+    fi
+  done
+  printf 'logs: %s\n' "$LOG"
+}
+
+mkdir -p "$LOG" "$RUN"
+case "${1:-status}" in
+  install) install_debian; install_venv ;;
+  infra) start_postgres; start_rabbitmq ;;
+  start) install_debian; install_venv; start_postgres; start_rabbitmq; start_services; status ;;
+  stop) stop_services ;;
+  restart) stop_services; start_services; status ;;
+  status) status ;;
+  *) echo "usage: $0 install|infra|start|stop|restart|status" >&2; exit 2 ;;
+esac
