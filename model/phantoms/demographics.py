@@ -177,7 +177,9 @@ def synthesize_demographics(domain: Domain, seed: int) -> Demographics:
     birthday_offset_days = int(patient_rng.integers(365))
 
     study_rng = _rng("study", domain, seed)
-    study_date = _FIRST_STUDY_DATE + dt.timedelta(days=int(study_rng.integers(_STUDY_DATE_SPAN_DAYS)))
+    study_date = _FIRST_STUDY_DATE + dt.timedelta(
+        days=int(study_rng.integers(_STUDY_DATE_SPAN_DAYS))
+    )
     study_time = dt.time(
         hour=int(study_rng.integers(7, 20)),
         minute=int(study_rng.integers(60)),
