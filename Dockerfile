@@ -1,0 +1,21 @@
+# One image for the listener, Orthanc (+ python plugin), migrations and the web app.
+# Debian bookworm: the same Orthanc 1.10.1 / orthanc-python 4.0 / DCMTK the tests run against.
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3.11 python3.11-venv orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools \
+      fonts-noto-cjk ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TCP_NODELAY=1
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY shared ./shared
+COPY services ./services
+COPY model ./model
+COPY migrations ./migrations
+COPY ops ./ops
+RUN python3.11 -m venv /opt/venv && pip install --no-cache-dir ".[cpu]" && useradd -r -u 1000 medrega \
+ && mkdir -p /var/lib/medrega/storage /var/lib/orthanc && chown -R medrega /var/lib/medrega /var/lib/orthanc
+USER medrega

@@ -1,0 +1,110 @@
+"""docker-compose.yml is a valid Compose file whose services run things that exist in this repo.
+
+Docker does not run on the CI machine, so the file is checked against the Compose Specification's
+JSON schema (vendored: tests/deploy/compose-spec.json) and against the repository itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = Path(__file__).with_name("compose-spec.json")
+OUR_SERVICES = {"migrate", "orthanc", "listener", "worker", "web"}
+REQUIRED_SECRETS = {
+    "MEDREGA_DB_PASSWORD",
+    "MEDREGA_RABBITMQ_PASSWORD",
+    "MEDREGA_SECRET_KEY",
+    "MEDREGA_PACS_HTTP_PASSWORD",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_valid_against_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_schema_rejects_a_broken_file(compose: dict[str, Any]) -> None:
+    """The validation above has teeth: a typo'd key is caught."""
+    schema = json.loads(SCHEMA.read_text())
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["web"]["healthchek"] = broken["services"]["web"].pop("healthcheck")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_the_whole_system_is_there(compose: dict[str, Any]) -> None:
+    assert {"postgres", "rabbitmq"} | OUR_SERVICES <= set(compose["services"])
+
+
+def _module_file(module: str) -> Path:
+    base = ROOT / Path(*module.split("."))
+    return base.with_suffix(".py") if base.with_suffix(".py").exists() else base / "__main__.py"
+
+
+def _referenced_files(command: list[str]) -> list[Path]:
+    """Files in this repo that a service's command needs."""
+    files: list[Path] = []
+    for i, arg in enumerate(command):
+        if arg == "-m" and command[0] == "python":
+            files.append(_module_file(command[i + 1]))
+        if arg == "-A":  # celery -A package.module
+            files.append(_module_file(command[i + 1]))
+        if re.fullmatch(r"[a-z_.]+:[a-z_]+", arg):  # uvicorn module:attribute
+            files.append(_module_file(arg.split(":")[0]))
+    return files
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SERVICES))
+def test_commands_exist_in_the_repo(compose: dict[str, Any], name: str) -> None:
+    service = compose["services"][name]
+    command = service["command"]
+    assert isinstance(command, list), "exec form, so no shell mangles arguments"
+    files = _referenced_files(command)
+    if command[:3] == ["python", "-m", "alembic"]:
+        files = [ROOT / "alembic.ini", ROOT / "migrations" / "env.py"]
+    assert files, f"{name}: command names nothing in the repo: {command}"
+    for path in files:
+        assert path.exists(), f"{name}: {path.relative_to(ROOT)} does not exist"
+    build = service["build"]
+    dockerfile = build if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+    if isinstance(build, str):
+        dockerfile = "Dockerfile"
+    assert (context / dockerfile).exists()
+
+
+def test_healthchecks_and_startup_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in {"postgres", "rabbitmq", "orthanc", "listener", "worker", "web"}:
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
+    for name in {"migrate", "listener", "worker", "web"}:
+        assert services[name]["depends_on"], f"{name} starts before what it needs"
+        for dep, cond in services[name]["depends_on"].items():
+            assert cond["condition"] in {"service_healthy", "service_completed_successfully"}
+            assert dep in services
+
+
+def test_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_secrets_come_from_the_environment() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in REQUIRED_SECRETS:
+        # ${VAR:?message}: compose refuses to start when the secret is missing.
+        assert re.search(r"\$\{" + secret + r":\?", text), f"{secret} is not required from env"
+    assert not re.search(r"PASSWORD:\s*['\"]?[A-Za-z0-9]{3,}['\"]?\s*$", text, re.M)
