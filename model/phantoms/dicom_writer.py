@@ -117,7 +117,7 @@ class PixelStorage:
 
 
 @dataclass(frozen=True)
-class _AcquisitionChoices:
+class AcquisitionProfile:
     """Per-study scanner variations, drawn from (domain, seed)."""
 
     storage: PixelStorage
@@ -168,13 +168,14 @@ def _choice_rng(domain: Domain, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _acquisition_choices(domain: Domain, seed: int) -> _AcquisitionChoices:
+def acquisition_profile(domain: Domain, seed: int) -> AcquisitionProfile:
+    """The scanner variations write_study uses for (domain, seed); tests pick seeds with it."""
     rng = _choice_rng(domain, seed)
     if domain == "cxr":
         is_cr = rng.random() < 0.3
         # CR readers very often send MONOCHROME1; DX detectors less so.
         monochrome1 = rng.random() < (0.6 if is_cr else 0.3)
-        return _AcquisitionChoices(
+        return AcquisitionProfile(
             storage=PixelStorage(
                 bits_stored=12, signed=False, rescale_intercept=0.0, monochrome1=monochrome1
             ),
@@ -191,14 +192,14 @@ def _acquisition_choices(domain: Domain, seed: int) -> _AcquisitionChoices:
             if signed
             else PixelStorage(bits_stored=12, signed=False, rescale_intercept=CT_UNSIGNED_INTERCEPT)
         )
-        return _AcquisitionChoices(
+        return AcquisitionProfile(
             storage=storage,
             sop_class_uid=CTImageStorage,
             modality="CT",
             kvp=float(rng.choice([100.0, 120.0])),
         )
     if domain == "brain_mr":
-        return _AcquisitionChoices(
+        return AcquisitionProfile(
             storage=PixelStorage(
                 bits_stored=int(rng.choice([12, 16])), signed=False, rescale_intercept=0.0
             ),
@@ -289,7 +290,7 @@ def _study_level(ds: Dataset, study: PhantomStudy, demographics: Demographics) -
 
 
 def _series_level(
-    ds: Dataset, study: PhantomStudy, choices: _AcquisitionChoices, series_time: str
+    ds: Dataset, study: PhantomStudy, choices: AcquisitionProfile, series_time: str
 ) -> None:
     """General Series, General Equipment, and for CT/MR the Frame of Reference modules."""
     ds.Modality = choices.modality
@@ -347,7 +348,7 @@ def _axial_plane(ds: Dataset, image: PhantomImage) -> None:
 
 
 def _ct_image(
-    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: _AcquisitionChoices
+    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: AcquisitionProfile
 ) -> None:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.RescaleIntercept = _ds(choices.storage.rescale_intercept)
@@ -387,7 +388,7 @@ def _ct_image(
 def _mr_image(
     ds: Dataset,
     image: PhantomImage,
-    choices: _AcquisitionChoices,
+    choices: AcquisitionProfile,
     spacing_between_slices_mm: float | None,
 ) -> None:
     # A T2-weighted turbo spin echo: the commonest axial brain sequence, and the contrast the
@@ -427,7 +428,7 @@ def _mr_image(
 
 
 def _xray_image(
-    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: _AcquisitionChoices
+    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: AcquisitionProfile
 ) -> None:
     """DX (For Presentation) or CR image attributes for a PA chest radiograph."""
     row_spacing, column_spacing = image.pixel_spacing_mm
@@ -506,7 +507,7 @@ def _build_dataset(
     image: PhantomImage,
     instance_number: int,
     demographics: Demographics,
-    choices: _AcquisitionChoices,
+    choices: AcquisitionProfile,
     transfer_syntax: UID,
 ) -> Dataset:
     ds = Dataset()
@@ -631,7 +632,7 @@ def write_study(
         raise ValueError("PhantomStudy has no images to write")
     transfer_syntax_uid = resolve_transfer_syntax(transfer_syntax)
     demographics = demographics or synthesize_demographics(study.domain, study.seed)
-    choices = _acquisition_choices(study.domain, study.seed)
+    choices = acquisition_profile(study.domain, study.seed)
 
     study_dir = Path(out_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
