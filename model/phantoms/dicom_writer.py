@@ -82,6 +82,7 @@ class WrittenStudy:
     study_instance_uid: str
     series_instance_uid: str
     sop_class_uid: str
+    modality: str  # DX, CR, CT or MR
     transfer_syntax_uid: str
     demographics: Demographics
     files: list[Path]  # in Instance Number order
@@ -659,6 +660,7 @@ def write_study(
         study_instance_uid=str(datasets[0].StudyInstanceUID),
         series_instance_uid=str(datasets[0].SeriesInstanceUID),
         sop_class_uid=str(choices.sop_class_uid),
+        modality=choices.modality,
         transfer_syntax_uid=str(transfer_syntax_uid),
         demographics=demographics,
         files=files,

@@ -325,7 +325,7 @@ def test_uids_are_deterministic_per_domain_and_seed(tmp_path: Path) -> None:
 def test_ground_truth_sidecar(
     written_variants: dict[tuple[Domain, int], dicom_writer.WrittenStudy],
 ) -> None:
-    domain, seed = "chest_ct", VARIANT_SEEDS[4][1]
+    domain, seed = VARIANT_SEEDS[4]  # chest CT
     written = written_variants[(domain, seed)]
     study = hand_built_study(domain, seed)
     truth = json.loads((written.study_dir / GROUND_TRUTH_FILENAME).read_text(encoding="utf-8"))
