@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from model.phantoms import __main__ as phantoms_cli
 from model.phantoms import dicom_writer
 from model.phantoms.demographics import synthesize_demographics
 from model.phantoms.dicom_writer import (
@@ -392,7 +394,74 @@ def test_transfer_syntax_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> No
         )
 
 
-# --- the real generator and the CLI --------------------------------------------------------
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_round_robin_seeds_and_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CLI logic with a stand-in generator, so it is tested whether or not the real one is here."""
+    calls: list[tuple[str, int, int | None]] = []
+
+    def fake_generate_study(domain: Domain, seed: int, n_slices: int | None = None) -> PhantomStudy:
+        calls.append((domain, seed, n_slices))
+        return hand_built_study(domain, seed, n_slices or 3)
+
+    fake_module = types.ModuleType("model.phantoms.generator")
+    fake_module.generate_study = fake_generate_study  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "model.phantoms.generator", fake_module)
+
+    exit_code = phantoms_cli.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--count",
+            "5",
+            "--domains",
+            "cxr,brain_mr",
+            "--split",
+            "val",
+            "--seed-start",
+            "10",
+            "--slices",
+            "2",
+            "--transfer-syntax",
+            "rle",
+        ]
+    )
+    assert exit_code == 0
+    val = phantoms_cli.SPLIT_SEED_START["val"]
+    assert calls == [
+        ("cxr", val + 10, 2),
+        ("brain_mr", val + 11, 2),
+        ("cxr", val + 12, 2),
+        ("brain_mr", val + 13, 2),
+        ("cxr", val + 14, 2),
+    ]
+    stdout_lines = capsys.readouterr().out.splitlines()
+    assert stdout_lines[0].split()[:3] == ["study", "folder", "domain"]
+    assert len(stdout_lines) == 6
+    for (domain, seed, _), line in zip(calls, stdout_lines[1:], strict=True):
+        folder = tmp_path / phantoms_cli.study_folder_name(domain, seed)  # type: ignore[arg-type]
+        assert line.startswith(folder.name)
+        demographics = synthesize_demographics(domain, seed)  # type: ignore[arg-type]
+        assert demographics.patient_name in line
+        assert (demographics.accession_number or "(none)") in line
+        files = sorted(folder.glob("*.dcm"))
+        assert len(files) == (1 if domain == "cxr" else 2)
+        assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == dicom_writer.RLELossless
+        assert (folder / GROUND_TRUTH_FILENAME).is_file()
+
+
+def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        phantoms_cli.parse_args(["--out", "x", "--count", "1", "--domains", "cxr,knee_mr"])
+    with pytest.raises(SystemExit):
+        phantoms_cli.parse_args(["--out", "x", "--count", "1", "--split", "holdout"])
+    assert "knee_mr" not in capsys.readouterr().out
+
+
+# --- the real generator, through the CLI as a user runs it ----------------------------------
 
 
 @pytest.fixture(scope="module")
