@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,11 @@ def write_phantom_studies(
     ]
 
 
+def _display_width(text: str) -> int:
+    """Terminal columns: CJK characters take two, so Chinese names still line up."""
+    return sum(2 if unicodedata.east_asian_width(char) in ("W", "F") else 1 for char in text)
+
+
 def summary_table(written: Sequence[WrittenStudy]) -> str:
     header = ("study folder", "domain", "modality", "patient", "accession", "images", "findings")
     rows = [
@@ -103,9 +109,14 @@ def summary_table(written: Sequence[WrittenStudy]) -> str:
         )
         for study in written
     ]
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    widths = [
+        max(_display_width(row[column]) for row in [header, *rows]) for column in range(len(header))
+    ]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        "  ".join(
+            cell + " " * (width - _display_width(cell))
+            for cell, width in zip(row, widths, strict=True)
+        )
         for row in [header, *rows]
     ]
     return "\n".join(line.rstrip() for line in lines)
