@@ -375,6 +375,33 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_pixels(
         assert_valid_iod(compressed.files[0])
 
 
+@pytest.mark.parametrize(("name", "dcmtk_decoder"), [("rle", "dcmdrle"), ("jpeg-ls", "dcmdjpls")])
+def test_dcmtk_decodes_our_compressed_files_to_the_same_pixels(
+    written_variants: dict[tuple[Domain, int], dicom_writer.WrittenStudy],
+    tmp_path: Path,
+    name: str,
+    dcmtk_decoder: str,
+) -> None:
+    """An independent decoder agrees with pydicom (signed JPEG-LS is where codecs differ)."""
+    decoder = shutil.which(dcmtk_decoder)
+    assert decoder, f"DCMTK's {dcmtk_decoder} is required (ops/stack.sh install provides it)"
+    if name not in available_transfer_syntaxes():
+        pytest.skip(f"{name} encoder not installed here")
+    for domain, seed in VARIANT_SEEDS[0:1] + VARIANT_SEEDS[4:6] + VARIANT_SEEDS[9:10]:
+        reference = written_variants[(domain, seed)]
+        compressed = write_study(
+            hand_built_study(domain, seed, n_slices=1),
+            tmp_path / f"{domain}_{seed}",
+            transfer_syntax=name,
+        )
+        decoded_path = tmp_path / f"{domain}_{seed}_decoded.dcm"
+        subprocess.run([decoder, str(compressed.files[0]), str(decoded_path)], check=True)
+        np.testing.assert_array_equal(
+            pydicom.dcmread(decoded_path).pixel_array,
+            pydicom.dcmread(reference.files[0]).pixel_array,
+        )
+
+
 def test_transfer_syntax_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unsupported Transfer Syntax"):
         resolve_transfer_syntax("1.2.840.10008.1.2.4.50")  # lossy JPEG baseline
