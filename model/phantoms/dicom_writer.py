@@ -64,7 +64,6 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg2000": JPEG2000Lossless,
 }
 
-XRAY_MAX_STORED = 4095  # X-ray phantoms are 12-bit display values
 CT_UNSIGNED_INTERCEPT = -1024.0
 
 
@@ -217,7 +216,8 @@ def encode_pixels(pixels: np.ndarray, storage: PixelStorage) -> np.ndarray:
     stored = np.clip(stored, storage.stored_min, storage.stored_max)
     if storage.monochrome1:
         stored = storage.stored_max - stored
-    return stored.astype(np.int16 if storage.signed else np.uint16)
+    # DICOM pixel data is little endian whatever the host is.
+    return stored.astype("<i2" if storage.signed else "<u2")
 
 
 def _stored_window(window: tuple[float, float], storage: PixelStorage) -> tuple[float, float]:
@@ -267,6 +267,17 @@ _ANATOMIC_REGION: dict[Domain, tuple[str, str]] = {
 _SERIES_NUMBER: dict[Domain, int] = {"cxr": 1, "chest_ct": 2, "abd_ct": 2, "brain_mr": 3}
 
 
+def _series_key(study: PhantomStudy) -> tuple[str, int]:
+    """What, besides (domain, seed), tells two writes of a phantom apart: the slice count.
+
+    The same seed written with 2 and with 40 slices holds different images, so reusing SOP
+    Instance UIDs would make a PACS treat different pixels as the same instance. Instead both
+    land in the same study (same patient, same Study Instance UID) as two series, the way a
+    thin and a thick reconstruction of one scan do.
+    """
+    return ("series", len(study.images))
+
+
 def _study_level(ds: Dataset, study: PhantomStudy, demographics: Demographics) -> None:
     """Patient, General Study, Patient Study modules."""
     ds.PatientName = demographics.patient_name
@@ -291,21 +302,21 @@ def _study_level(ds: Dataset, study: PhantomStudy, demographics: Demographics) -
 
 
 def _series_level(
-    ds: Dataset, study: PhantomStudy, choices: AcquisitionProfile, series_time: str
+    ds: Dataset, study: PhantomStudy, profile: AcquisitionProfile, series_time: str
 ) -> None:
     """General Series, General Equipment, and for CT/MR the Frame of Reference modules."""
-    ds.Modality = choices.modality
-    ds.SeriesInstanceUID = phantom_uid(study.domain, study.seed, "series", 1)
+    ds.Modality = profile.modality
+    ds.SeriesInstanceUID = phantom_uid(study.domain, study.seed, *_series_key(study))
     ds.SeriesNumber = _SERIES_NUMBER[study.domain]
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = series_time
     ds.BodyPartExamined = _BODY_PART[study.domain]
     ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = f"phantom-{choices.modality.lower()}"
-    ds.DeviceSerialNumber = f"PH-{choices.modality}-001"
+    ds.ManufacturerModelName = f"phantom-{profile.modality.lower()}"
+    ds.DeviceSerialNumber = f"PH-{profile.modality}-001"
     ds.SoftwareVersions = "medrega-pacs 0.1.0"
-    ds.StationName = f"PHANTOM{choices.modality}1"
-    if choices.modality in ("CT", "MR"):
+    ds.StationName = f"PHANTOM{profile.modality}1"
+    if profile.modality in ("CT", "MR"):
         ds.PatientPosition = "HFS"
         ds.FrameOfReferenceUID = phantom_uid(study.domain, study.seed, "frame-of-reference")
         ds.PositionReferenceIndicator = ""
@@ -349,13 +360,13 @@ def _axial_plane(ds: Dataset, image: PhantomImage) -> None:
 
 
 def _ct_image(
-    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: AcquisitionProfile
+    ds: Dataset, study: PhantomStudy, image: PhantomImage, profile: AcquisitionProfile
 ) -> None:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.RescaleIntercept = _ds(choices.storage.rescale_intercept)
+    ds.RescaleIntercept = _ds(profile.storage.rescale_intercept)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    ds.KVP = _ds(choices.kvp)
+    ds.KVP = _ds(profile.kvp)
     ds.AcquisitionNumber = 1
     ds.ScanOptions = "HELICAL"
     rows, columns = image.pixels.shape
@@ -389,7 +400,7 @@ def _ct_image(
 def _mr_image(
     ds: Dataset,
     image: PhantomImage,
-    choices: AcquisitionProfile,
+    profile: AcquisitionProfile,
     spacing_between_slices_mm: float | None,
 ) -> None:
     # A T2-weighted turbo spin echo: the commonest axial brain sequence, and the contrast the
@@ -401,14 +412,14 @@ def _mr_image(
     ds.MRAcquisitionType = "2D"
     ds.SequenceName = "*tse2d1_15"
     ds.AngioFlag = "N"
-    ds.RepetitionTime = _ds(4000.0 if choices.field_strength_t < 2 else 5000.0)
+    ds.RepetitionTime = _ds(4000.0 if profile.field_strength_t < 2 else 5000.0)
     ds.EchoTime = _ds(95.0)
     ds.EchoTrainLength = 15
     ds.NumberOfAverages = "1"
-    ds.ImagingFrequency = _ds(42.577478 * choices.field_strength_t)
+    ds.ImagingFrequency = _ds(42.577478 * profile.field_strength_t)
     ds.ImagedNucleus = "1H"
     ds.EchoNumbers = "1"
-    ds.MagneticFieldStrength = _ds(choices.field_strength_t)
+    ds.MagneticFieldStrength = _ds(profile.field_strength_t)
     if spacing_between_slices_mm is not None:
         ds.SpacingBetweenSlices = _ds(spacing_between_slices_mm)
     ds.NumberOfPhaseEncodingSteps = int(image.pixels.shape[0])
@@ -429,7 +440,7 @@ def _mr_image(
 
 
 def _xray_image(
-    ds: Dataset, study: PhantomStudy, image: PhantomImage, choices: AcquisitionProfile
+    ds: Dataset, study: PhantomStudy, image: PhantomImage, profile: AcquisitionProfile
 ) -> None:
     """DX (For Presentation) or CR image attributes for a PA chest radiograph."""
     row_spacing, column_spacing = image.pixel_spacing_mm
@@ -440,13 +451,13 @@ def _xray_image(
     ds.PatientOrientation = ["L", "F"]
     ds.ViewPosition = "PA"
     ds.ImagerPixelSpacing = spacing
-    ds.KVP = _ds(choices.kvp)
+    ds.KVP = _ds(profile.kvp)
     ds.ExposureTime = 8
     ds.XRayTubeCurrent = 250
     ds.Exposure = 2
     ds.DistanceSourceToDetector = "1800"
     ds.AcquisitionNumber = 1
-    if choices.modality == "CR":
+    if profile.modality == "CR":
         ds.PixelSpacing = spacing
         ds.PlateType = "PHANTOM"
         ds.Sensitivity = "200"
@@ -462,11 +473,11 @@ def _xray_image(
     ds.PixelIntensityRelationship = "LOG"
     # +1: lower stored values mean less X-ray intensity reached the detector. The phantom value
     # grows with attenuation, so that holds once it is inverted (MONOCHROME1), not before.
-    ds.PixelIntensityRelationshipSign = 1 if choices.storage.monochrome1 else -1
+    ds.PixelIntensityRelationshipSign = 1 if profile.storage.monochrome1 else -1
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
-    ds.PresentationLUTShape = "INVERSE" if choices.storage.monochrome1 else "IDENTITY"
+    ds.PresentationLUTShape = "INVERSE" if profile.storage.monochrome1 else "IDENTITY"
     ds.LossyImageCompression = "00"
     ds.BurnedInAnnotation = "NO"
     ds.DetectorType = "SCINTILLATOR"
@@ -508,14 +519,16 @@ def _build_dataset(
     image: PhantomImage,
     instance_number: int,
     demographics: Demographics,
-    choices: AcquisitionProfile,
+    profile: AcquisitionProfile,
     transfer_syntax: UID,
 ) -> Dataset:
     ds = Dataset()
     if demographics.has_non_ascii_text:
         ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = choices.sop_class_uid
-    ds.SOPInstanceUID = phantom_uid(study.domain, study.seed, "instance", 1, instance_number)
+    ds.SOPClassUID = profile.sop_class_uid
+    ds.SOPInstanceUID = phantom_uid(
+        study.domain, study.seed, *_series_key(study), "instance", instance_number
+    )
     ds.InstanceCreationDate = demographics.study_date
     ds.InstanceCreationTime = demographics.study_time
     ds.InstanceNumber = instance_number
@@ -523,8 +536,8 @@ def _build_dataset(
     _study_level(ds, study, demographics)
     start = dt.datetime.strptime(demographics.study_date + demographics.study_time, "%Y%m%d%H%M%S")
     series_start = start + dt.timedelta(minutes=2)
-    _series_level(ds, study, choices, series_start.strftime("%H%M%S"))
-    ds.SeriesDescription = _series_description(study, choices.modality)
+    _series_level(ds, study, profile, series_start.strftime("%H%M%S"))
+    ds.SeriesDescription = _series_description(study, profile.modality)
     ds.InstitutionName = demographics.institution_name
 
     acquired = series_start + dt.timedelta(seconds=instance_number - 1)
@@ -533,20 +546,20 @@ def _build_dataset(
     ds.AcquisitionDate = ds.ContentDate
     ds.AcquisitionTime = ds.ContentTime
 
-    stored = _image_pixel(ds, image, choices.storage)
+    stored = _image_pixel(ds, image, profile.storage)
     ds.LossyImageCompression = "00"
     ds.BurnedInAnnotation = "NO"
-    if choices.modality == "CT":
+    if profile.modality == "CT":
         _axial_plane(ds, image)
-        _ct_image(ds, study, image, choices)
-        _voi_lut(ds, image, choices.storage, "PHANTOM DEFAULT")
-    elif choices.modality == "MR":
+        _ct_image(ds, study, image, profile)
+        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
+    elif profile.modality == "MR":
         _axial_plane(ds, image)
-        _mr_image(ds, image, choices, _slice_spacing(study))
-        _voi_lut(ds, image, choices.storage, "PHANTOM DEFAULT")
+        _mr_image(ds, image, profile, _slice_spacing(study))
+        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
     else:
-        _xray_image(ds, study, image, choices)
-        _voi_lut(ds, image, choices.storage, "PHANTOM DEFAULT")
+        _xray_image(ds, study, image, profile)
+        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
 
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -633,7 +646,7 @@ def write_study(
         raise ValueError("PhantomStudy has no images to write")
     transfer_syntax_uid = resolve_transfer_syntax(transfer_syntax)
     demographics = demographics or synthesize_demographics(study.domain, study.seed)
-    choices = acquisition_profile(study.domain, study.seed)
+    profile = acquisition_profile(study.domain, study.seed)
 
     study_dir = Path(out_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -641,7 +654,7 @@ def write_study(
     files: list[Path] = []
     for instance_number, image in enumerate(study.images, start=1):
         ds = _build_dataset(
-            study, image, instance_number, demographics, choices, transfer_syntax_uid
+            study, image, instance_number, demographics, profile, transfer_syntax_uid
         )
         path = study_dir / f"IM{instance_number:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -659,8 +672,8 @@ def write_study(
         seed=study.seed,
         study_instance_uid=str(datasets[0].StudyInstanceUID),
         series_instance_uid=str(datasets[0].SeriesInstanceUID),
-        sop_class_uid=str(choices.sop_class_uid),
-        modality=choices.modality,
+        sop_class_uid=str(profile.sop_class_uid),
+        modality=profile.modality,
         transfer_syntax_uid=str(transfer_syntax_uid),
         demographics=demographics,
         files=files,

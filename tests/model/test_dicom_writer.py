@@ -322,6 +322,11 @@ def test_uids_are_deterministic_per_domain_and_seed(tmp_path: Path) -> None:
     assert len(set(all_uids)) == len(all_uids)
     for uid in all_uids:
         assert uid.startswith(PHANTOM_UID_ROOT) and UID(uid).is_valid
+    # Fewer slices are different images: same study, but never the same series or instances.
+    thinner = write_study(hand_built_study("chest_ct", 11, n_slices=2), tmp_path / "e")
+    assert thinner.study_instance_uid == first.study_instance_uid
+    assert thinner.series_instance_uid != first.series_instance_uid
+    assert not set(thinner.sop_instance_uids) & set(first.sop_instance_uids)
 
 
 def test_ground_truth_sidecar(
