@@ -574,7 +574,8 @@ def _build_dataset(
 
 
 def _box(box: Sequence[float]) -> list[float]:
-    return [round(float(coordinate), 3) for coordinate in box]
+    # Not rounded: JSON keeps a float exactly, and the evaluation's IoU should see the truth.
+    return [float(coordinate) for coordinate in box]
 
 
 def ground_truth_document(
@@ -593,7 +594,9 @@ def ground_truth_document(
             "slice_position_mm": image.slice_position_mm,
             "rows": int(ds.Rows),
             "columns": int(ds.Columns),
-            "pixel_spacing_mm": list(image.pixel_spacing_mm),
+            "pixel_spacing_mm": [float(spacing) for spacing in image.pixel_spacing_mm],
+            "slice_thickness_mm": image.slice_thickness_mm,
+            "window": [float(value) for value in image.window],  # physical units
             "regions": [{"code": region.code, "box": _box(region.box)} for region in image.regions],
             "findings": [
                 {

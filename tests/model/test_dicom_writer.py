@@ -42,6 +42,9 @@ from model.phantoms.types import (
     StudyFinding,
 )
 
+# pydicom warns (rather than fails) on a value that does not fit its VR; here that is a bug.
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DCIODVFY = shutil.which("dciodvfy")
 
