@@ -478,8 +478,6 @@ def _xray_image(
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
     ds.PresentationLUTShape = "INVERSE" if profile.storage.monochrome1 else "IDENTITY"
-    ds.LossyImageCompression = "00"
-    ds.BurnedInAnnotation = "NO"
     ds.DetectorType = "SCINTILLATOR"
     ds.DetectorConfiguration = "AREA"
     ds.DetectorID = "PHANTOM-DET-1"
@@ -552,14 +550,12 @@ def _build_dataset(
     if profile.modality == "CT":
         _axial_plane(ds, image)
         _ct_image(ds, study, image, profile)
-        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
     elif profile.modality == "MR":
         _axial_plane(ds, image)
         _mr_image(ds, image, profile, _slice_spacing(study))
-        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
     else:
         _xray_image(ds, study, image, profile)
-        _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
+    _voi_lut(ds, image, profile.storage, "PHANTOM DEFAULT")
 
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID

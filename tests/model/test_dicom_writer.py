@@ -6,6 +6,7 @@ generator is exercised too (and through the CLI) when it is present.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -262,8 +263,11 @@ def test_chest_xray_header(
 def test_chinese_name_survives_with_utf8(tmp_path: Path) -> None:
     demographics = synthesize_demographics("cxr", 0)
     name = "Wang^Xiaoming=王^小明"
-    custom = dicom_writer.Demographics(
-        **{**demographics.__dict__, "patient_name": name, "referring_physician_name": "Li^Wei"}
+    custom = dataclasses.replace(
+        demographics,
+        patient_name=name,
+        referring_physician_name="Li^Wei",
+        institution_name="Medrega Phantom General Hospital",
     )
     written = write_study(hand_built_study("cxr", 0), tmp_path, demographics=custom)
     ds = pydicom.dcmread(written.files[0])
