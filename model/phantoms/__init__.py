@@ -1,0 +1,1 @@
+"""Procedural phantom studies with exact ground truth (see generator.py and splits.py)."""
