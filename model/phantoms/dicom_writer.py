@@ -267,15 +267,17 @@ _ANATOMIC_REGION: dict[Domain, tuple[str, str]] = {
 _SERIES_NUMBER: dict[Domain, int] = {"cxr": 1, "chest_ct": 2, "abd_ct": 2, "brain_mr": 3}
 
 
-def _series_key(study: PhantomStudy) -> tuple[str, int]:
-    """What, besides (domain, seed), tells two writes of a phantom apart: the slice count.
+def _series_key(study: PhantomStudy) -> tuple[str, int, int, int]:
+    """What, besides (domain, seed), tells two renderings of a phantom apart: slice count and
+    matrix size.
 
-    The same seed written with 2 and with 40 slices holds different images, so reusing SOP
-    Instance UIDs would make a PACS treat different pixels as the same instance. Instead both
-    land in the same study (same patient, same Study Instance UID) as two series, the way a
-    thin and a thick reconstruction of one scan do.
+    The same seed written with 2 and with 40 slices (or at a reduced matrix) holds different
+    images, so reusing SOP Instance UIDs would make a PACS treat different pixels as the same
+    instance. Instead both land in the same study (same patient, same Study Instance UID) as two
+    series, the way a thin and a thick reconstruction of one scan do.
     """
-    return ("series", len(study.images))
+    rows, columns = study.images[0].pixels.shape
+    return ("series", len(study.images), int(rows), int(columns))
 
 
 def _study_level(ds: Dataset, study: PhantomStudy, demographics: Demographics) -> None:
