@@ -1,0 +1,243 @@
+"""The draft task's body: claim a draft job, run the model, store the draft in one transaction.
+
+Exactly-once drafting per instance set rests on three things:
+- a PostgreSQL advisory lock per job, held for the whole run, so two workers never draft the
+  same job at once, and a killed worker's lock disappears with its connection;
+- the job's state, re-checked under `SELECT … FOR UPDATE` in the final transaction, so a job is
+  written at most once even if its message is delivered twice;
+- the instance set, re-computed at the start: if the study grew since the job was made, the job
+  is superseded (the listener makes a new one for the new set).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.worker.delivery_jobs import create_deliveries
+from shared.db.advisory_locks import LockSpace, try_advisory_lock
+from shared.db.instance_sets import instance_set_sha256
+from shared.db.models import (
+    DraftJob,
+    DraftJobState,
+    Instance,
+    RegionFinding,
+    Report,
+    ReportStatus,
+    Series,
+    Study,
+    StudyState,
+)
+from shared.inference.backend import InstanceInput, ModelBackend, StudyInput
+from shared.inference.contract import DraftResult
+
+log = logging.getLogger(__name__)
+
+FINISHED_JOB_STATES = {
+    DraftJobState.DONE,
+    DraftJobState.NOT_APPLICABLE,
+    DraftJobState.SUPERSEDED,
+    DraftJobState.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class DraftOutcome:
+    job_id: int
+    state: str  # the job's state after this run, or "busy" when another worker holds it
+    report_id: int | None = None
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _study_input(session: Session, study: Study, storage_dir: Path) -> StudyInput:
+    rows = session.execute(
+        select(Instance, Series)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Instance.study_id == study.id, Series.is_own_output.is_(False))
+        .order_by(Series.series_number, Instance.instance_number, Instance.id)
+    ).all()
+    return StudyInput(
+        study_instance_uid=study.study_instance_uid,
+        instances=[
+            InstanceInput(
+                path=storage_dir / instance.file_path,
+                sop_instance_uid=instance.sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                series_instance_uid=series.series_instance_uid,
+                modality=series.modality,
+                series_number=series.series_number,
+                instance_number=instance.instance_number,
+                body_part_examined=series.body_part_examined,
+                series_description=series.series_description,
+            )
+            for instance, series in rows
+        ],
+    )
+
+
+def _claim(
+    session: Session, job_id: int, storage_dir: Path
+) -> tuple[DraftJob, Study, StudyInput] | None:
+    """Move the job to 'running' unless it is finished or stale; None when there is nothing to do."""
+    job = session.get(DraftJob, job_id, with_for_update=True)
+    if job is None:
+        raise LookupError(f"draft job {job_id} does not exist")
+    if job.state in FINISHED_JOB_STATES:
+        return None
+    study = session.get(Study, job.study_id, with_for_update=True)
+    assert study is not None
+    if study.state == StudyState.SIGNED:
+        # A signed report is never replaced by the model; late images are the radiologist's call.
+        _finish(job, DraftJobState.SUPERSEDED, "study already signed")
+        return None
+    study_input = _study_input(session, study, storage_dir)
+    current_set = instance_set_sha256(i.sop_instance_uid for i in study_input.instances)
+    if current_set != job.instance_set_sha256:
+        # The study grew after this job was made; the listener's next job covers the new set.
+        _finish(job, DraftJobState.SUPERSEDED, "newer instances arrived")
+        return None
+    job.state = DraftJobState.RUNNING
+    job.attempts += 1
+    job.started_at = datetime.now(UTC)
+    job.worker = worker_name()
+    study.state = StudyState.DRAFTING
+    return job, study, study_input
+
+
+def _finish(job: DraftJob, state: DraftJobState, reason: str) -> None:
+    job.state = state
+    job.reason = reason
+    job.finished_at = datetime.now(UTC)
+
+
+def _store_result(
+    session: Session, job_id: int, result: DraftResult, timings: dict[str, float]
+) -> int | None:
+    """The one transaction: report version + findings + delivery jobs, or 'not applicable'."""
+    job = session.get(DraftJob, job_id, with_for_update=True)
+    assert job is not None
+    if job.state != DraftJobState.RUNNING:  # someone else finished or superseded it meanwhile
+        return None
+    study = session.get(Study, job.study_id, with_for_update=True)
+    assert study is not None
+    job.timings = {k: round(v, 1) for k, v in timings.items()}
+    job.finished_at = datetime.now(UTC)
+    if not result.applicable:
+        job.state = DraftJobState.NOT_APPLICABLE
+        job.reason = result.reason
+        study.state = StudyState.NOT_APPLICABLE
+        return None
+
+    latest = session.scalar(select(func.max(Report.version)).where(Report.study_id == study.id))
+    # An unsigned earlier draft is superseded (kept, never deleted: it is history).
+    for old in session.scalars(
+        select(Report).where(
+            Report.study_id == study.id,
+            Report.status.in_([ReportStatus.DRAFT, ReportStatus.EDITED]),
+        )
+    ):
+        old.status = ReportStatus.SUPERSEDED
+    report = Report(
+        study_id=study.id,
+        draft_job_id=job.id,
+        version=(latest or 0) + 1,
+        status=ReportStatus.DRAFT,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        model_backend=result.backend,
+        domain=result.domain,
+        findings_en=result.section_text("findings", "en"),
+        findings_zh=result.section_text("findings", "zh"),
+        impression_en=result.section_text("impression", "en"),
+        impression_zh=result.section_text("impression", "zh"),
+        sentences=[
+            {"section": s.section, "en": s.en, "zh": s.zh, "finding_ordinals": s.finding_ordinals}
+            for s in result.sentences
+        ],
+    )
+    session.add(report)
+    session.flush()
+    for ordinal, finding in enumerate(result.findings):
+        box = finding.box
+        session.add(
+            RegionFinding(
+                report_id=report.id,
+                ordinal=ordinal,
+                region_code=finding.region_code,
+                region_name_en=finding.region_name_en,
+                region_name_zh=finding.region_name_zh,
+                finding_code=finding.finding_code,
+                finding_name_en=finding.finding_name_en,
+                finding_name_zh=finding.finding_name_zh,
+                probability=finding.probability,
+                critical=finding.critical,
+                size_mm=finding.size_mm,
+                sop_instance_uid=finding.image.sop_instance_uid if finding.image else None,
+                frame_number=finding.image.frame if finding.image else None,
+                x1=box.x1 if box else None,
+                y1=box.y1 if box else None,
+                x2=box.x2 if box else None,
+                y2=box.y2 if box else None,
+                box_flag=finding.box_flag,
+                sentence_en=finding.sentence_en,
+                sentence_zh=finding.sentence_zh,
+            )
+        )
+    create_deliveries(session, report)
+    job.state = DraftJobState.DONE
+    study.state = StudyState.DRAFTED
+    study.critical = result.critical
+    return report.id
+
+
+def run_draft_job(
+    engine: Engine, job_id: int, backend: ModelBackend, storage_dir: Path
+) -> DraftOutcome:
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with try_advisory_lock(engine, LockSpace.DRAFT_JOB, job_id) as held:
+        if not held:
+            return DraftOutcome(job_id, "busy")
+        with factory.begin() as session:
+            claimed = _claim(session, job_id, storage_dir)
+            if claimed is None:
+                job = session.get(DraftJob, job_id)
+                return DraftOutcome(job_id, job.state if job else "missing")
+            _, _, study_input = claimed
+
+        started = time.perf_counter()
+        result = backend.draft(study_input)
+        timings = dict(result.timings_ms)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000.0
+
+        with factory.begin() as session:
+            report_id = _store_result(session, job_id, result, timings)
+            job = session.get(DraftJob, job_id)
+            state = job.state if job else "missing"
+        log.info("draft job %s: %s (report %s)", job_id, state, report_id)
+        return DraftOutcome(job_id, state, report_id)
+
+
+def mark_failed(engine: Engine, job_id: int, reason: str) -> None:
+    """Record a permanent failure (bad input that isn't 'not applicable', a bug) on the job."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory.begin() as session:
+        job = session.get(DraftJob, job_id, with_for_update=True)
+        if job is None or job.state in FINISHED_JOB_STATES:
+            return
+        job.state = DraftJobState.FAILED
+        job.reason = reason[:2000]
+        job.finished_at = datetime.now(UTC)
+        study = session.get(Study, job.study_id)
+        if study is not None:
+            study.state = StudyState.FAILED

@@ -1,0 +1,51 @@
+"""PostgreSQL session-level advisory locks for "only one worker at a time does this".
+
+A lock lives as long as the holding connection: if the worker holding it is killed (SIGKILL,
+OOM, lost host), PostgreSQL drops the connection and the lock with it, so a redelivered task or
+the relay can take over without any lease timeout guesswork.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, text
+
+
+class LockSpace(enum.IntEnum):
+    """First key of the two-key advisory lock: what kind of thing is locked."""
+
+    DRAFT_JOB = 0x4D01
+    DELIVERY = 0x4D02
+    RELAY = 0x4D03
+    STABILITY_SWEEP = 0x4D04
+
+
+@contextmanager
+def try_advisory_lock(engine: Engine, space: LockSpace, key: int) -> Iterator[bool]:
+    """Yields True while this process holds the lock, False if someone else does."""
+    with engine.connect() as conn:
+        held = bool(
+            conn.execute(
+                text("SELECT pg_try_advisory_lock(:space, :key)"),
+                {"space": int(space), "key": key},
+            ).scalar()
+        )
+        conn.commit()  # don't sit idle in a transaction while the caller works
+        try:
+            yield held
+        finally:
+            if held:
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(:space, :key)"),
+                    {"space": int(space), "key": key},
+                )
+                conn.commit()
+
+
+def is_locked_elsewhere(engine: Engine, space: LockSpace, key: int) -> bool:
+    """True when another live session holds the lock (the relay asks before re-publishing)."""
+    with try_advisory_lock(engine, space, key) as held:
+        return not held

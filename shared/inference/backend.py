@@ -1,0 +1,66 @@
+"""The one model interface the worker talks to, whichever backend serves it.
+
+`onnx` runs the bundled reference model (or any model honouring its I/O contract) in-process;
+`mllm` (a served MedRegA behind an OpenAI-compatible API) plugs in behind the same Protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.inference.contract import DraftResult, ImageRef, PixelBox
+
+
+@dataclass(frozen=True)
+class InstanceInput:
+    """One stored instance of the study, as the database knows it."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    instance_number: int | None
+    body_part_examined: str | None
+    series_description: str | None
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    study_instance_uid: str
+    instances: list[InstanceInput]
+
+
+@dataclass(frozen=True)
+class LocateAnswer:
+    """Text→Region: where a named structure is."""
+
+    region_code: str | None  # None: the name is not in our vocabulary
+    image: ImageRef
+    boxes: list[PixelBox]
+    probability: float | None
+
+
+@dataclass(frozen=True)
+class IdentifyAnswer:
+    """Region→Text: which structure a box holds."""
+
+    region_code: str | None
+    name_en: str
+    name_zh: str
+    probability: float | None
+
+
+class ModelBackend(Protocol):
+    name: str
+
+    def draft(self, study: StudyInput) -> DraftResult:
+        """A grounded draft, or `applicable=False` with the reason. Never raises for bad input."""
+        ...
+
+    def locate(self, image: InstanceInput, frame: int, query: str) -> LocateAnswer: ...
+
+    def identify(self, image: InstanceInput, frame: int, box: PixelBox) -> IdentifyAnswer: ...
