@@ -3,9 +3,9 @@
     python -m model.phantoms --out DIR --count N [--domains cxr,chest_ct,abd_ct,brain_mr]
         [--split test|val|train] [--seed-start S] [--slices K] [--transfer-syntax NAME]
 
-Studies go round-robin across the domains; study i gets seed split_start + S + i, so the same
-command always writes the same studies (same pixels, names and UIDs). The demo and the tests
-call write_phantom_studies() directly.
+Studies go round-robin across the domains; study i gets the (S + i)-th seed of the split
+(model/phantoms/splits.py), so the same command always writes the same studies (same pixels,
+names and UIDs). The demo and the tests call write_phantom_studies() directly.
 """
 
 from __future__ import annotations
@@ -23,21 +23,12 @@ from model.phantoms.dicom_writer import (
     resolve_transfer_syntax,
     write_study,
 )
+from model.phantoms.splits import SPLITS, Split, seeds
 from model.phantoms.types import DOMAINS, Domain
-
-# Seed ranges per split: wide enough that no split's seeds ever reach the next one.
-SPLIT_SEED_START: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
 def study_folder_name(domain: Domain, seed: int) -> str:
     return f"{domain}_{seed:07d}"
-
-
-def split_seed(split: str, seed_offset: int) -> int:
-    """The absolute seed of the `seed_offset`-th study of a split."""
-    if split not in SPLIT_SEED_START:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLIT_SEED_START)}")
-    return SPLIT_SEED_START[split] + seed_offset
 
 
 def write_phantom_study(
@@ -46,13 +37,16 @@ def write_phantom_study(
     out_dir: str | Path,
     *,
     n_slices: int | None = None,
+    max_side: int | None = None,
     transfer_syntax: str = "explicit",
 ) -> WrittenStudy:
-    """Generate the phantom (domain, seed) and write it to out_dir/<domain>_<seed>/."""
+    """Generate the phantom (domain, seed) and write it to out_dir/<domain>_<seed>/.
+
+    `max_side` renders a smaller matrix (quick tests and demos); None is full resolution."""
     # Imported here so that the writer and its tests do not need the generator's dependencies.
     from model.phantoms.generator import generate_study
 
-    study = generate_study(domain, seed, n_slices=n_slices)
+    study = generate_study(domain, seed, n_slices=n_slices, max_side=max_side)
     return write_study(
         study, Path(out_dir) / study_folder_name(domain, seed), transfer_syntax=transfer_syntax
     )
@@ -63,9 +57,10 @@ def write_phantom_studies(
     count: int,
     *,
     domains: Sequence[Domain] = DOMAINS,
-    split: str = "test",
+    split: Split = "test",
     seed_start: int = 0,
     n_slices: int | None = None,
+    max_side: int | None = None,
     transfer_syntax: str = "explicit",
 ) -> list[WrittenStudy]:
     """Write `count` studies round-robin across `domains`; see the module docstring for seeds."""
@@ -81,12 +76,13 @@ def write_phantom_studies(
     return [
         write_phantom_study(
             domains[index % len(domains)],
-            split_seed(split, seed_start + index),
+            seed,
             out_dir,
             n_slices=n_slices,
+            max_side=max_side,
             transfer_syntax=transfer_syntax,
         )
-        for index in range(count)
+        for index, seed in enumerate(seeds(split, count, seed_start))
     ]
 
 
@@ -142,9 +138,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(DOMAINS),
         help=f"comma-separated, round-robin (default {','.join(DOMAINS)})",
     )
-    parser.add_argument("--split", choices=sorted(SPLIT_SEED_START), default="test")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="test")
     parser.add_argument("--seed-start", type=int, default=0, help="offset inside the split")
     parser.add_argument("--slices", type=int, default=None, help="slices per CT/MR series")
+    parser.add_argument(
+        "--max-side", type=int, default=None, help="render at most this many pixels a side"
+    )
     parser.add_argument(
         "--transfer-syntax",
         choices=sorted(TRANSFER_SYNTAXES),
@@ -152,8 +151,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="lossless encoding of the pixel data (default explicit VR little endian)",
     )
     args = parser.parse_args(argv)
-    if args.count < 0 or args.seed_start < 0 or (args.slices is not None and args.slices < 1):
-        parser.error("--count and --seed-start must be >= 0 and --slices >= 1")
+    if args.count < 0 or args.seed_start < 0:
+        parser.error("--count and --seed-start must be >= 0")
+    if (args.slices is not None and args.slices < 1) or (
+        args.max_side is not None and args.max_side < 16
+    ):
+        parser.error("--slices must be >= 1 and --max-side >= 16")
     return args
 
 
@@ -167,9 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=args.split,
             seed_start=args.seed_start,
             n_slices=args.slices,
+            max_side=args.max_side,
             transfer_syntax=args.transfer_syntax,
         )
-    except TransferSyntaxUnavailableError as error:
+    except (TransferSyntaxUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary_table(written))

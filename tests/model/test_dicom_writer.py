@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from model.phantoms.dicom_writer import (
     resolve_transfer_syntax,
     write_study,
 )
+from model.phantoms.splits import SPLITS
 from model.phantoms.types import (
     DOMAINS,
     Domain,
@@ -442,7 +442,9 @@ def test_cli_round_robin_seeds_and_summary(
     """CLI logic with a stand-in generator, so it is tested whether or not the real one is here."""
     calls: list[tuple[str, int, int | None]] = []
 
-    def fake_generate_study(domain: Domain, seed: int, n_slices: int | None = None) -> PhantomStudy:
+    def fake_generate_study(
+        domain: Domain, seed: int, n_slices: int | None = None, max_side: int | None = None
+    ) -> PhantomStudy:
         calls.append((domain, seed, n_slices))
         return hand_built_study(domain, seed, n_slices or 3)
 
@@ -469,7 +471,7 @@ def test_cli_round_robin_seeds_and_summary(
         ]
     )
     assert exit_code == 0
-    val = phantoms_cli.SPLIT_SEED_START["val"]
+    val = SPLITS["val"][0]
     assert calls == [
         ("cxr", val + 10, 2),
         ("brain_mr", val + 11, 2),
@@ -500,26 +502,94 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "knee_mr" not in capsys.readouterr().out
 
 
-# --- the real generator, through the CLI as a user runs it ----------------------------------
+# --- the real generator -------------------------------------------------------------------
+
+# Small renders keep this fast; 12 test-split studies cover DX and CR, MONOCHROME1 and 2, signed
+# and unsigned CT and both MR bit depths (asserted below, so a change of seeds cannot hide one).
+REAL_STUDY_COUNT = 12
+REAL_SLICES = 2
+REAL_MAX_SIDE = 128
 
 
 @pytest.fixture(scope="module")
-def cli_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def real_studies(tmp_path_factory: pytest.TempPathFactory) -> list[dicom_writer.WrittenStudy]:
     pytest.importorskip("model.phantoms.generator", reason="phantom generator not here yet")
-    out_dir = tmp_path_factory.mktemp("cli")
+    return phantoms_cli.write_phantom_studies(
+        tmp_path_factory.mktemp("real"),
+        REAL_STUDY_COUNT,
+        split="test",
+        n_slices=REAL_SLICES,
+        max_side=REAL_MAX_SIDE,
+    )
+
+
+def test_real_phantoms_cover_every_storage_variant(
+    real_studies: list[dicom_writer.WrittenStudy],
+) -> None:
+    variants = set()
+    for written in real_studies:
+        storage = acquisition_profile(written.domain, written.seed).storage
+        variants.add((written.modality, storage.monochrome1, storage.signed, storage.bits_stored))
+    # (modality, MONOCHROME1, signed, bits stored)
+    assert variants >= {
+        ("DX", False, False, 12),
+        ("CR", True, False, 12),
+        ("CT", False, True, 16),
+        ("CT", False, False, 12),
+        ("MR", False, False, 12),
+        ("MR", False, False, 16),
+    }
+
+
+def test_real_phantoms_are_valid_and_round_trip(
+    real_studies: list[dicom_writer.WrittenStudy],
+) -> None:
+    from model.phantoms.generator import generate_study
+
+    for written in real_studies:
+        study = generate_study(
+            written.domain, written.seed, n_slices=REAL_SLICES, max_side=REAL_MAX_SIDE
+        )
+        truth = json.loads(written.ground_truth_path.read_text(encoding="utf-8"))
+        assert truth["findings"] == [
+            {"code": f.code, "region_code": f.region_code, "size_mm": f.size_mm}
+            for f in study.findings
+        ]
+        for image, path, sop_uid in zip(
+            study.images, written.files, written.sop_instance_uids, strict=True
+        ):
+            assert_valid_iod(path)
+            ds = pydicom.dcmread(path)
+            stored = ds.pixel_array.astype(np.int64)
+            if ds.PhotometricInterpretation == "MONOCHROME1":
+                stored = (1 << int(ds.BitsStored)) - 1 - stored
+            expected = stored_expectation(image.pixels, written.domain, written.seed)
+            np.testing.assert_array_equal(apply_modality_lut(stored, ds), expected)
+            entry = truth["instances"][sop_uid]
+            assert [r["code"] for r in entry["regions"]] == [r.code for r in image.regions]
+            assert [tuple(r["box"]) for r in entry["regions"]] == [r.box for r in image.regions]
+            assert [tuple(f["box"]) for f in entry["findings"]] == [f.box for f in image.findings]
+
+
+def test_cli_as_a_user_runs_it(tmp_path: Path) -> None:
+    pytest.importorskip("model.phantoms.generator", reason="phantom generator not here yet")
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "model.phantoms",
             "--out",
-            str(out_dir),
+            str(tmp_path),
             "--count",
             "4",
             "--slices",
             "2",
+            "--max-side",
+            "96",
             "--split",
-            "test",
+            "val",
+            "--transfer-syntax",
+            "jpeg-ls",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -528,32 +598,29 @@ def cli_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    yield out_dir, result.stdout
-
-
-def test_cli_writes_one_valid_study_per_domain(cli_output: tuple[Path, str]) -> None:
-    from model.phantoms.generator import generate_study
-
-    out_dir, stdout = cli_output
-    study_dirs = sorted(path for path in out_dir.iterdir() if path.is_dir())
-    assert len(study_dirs) == 4
-    seen_domains = set()
+    study_dirs = sorted(path for path in tmp_path.iterdir() if path.is_dir())
+    assert len(study_dirs) == 4 and len(result.stdout.splitlines()) == 5
+    domains = set()
     for study_dir in study_dirs:
+        assert study_dir.name in result.stdout
         truth = json.loads((study_dir / GROUND_TRUTH_FILENAME).read_text(encoding="utf-8"))
-        seen_domains.add(truth["domain"])
-        assert study_dir.name in stdout
-        files = sorted(study_dir.glob("*.dcm"))
-        assert [truth["instances"][uid]["file"] for uid in truth["instances"]] == [
-            f.name for f in files
-        ]
-        for path in files:
-            assert_valid_iod(path)
-        # Real phantom pixels survive the trip as well as the hand-built ones.
-        study = generate_study(truth["domain"], truth["seed"], n_slices=2)
-        ds = pydicom.dcmread(files[0])
-        stored = ds.pixel_array.astype(np.int64)
-        if ds.PhotometricInterpretation == "MONOCHROME1":
-            stored = 4095 - stored
-        expected = stored_expectation(study.images[0].pixels, truth["domain"], truth["seed"])
-        np.testing.assert_array_equal(apply_modality_lut(stored, ds), expected)
-    assert seen_domains == set(DOMAINS)
+        domains.add(truth["domain"])
+        assert truth["transfer_syntax_uid"] == dicom_writer.JPEGLSLossless
+        assert_valid_iod(study_dir / "IM0001.dcm")
+    assert domains == set(DOMAINS)
+
+
+def test_cli_reports_a_missing_encoder_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class MissingEncoder:
+        is_available = False
+        missing_dependencies = ["pylibjpeg-openjpeg is not installed"]
+
+    monkeypatch.setattr(dicom_writer, "get_encoder", lambda uid: MissingEncoder())
+    exit_code = phantoms_cli.main(
+        ["--out", str(tmp_path), "--count", "1", "--transfer-syntax", "jpeg2000"]
+    )
+    assert exit_code == 2
+    assert "pylibjpeg-openjpeg is not installed" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
