@@ -1,0 +1,168 @@
+"""Outbox relay: publishes work that the database says is due, so nothing recorded is ever lost.
+
+The listener records draft jobs and the drafting transaction records deliveries; neither talks to
+the broker. This relay turns rows into Celery messages:
+- draft jobs that are `pending` (never published), `queued` but published long ago (a message
+  lost with a broker), or `running` with no worker holding their advisory lock (worker died);
+- deliveries that are `pending`, `retrying` or `in_flight` whose `next_attempt_at` has come
+  (for `in_flight` that time is the attempt's deadline: the worker died mid-send).
+Duplicates are harmless: tasks lock, re-check state and send derived-ID (idempotent) messages.
+
+It runs as a thread inside every worker process; a PostgreSQL advisory lock makes one of them the
+leader at a time. `python -m services.worker.relay --once` runs one pass (tests, ops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import sessionmaker
+
+from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
+from shared.db.models import Delivery, DeliveryState, DraftJob, DraftJobState
+
+log = logging.getLogger(__name__)
+
+# A queued job not started after this long is published again (duplicates are harmless).
+REPUBLISH_QUEUED_AFTER = timedelta(minutes=10)
+# An attempt still in flight after this long is presumed dead (MLLP/DIMSE timeouts are shorter).
+DELIVERY_ATTEMPT_DEADLINE = timedelta(minutes=2)
+BATCH = 200
+
+Publisher = Callable[[str, int], None]  # (task kind "draft" | "deliver", row id)
+
+
+@dataclass(frozen=True)
+class RelayCounts:
+    drafts: int
+    deliveries: int
+
+
+def _due_draft_jobs(engine: Engine, now: datetime) -> list[tuple[int, str]]:
+    factory = sessionmaker(engine)
+    with factory() as session:
+        rows = session.execute(
+            select(DraftJob.id, DraftJob.state)
+            .where(
+                or_(
+                    DraftJob.state == DraftJobState.PENDING,
+                    (DraftJob.state == DraftJobState.QUEUED)
+                    & (DraftJob.published_at < now - REPUBLISH_QUEUED_AFTER),
+                    DraftJob.state == DraftJobState.RUNNING,
+                )
+            )
+            .order_by(DraftJob.id)
+            .limit(BATCH)
+        ).all()
+    return [(row.id, row.state) for row in rows]
+
+
+def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) -> RelayCounts:
+    now = now or datetime.now(UTC)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    drafts = 0
+    for job_id, state in _due_draft_jobs(engine, now):
+        if state == DraftJobState.RUNNING and is_locked_elsewhere(
+            engine, LockSpace.DRAFT_JOB, job_id
+        ):
+            continue  # a live worker is on it
+        with factory.begin() as session:
+            job = session.get(DraftJob, job_id, with_for_update=True)
+            if job is None or job.state != state:
+                continue
+            # 'running' with no lock holder: its worker died; queue it again, once.
+            job.state = DraftJobState.QUEUED
+            job.published_at = now
+        publish("draft", job_id)
+        drafts += 1
+
+    deliveries = 0
+    with factory() as session:
+        due = session.scalars(
+            select(Delivery.id)
+            .where(
+                Delivery.state.in_(
+                    [DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT]
+                ),
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+            .order_by(Delivery.next_attempt_at.nulls_first(), Delivery.id)
+            .limit(BATCH)
+        ).all()
+    for delivery_id in due:
+        if is_locked_elsewhere(engine, LockSpace.DELIVERY, delivery_id):
+            continue
+        with factory.begin() as session:
+            delivery = session.get(Delivery, delivery_id, with_for_update=True)
+            if delivery is None or delivery.state == DeliveryState.DELIVERED:
+                continue
+            delivery.state = DeliveryState.IN_FLIGHT
+            delivery.next_attempt_at = now + DELIVERY_ATTEMPT_DEADLINE
+        publish("deliver", delivery_id)
+        deliveries += 1
+    if drafts or deliveries:
+        log.info("relay published %d draft job(s), %d delivery(ies)", drafts, deliveries)
+    return RelayCounts(drafts, deliveries)
+
+
+def celery_publisher() -> Publisher:
+    from services.worker.celery_app import GPU_QUEUE, IO_QUEUE, app
+
+    def publish(kind: str, row_id: int) -> None:
+        if kind == "draft":
+            app.send_task("medrega.draft_study", args=[row_id], queue=GPU_QUEUE)
+        else:
+            app.send_task("medrega.deliver", args=[row_id], queue=IO_QUEUE)
+
+    return publish
+
+
+def run_forever(
+    engine: Engine, publish: Publisher, stop: threading.Event, interval_s: float = 1.0
+) -> None:
+    """Leader-elected loop: only the process holding the relay lock publishes."""
+    while not stop.is_set():
+        try:
+            with try_advisory_lock(engine, LockSpace.RELAY, 0) as leader:
+                while leader and not stop.is_set():
+                    relay_once(engine, publish)
+                    stop.wait(interval_s)
+        except Exception:  # the database or broker went away: log, wait, try again
+            log.exception("relay pass failed; retrying")
+        stop.wait(interval_s)
+
+
+def start_relay_thread(engine: Engine, interval_s: float = 1.0) -> threading.Event:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_forever,
+        args=(engine, celery_publisher(), stop, interval_s),
+        name="outbox-relay",
+        daemon=True,
+    )
+    thread.start()
+    return stop
+
+
+def main() -> None:
+    from shared.db.session import get_engine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.once:
+        print(relay_once(get_engine(), celery_publisher()))
+        return
+    run_forever(get_engine(), celery_publisher(), threading.Event(), args.interval)
+
+
+if __name__ == "__main__":
+    main()
