@@ -1,0 +1,140 @@
+"""pynetdicom event handlers: one `handle_<event>` per event, each returns a DICOM answer.
+
+Handlers never raise into the association (pynetdicom would answer 0xC211 and log the traceback
+with whatever it holds): they catch, log UIDs only (no PHI) and return a status. The C-STORE
+handler stays thin: parse the header, write the bytes, hand the row to the index writer, wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from dataclasses import dataclass
+from typing import cast
+
+from pynetdicom import events
+from pynetdicom.dimse_primitives import C_STORE
+
+from services.listener.dataset_header import (
+    IncompleteDatasetError,
+    UndecodableDatasetError,
+    read_header,
+)
+from services.listener.indexer import IndexWriter, InstanceRecord
+from services.listener.storage import ContentStore
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # storage (disk, fsync, database) could not take it
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # header's SOP Class/Instance ≠ the request
+STATUS_CANNOT_UNDERSTAND = 0xC000  # decodable, but lacks valid Study/Series/SOP UIDs to file it
+STATUS_CANNOT_DECODE = 0xC210  # the bytes are not a decodable dataset
+STATUS_HANDLER_FAILED = 0xC211  # a bug of ours; logged with its traceback
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 §9.3.4.
+REJECT_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)  # permanent, service-user
+REJECT_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # transient, service-provider (presentation)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerContext:
+    store: ContentStore
+    index_writer: IndexWriter
+    allowed_calling_aes: frozenset[str]
+    # Longer than a healthy group commit by far, shorter than a typical SCU's DIMSE timeout (30 s)
+    # so the peer gets our 0xA700 rather than timing out.
+    index_timeout_s: float = 20.0
+
+
+def handle_requested(event: events.Event, context: ListenerContext) -> None:
+    """EVT_REQUESTED: refuse unknown calling AE titles and refuse everyone when the disk is low."""
+    try:
+        request = event.assoc.requestor.primitive
+        calling_ae = request.calling_ae_title.strip() if request is not None else ""
+        if calling_ae not in context.allowed_calling_aes:
+            logger.warning("association from calling AE %r refused: not whitelisted", calling_ae)
+            event.assoc.acse.send_reject(*REJECT_CALLING_AE_NOT_RECOGNISED)
+            return
+        if not context.store.has_free_space():
+            logger.error(
+                "association from %r refused: storage below its free-space watermark", calling_ae
+            )
+            event.assoc.acse.send_reject(*REJECT_LOCAL_LIMIT_EXCEEDED)
+    except Exception:
+        logger.exception("association screening failed; refusing")
+        try:
+            event.assoc.acse.send_reject(*REJECT_LOCAL_LIMIT_EXCEEDED)
+        except Exception:
+            event.assoc.abort()
+
+
+def handle_echo(event: events.Event) -> int:
+    """EVT_C_ECHO: verification always succeeds while we run."""
+    return STATUS_SUCCESS
+
+
+def handle_store(event: events.Event, context: ListenerContext) -> int:
+    """EVT_C_STORE: 0x0000 only once the file and its rows are durable."""
+    try:
+        return _store(event, context)
+    except Exception:
+        logger.exception("C-STORE handler failed")
+        return STATUS_HANDLER_FAILED
+
+
+def _store(event: events.Event, context: ListenerContext) -> int:
+    request = cast(C_STORE, event.request)
+    requested_instance = str(request.AffectedSOPInstanceUID)
+    if not context.store.has_free_space():
+        logger.error("C-STORE %s refused: storage below its watermark", requested_instance)
+        return STATUS_OUT_OF_RESOURCES
+
+    data = event.encoded_dataset(include_meta=True)  # as received: no decode, no re-encode
+    try:
+        header = read_header(data)
+    except UndecodableDatasetError as exc:
+        logger.warning("C-STORE %s: undecodable dataset (%s)", requested_instance, exc)
+        return STATUS_CANNOT_DECODE
+    except IncompleteDatasetError as exc:
+        logger.warning("C-STORE %s: %s", requested_instance, exc)
+        return STATUS_CANNOT_UNDERSTAND
+
+    if (
+        header.sop_class_uid != str(request.AffectedSOPClassUID)
+        or header.sop_instance_uid != requested_instance
+    ):
+        logger.warning(
+            "C-STORE %s: dataset SOP Class/Instance (%s/%s) disagree with the request (%s)",
+            requested_instance,
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            request.AffectedSOPClassUID,
+        )
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+    try:
+        stored = context.store.write(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, data
+        )
+    except OSError:
+        logger.exception("C-STORE %s: writing to storage failed", requested_instance)
+        return STATUS_OUT_OF_RESOURCES
+
+    record = InstanceRecord(
+        header=header,
+        stored=stored,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_ae_title=event.assoc.requestor.ae_title.strip() or None,
+    )
+    try:
+        outcome = context.index_writer.submit(record).result(timeout=context.index_timeout_s)
+    except FutureTimeoutError:
+        # The row may still commit later; the sender's retry is then a harmless duplicate.
+        logger.error("C-STORE %s: index write timed out", requested_instance)
+        return STATUS_OUT_OF_RESOURCES
+    except Exception:
+        logger.exception("C-STORE %s: index write failed", requested_instance)
+        return STATUS_OUT_OF_RESOURCES
+    logger.debug("C-STORE %s: %s", requested_instance, outcome)
+    return STATUS_SUCCESS

@@ -1,0 +1,386 @@
+"""Record received instances in PostgreSQL with group commit.
+
+Every association thread hands its stored file to one `IndexWriter` thread per process and waits.
+The writer takes whatever has queued up meanwhile as one batch: it fsyncs the batch's directories
+(making the renames durable), writes all rows in one transaction, commits, and only then releases
+the waiting handlers, which answer 0x0000. Under load one WAL flush and one directory fsync cover
+many instances; an idle listener pays the same latency as a per-instance commit.
+
+Duplicates (same SOP Instance UID received again):
+- same bytes: success, nothing written (the rename put identical bytes in place);
+- different bytes: the newest copy wins. The file was already replaced on disk; the row gets the
+  new sha256/size/path/transfer syntax and the study is marked `needs_redraft` (unless it is
+  still receiving or already signed), because a corrected instance may change what the model
+  would say. Nothing the sender gave us last is lost, and the sender's retry is idempotent.
+
+Lock order (no deadlocks between concurrent batches, also across listener processes): every
+batch inserts studies, then series, then instances, then updates studies, each phase in UID order.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from services.listener.dataset_header import InstanceHeader
+from services.listener.storage import StoredFile, sync_directories
+from shared.db.models import StudyState
+
+logger = logging.getLogger(__name__)
+
+# Enough to cover every association of a busy process in one commit, small enough to keep a
+# transaction (and the study-row locks it holds) short.
+MAX_BATCH = 128
+# A deadlock or serialization failure is retried this many times before rows are tried one by one.
+TRANSIENT_RETRIES = 3
+
+
+class IndexOutcome(enum.StrEnum):
+    STORED = "stored"  # a new instance
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changed
+    REPLACED = "replaced"  # same SOP Instance UID, different bytes: newest copy recorded
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    header: InstanceHeader
+    stored: StoredFile
+    transfer_syntax_uid: str
+    calling_ae_title: str | None
+
+
+def libpq_url(database_url: str) -> str:
+    """Our settings hold a SQLAlchemy URL (`postgresql+psycopg://`); psycopg wants plain libpq."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+_SELECT_STUDY = "SELECT id FROM studies WHERE study_instance_uid = %(uid)s"
+_INSERT_STUDY = """
+INSERT INTO studies (
+    study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex,
+    accession_number, study_date, study_time, study_description, referring_physician,
+    specific_character_set, state, critical, needs_redraft, instance_count,
+    first_received_at, last_received_at, created_at, updated_at)
+VALUES (
+    %(uid)s, %(patient_id)s, %(patient_name)s, %(patient_birth_date)s, %(patient_sex)s,
+    %(accession_number)s, %(study_date)s, %(study_time)s, %(study_description)s,
+    %(referring_physician)s, %(specific_character_set)s, %(state)s, false, false, 0,
+    now(), now(), now(), now())
+ON CONFLICT (study_instance_uid) DO NOTHING
+RETURNING id
+"""
+_SELECT_SERIES = "SELECT id FROM series WHERE series_instance_uid = %(uid)s"
+_INSERT_SERIES = """
+INSERT INTO series (
+    study_id, series_instance_uid, modality, series_number, series_description,
+    body_part_examined, is_own_output, created_at)
+VALUES (
+    %(study_id)s, %(uid)s, %(modality)s, %(series_number)s, %(series_description)s,
+    %(body_part_examined)s, %(is_own_output)s, now())
+ON CONFLICT (series_instance_uid) DO NOTHING
+RETURNING id
+"""
+_INSERT_INSTANCE = """
+INSERT INTO instances (
+    series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number,
+    rows, columns, number_of_frames, file_path, size_bytes, sha256, calling_ae_title, received_at)
+VALUES (
+    %(series_id)s, %(study_id)s, %(uid)s, %(sop_class_uid)s, %(transfer_syntax_uid)s,
+    %(instance_number)s, %(rows)s, %(columns)s, %(number_of_frames)s, %(file_path)s,
+    %(size_bytes)s, %(sha256)s, %(calling_ae_title)s, now())
+ON CONFLICT (sop_instance_uid) DO NOTHING
+RETURNING id
+"""
+_SELECT_INSTANCE_FOR_UPDATE = """
+SELECT id, sha256 FROM instances WHERE sop_instance_uid = %(uid)s FOR UPDATE
+"""
+_REPLACE_INSTANCE = """
+UPDATE instances SET
+    series_id = %(series_id)s, study_id = %(study_id)s, sop_class_uid = %(sop_class_uid)s,
+    transfer_syntax_uid = %(transfer_syntax_uid)s, instance_number = %(instance_number)s,
+    rows = %(rows)s, columns = %(columns)s, number_of_frames = %(number_of_frames)s,
+    file_path = %(file_path)s, size_bytes = %(size_bytes)s, sha256 = %(sha256)s,
+    calling_ae_title = %(calling_ae_title)s, received_at = now()
+WHERE id = %(id)s
+"""
+# Late input re-drafts a study that already has a draft job, except a signed one (the signed
+# report stands; the new instances are recorded and visible).
+_UPDATE_STUDY_AFTER_INPUT = """
+UPDATE studies SET
+    instance_count = instance_count + %(new_instances)s,
+    last_received_at = CASE WHEN %(new_input)s THEN now() ELSE last_received_at END,
+    needs_redraft = needs_redraft OR (%(new_input)s AND state NOT IN (%(receiving)s, %(signed)s)),
+    updated_at = now()
+WHERE id = %(id)s
+"""
+
+
+class BatchIndexer:
+    """The SQL of one batch, on a connection the caller owns (and commits)."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    def index(self, records: list[InstanceRecord]) -> list[IndexOutcome]:
+        cursor = self.connection.cursor()
+        study_ids: dict[str, int] = {}
+        for record in sorted(records, key=lambda r: r.header.study_instance_uid):
+            uid = record.header.study_instance_uid
+            if uid not in study_ids:
+                study_ids[uid] = self._ensure_study(cursor, record.header)
+        series_ids: dict[str, int] = {}
+        for record in sorted(records, key=lambda r: r.header.series_instance_uid):
+            uid = record.header.series_instance_uid
+            if uid not in series_ids:
+                study_id = study_ids[record.header.study_instance_uid]
+                series_ids[uid] = self._ensure_series(cursor, study_id, record.header)
+
+        outcomes: dict[int, IndexOutcome] = {}
+        new_instances: dict[int, int] = defaultdict(int)
+        new_input: dict[int, bool] = defaultdict(bool)
+        order = sorted(range(len(records)), key=lambda i: records[i].header.sop_instance_uid)
+        for position in order:
+            record = records[position]
+            study_id = study_ids[record.header.study_instance_uid]
+            outcome = self._record_instance(
+                cursor, record, study_id, series_ids[record.header.series_instance_uid]
+            )
+            outcomes[position] = outcome
+            if outcome is IndexOutcome.STORED:
+                new_instances[study_id] += 1
+            if outcome is not IndexOutcome.DUPLICATE and not record.header.is_own_output:
+                new_input[study_id] = True
+
+        for study_id in sorted(set(new_instances) | set(new_input)):
+            cursor.execute(
+                _UPDATE_STUDY_AFTER_INPUT,
+                {
+                    "id": study_id,
+                    "new_instances": new_instances[study_id],
+                    "new_input": new_input[study_id],
+                    "receiving": StudyState.RECEIVING.value,
+                    "signed": StudyState.SIGNED.value,
+                },
+            )
+        return [outcomes[i] for i in range(len(records))]
+
+    def _ensure_study(self, cursor: psycopg.Cursor[Any], header: InstanceHeader) -> int:
+        params = {"uid": header.study_instance_uid}
+        row = cursor.execute(_SELECT_STUDY, params).fetchone()
+        if row is None:
+            row = cursor.execute(
+                _INSERT_STUDY,
+                {
+                    **params,
+                    "patient_id": header.patient_id,
+                    "patient_name": header.patient_name,
+                    "patient_birth_date": header.patient_birth_date,
+                    "patient_sex": header.patient_sex,
+                    "accession_number": header.accession_number,
+                    "study_date": header.study_date,
+                    "study_time": header.study_time,
+                    "study_description": header.study_description,
+                    "referring_physician": header.referring_physician,
+                    "specific_character_set": header.specific_character_set,
+                    "state": StudyState.RECEIVING.value,
+                },
+            ).fetchone()
+            if row is None:  # another transaction created it meanwhile
+                row = cursor.execute(_SELECT_STUDY, params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _ensure_series(
+        self, cursor: psycopg.Cursor[Any], study_id: int, header: InstanceHeader
+    ) -> int:
+        params = {"uid": header.series_instance_uid}
+        row = cursor.execute(_SELECT_SERIES, params).fetchone()
+        if row is None:
+            row = cursor.execute(
+                _INSERT_SERIES,
+                {
+                    **params,
+                    "study_id": study_id,
+                    "modality": header.modality,
+                    "series_number": header.series_number,
+                    "series_description": header.series_description,
+                    "body_part_examined": header.body_part_examined,
+                    "is_own_output": header.is_own_output,
+                },
+            ).fetchone()
+            if row is None:
+                row = cursor.execute(_SELECT_SERIES, params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _record_instance(
+        self,
+        cursor: psycopg.Cursor[Any],
+        record: InstanceRecord,
+        study_id: int,
+        series_id: int,
+    ) -> IndexOutcome:
+        header, stored = record.header, record.stored
+        params = {
+            "uid": header.sop_instance_uid,
+            "series_id": series_id,
+            "study_id": study_id,
+            "sop_class_uid": header.sop_class_uid,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "instance_number": header.instance_number,
+            "rows": header.rows,
+            "columns": header.columns,
+            "number_of_frames": header.number_of_frames,
+            "file_path": stored.relative_path,
+            "size_bytes": stored.size_bytes,
+            "sha256": stored.sha256,
+            "calling_ae_title": record.calling_ae_title,
+        }
+        if cursor.execute(_INSERT_INSTANCE, params).fetchone() is not None:
+            return IndexOutcome.STORED
+        existing = cursor.execute(_SELECT_INSTANCE_FOR_UPDATE, params).fetchone()
+        assert existing is not None
+        if existing[1] == stored.sha256:
+            return IndexOutcome.DUPLICATE
+        cursor.execute(_REPLACE_INSTANCE, {**params, "id": existing[0]})
+        logger.warning(
+            "instance %s received again with different content; newest copy recorded",
+            header.sop_instance_uid,
+        )
+        return IndexOutcome.REPLACED
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: InstanceRecord
+    future: Future[IndexOutcome]
+
+
+class IndexWriter:
+    """One thread per process that makes batches durable (directories fsynced, rows committed)."""
+
+    def __init__(self, database_url: str, max_batch: int = MAX_BATCH) -> None:
+        self._conninfo = libpq_url(database_url)
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._connection: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+
+    def start(self) -> None:
+        self._connect()  # fail at start, not at the first C-STORE, when the database is down
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        if self._connection is not None:
+            self._connection.close()
+
+    def submit(self, record: InstanceRecord) -> Future[IndexOutcome]:
+        future: Future[IndexOutcome] = Future()
+        self._queue.put(_Pending(record, future))
+        return future
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            self._connection = psycopg.connect(self._conninfo, application_name="medrega-listener")
+        return self._connection
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+            try:
+                self._make_durable(batch)
+            except Exception as exc:  # never let the writer thread die: fail the batch instead
+                logger.exception("index writer failed a batch of %d", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+
+    def _make_durable(self, batch: list[_Pending]) -> None:
+        try:
+            sync_directories({pending.record.stored.directory for pending in batch})
+        except OSError as exc:
+            logger.exception("fsync of storage directories failed")
+            for pending in batch:
+                pending.future.set_exception(exc)
+            return
+        try:
+            outcomes = self._commit_with_retries([pending.record for pending in batch])
+        except psycopg.Error:
+            if len(batch) == 1:
+                raise
+            # One bad row must not fail the others: fall back to one transaction per instance.
+            logger.exception("batch of %d failed; retrying instances one by one", len(batch))
+            for pending in batch:
+                try:
+                    (outcome,) = self._commit_with_retries([pending.record])
+                except Exception as exc:
+                    logger.exception(
+                        "indexing instance %s failed", pending.record.header.sop_instance_uid
+                    )
+                    pending.future.set_exception(exc)
+                else:
+                    pending.future.set_result(outcome)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.future.set_result(outcome)
+
+    def _commit_with_retries(self, records: list[InstanceRecord]) -> list[IndexOutcome]:
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            connection = self._connect()
+            try:
+                outcomes = BatchIndexer(connection).index(records)
+                connection.commit()
+                return outcomes
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                connection.rollback()
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+            except psycopg.OperationalError:
+                # Connection lost (database restarted): reconnect, with a short pause.
+                self._discard_connection()
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+            except BaseException:
+                self._rollback_quietly()
+                raise
+        raise AssertionError("unreachable")
+
+    def _rollback_quietly(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            self._connection.rollback()
+        except psycopg.Error:
+            self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
