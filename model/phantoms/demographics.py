@@ -98,12 +98,9 @@ _INSTITUTIONS: tuple[str, ...] = (
     "医影幻影第一人民医院",  # "Medrega Phantom First People's Hospital"
 )
 
-_AGE_RANGE_BY_DOMAIN: dict[Domain, tuple[int, int]] = {
-    "cxr": (18, 90),
-    "chest_ct": (30, 88),
-    "abd_ct": (25, 88),
-    "brain_mr": (18, 85),
-}
+# Age at the start of the study year; the birth date is the patient's, whatever the domain, so
+# one Patient ID never comes with two birth dates.
+_AGE_RANGE_YEARS = (18, 89)
 # Studies are dated inside one fixed year so that written files never depend on today's date.
 _FIRST_STUDY_DATE = dt.date(2025, 1, 6)
 _STUDY_DATE_SPAN_DAYS = 364
@@ -165,6 +162,11 @@ def _random_sex(rng: np.random.Generator) -> Sex:
     return "M" if rng.random() < 0.5 else "F"
 
 
+def _completed_years(birth_date: dt.date, on: dt.date) -> int:
+    had_birthday = (on.month, on.day) >= (birth_date.month, birth_date.day)
+    return on.year - birth_date.year - (0 if had_birthday else 1)
+
+
 def synthesize_demographics(domain: Domain, seed: int) -> Demographics:
     """Deterministic demographics for the phantom study (domain, seed)."""
     patient_rng = _rng("patient", seed)
@@ -173,8 +175,10 @@ def synthesize_demographics(domain: Domain, seed: int) -> Demographics:
     patient_id = f"PH{seed:08d}"
     size_m = float(patient_rng.normal(1.76 if sex == "M" else 1.63, 0.07))
     weight_kg = float(patient_rng.normal(78 if sex == "M" else 64, 12))
-    # Day of year the patient was born on; the age itself depends on the study.
-    birthday_offset_days = int(patient_rng.integers(365))
+    age_at_first_date = int(patient_rng.integers(_AGE_RANGE_YEARS[0], _AGE_RANGE_YEARS[1] + 1))
+    birth_date = _FIRST_STUDY_DATE - dt.timedelta(
+        days=int(age_at_first_date * 365.25) + int(patient_rng.integers(365))
+    )
 
     study_rng = _rng("study", domain, seed)
     study_date = _FIRST_STUDY_DATE + dt.timedelta(
@@ -185,11 +189,7 @@ def synthesize_demographics(domain: Domain, seed: int) -> Demographics:
         minute=int(study_rng.integers(60)),
         second=int(study_rng.integers(60)),
     )
-    age_low, age_high = _AGE_RANGE_BY_DOMAIN[domain]
-    # Age is drawn per patient (not per study) so the same person's studies agree within a year.
-    age_years = age_low + int(_rng("age", seed).integers(age_high - age_low + 1))
-    birth_date = study_date - dt.timedelta(days=int(age_years * 365.25) + birthday_offset_days)
-    exact_age_years = (study_date - birth_date).days // 365.25
+    age_years = _completed_years(birth_date, study_date)
 
     has_accession = study_rng.random() >= MISSING_ACCESSION_PROBABILITY
     domain_index = ("cxr", "chest_ct", "abd_ct", "brain_mr").index(domain)
@@ -203,7 +203,7 @@ def synthesize_demographics(domain: Domain, seed: int) -> Demographics:
         patient_id=patient_id,
         patient_birth_date=birth_date.strftime("%Y%m%d"),
         patient_sex=sex,
-        patient_age=f"{int(exact_age_years):03d}Y",
+        patient_age=f"{age_years:03d}Y",
         patient_size_m=round(min(max(size_m, 1.40), 2.05), 2),
         patient_weight_kg=round(min(max(weight_kg, 38.0), 150.0), 1),
         accession_number=accession_number,

@@ -7,6 +7,7 @@ generator is exercised too (and through the CLI) when it is present.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -287,8 +288,21 @@ def test_synthetic_demographics_cover_chinese_names_and_missing_accessions() -> 
     assert 0 < len(missing) < 0.25 * len(people)
     accessions = [p.accession_number for p in people if p.accession_number]
     assert len(set(accessions)) == len(accessions)
-    # One seed is one person in every domain.
-    assert len({synthesize_demographics(d, 7).patient_name for d in DOMAINS}) == 1
+    # One seed is one person in every domain: a PACS must never see one Patient ID with two
+    # names or birth dates.
+    patient_keys = {
+        (d.patient_id, d.patient_name, d.patient_birth_date, d.patient_sex)
+        for d in (synthesize_demographics(domain, 7) for domain in DOMAINS)
+    }
+    assert len(patient_keys) == 1
+    for person in people:
+        birth = dt.datetime.strptime(person.patient_birth_date, "%Y%m%d").date()
+        study = dt.datetime.strptime(person.study_date, "%Y%m%d").date()
+        completed_years = (
+            study.year - birth.year - ((study.month, study.day) < (birth.month, birth.day))
+        )
+        assert person.patient_age == f"{completed_years:03d}Y"
+        assert 18 <= completed_years <= 91
     assert synthesize_demographics("abd_ct", 7) == synthesize_demographics("abd_ct", 7)
 
 
