@@ -1,7 +1,8 @@
 """Write phantom studies to a folder as DICOM, one sub-folder per study.
 
     python -m model.phantoms --out DIR --count N [--domains cxr,chest_ct,abd_ct,brain_mr]
-        [--split test|val|train] [--seed-start S] [--slices K] [--transfer-syntax NAME]
+        [--split test|val|train] [--seed-start S] [--slices K] [--max-side M]
+        [--transfer-syntax explicit|rle|jpeg-ls|jpeg2000]
 
 Studies go round-robin across the domains; study i gets the (S + i)-th seed of the split
 (model/phantoms/splits.py), so the same command always writes the same studies (same pixels,
@@ -23,6 +24,7 @@ from model.phantoms.dicom_writer import (
     resolve_transfer_syntax,
     write_study,
 )
+from model.phantoms.generator import generate_study
 from model.phantoms.splits import SPLITS, Split, seeds
 from model.phantoms.types import DOMAINS, Domain
 
@@ -43,9 +45,6 @@ def write_phantom_study(
     """Generate the phantom (domain, seed) and write it to out_dir/<domain>_<seed>/.
 
     `max_side` renders a smaller matrix (quick tests and demos); None is full resolution."""
-    # Imported here so that the writer and its tests do not need the generator's dependencies.
-    from model.phantoms.generator import generate_study
-
     study = generate_study(domain, seed, n_slices=n_slices, max_side=max_side)
     return write_study(
         study, Path(out_dir) / study_folder_name(domain, seed), transfer_syntax=transfer_syntax
