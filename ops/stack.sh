@@ -122,10 +122,14 @@ start_services() {
     "$PY" -m services.pacs.local_orthanc start --workdir "$VAR/orthanc" >&2
   fi
   start_daemon listener "$listener_port" "$PY" -m services.listener.main
-  if [ -f "$ROOT/services/worker/celery_app.py" ]; then
-    start_daemon worker - "$PY" -m celery -A services.worker.celery_app worker -Q gpu,io \
-      --pool threads --concurrency 2 --loglevel INFO
-  fi
+  # A stand-in hospital RIS (MLLP, logs and ACKs) so the demo has somebody to deliver ORUs to.
+  start_daemon ris-sink "$(settings s.ris_port)" "$PY" -m ops.ris_sink --port "$(settings s.ris_port)" \
+    --out "$VAR/ris-inbox"
+  # One process owns the model (queue gpu, solo pool: one per GPU); deliveries run beside it.
+  start_daemon worker-gpu - "$PY" -m celery -A services.worker.celery_app worker -Q gpu \
+    --pool solo -n gpu@%h --loglevel INFO
+  start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q io \
+    --pool threads --concurrency 4 -n io@%h --loglevel INFO
   if [ -f "$ROOT/services/web/app.py" ]; then
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
       --host 127.0.0.1 --port "$(settings s.web_port)"
@@ -133,7 +137,7 @@ start_services() {
 }
 
 stop_services() {
-  for name in web worker listener; do stop_daemon "$name"; done
+  for name in web worker-gpu worker-io ris-sink listener; do stop_daemon "$name"; done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
 }
 
@@ -147,7 +151,7 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker web; do
+  for name in worker-gpu worker-io ris-sink web; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi
