@@ -1,4 +1,8 @@
-"""The phantom DICOM writer: valid IODs (dciodvfy), exact pixel round trips, deterministic UIDs."""
+"""The phantom DICOM writer: valid IODs (dciodvfy), exact pixel round trips, deterministic UIDs.
+
+Hand-built PhantomStudy objects pin the pixel values (every storage variant, clipping included);
+the real generator is then written at a small matrix and through the CLI as a user runs it.
+"""
 
 from __future__ import annotations
 
