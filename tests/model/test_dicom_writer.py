@@ -32,6 +32,7 @@ from model.phantoms.dicom_writer import (
     resolve_transfer_syntax,
     write_study,
 )
+from model.phantoms.generator import generate_study
 from model.phantoms.splits import SPLITS
 from model.phantoms.types import (
     DOMAINS,
@@ -554,8 +555,6 @@ def test_real_phantoms_cover_every_storage_variant(
 def test_real_phantoms_are_valid_and_round_trip(
     real_studies: list[dicom_writer.WrittenStudy],
 ) -> None:
-    from model.phantoms.generator import generate_study
-
     for written in real_studies:
         study = generate_study(
             written.domain, written.seed, n_slices=REAL_SLICES, max_side=REAL_MAX_SIDE
@@ -579,6 +578,17 @@ def test_real_phantoms_are_valid_and_round_trip(
             assert [r["code"] for r in entry["regions"]] == [r.code for r in image.regions]
             assert [tuple(r["box"]) for r in entry["regions"]] == [r.box for r in image.regions]
             assert [tuple(f["box"]) for f in entry["findings"]] == [f.box for f in image.findings]
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_full_resolution_phantoms_are_valid(tmp_path: Path, domain: Domain) -> None:
+    """The demo writes full-size matrices; their spacing and windows must format as well."""
+    study = generate_study(domain, SPLITS["test"][0] + 1000, n_slices=2)
+    written = write_study(study, tmp_path)
+    for path in written.files:
+        assert_valid_iod(path)
+    ds = pydicom.dcmread(written.files[0], stop_before_pixels=True)
+    assert (ds.Rows, ds.Columns) == study.images[0].pixels.shape
 
 
 def test_cli_as_a_user_runs_it(tmp_path: Path) -> None:
