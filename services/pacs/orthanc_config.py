@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.config import Settings, get_settings
+from shared.dicom.uids import MEDREGA_UID_ROOT
 
 PYTHON_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -29,8 +30,9 @@ AI_NODE_MODALITY = "medrega-ai"
 
 # Our SR output carries SOP Instance UIDs under this root and this Manufacturer; the plugin must
 # never route it back to the AI node (that would draft a report about our own report).
-# TODO(shared/dicom/uids.py): import the root from there once it lands (one place per fact).
-OWN_UID_ROOT = "1.2.826.0.1.3680043.8.498.7781."
+OWN_UID_ROOT = MEDREGA_UID_ROOT
+# Matched exactly (case-insensitive): the phantom generator's "medrega-pacs phantom" images are
+# input like any modality's and must be routed.
 OWN_MANUFACTURER = "medrega-pacs"
 
 # Instance-level user-defined metadata set by the plugin once an instance reached the AI node.
