@@ -1,0 +1,379 @@
+"""ORU^R01 v2.5.1 for one report version, built and strictly validated with hl7apy.
+
+Message layout (one study, one report version):
+
+    MSH  sending app MEDREGA_PACS, MSH-10 control ID (see control_id.py), MSH-18 UNICODE UTF-8
+    PID  from the DICOM header: ID, name (one XPN per PN group, Chinese survives), birth date, sex
+    ORC  RE (observations to follow), placer/filler order number = Accession Number
+    OBR  OBR-4 LOINC 18748-4, OBR-7 study date/time, OBR-22 status change, OBR-25 P/F/C,
+         OBR-32 the signing radiologist (F/C only)
+    NTE  on drafts only: "AI-generated preliminary draft, not verified" (EN + ZH)
+    OBX  one TX row per report sentence and language; OBX-3 LOINC 18782-3 (findings) or 19005-8
+         (impression); OBX-4 sub-ID `<sentence no>.<lang>` ties translations of one sentence
+         together; OBX-8 AA (critical) / A (abnormal) / N (normal region); OBX-11 = OBR-25
+    OBX  ST 110180^Study Instance UID^DCM, and RP <SR SOP Instance UID>^PACS^AP^DICOM (sub-ID SR)
+
+No Accession Number: ORC-2/OBR-2 stay empty and ORC-3/OBR-3 (filler order number) carry the
+Study Instance UID with assigning authority `MEDREGA_SUID`, so a RIS can still match on the study
+(it is also in the 110180 OBX) and can never confuse it with a real accession.
+
+Critical findings are flagged per line in OBX-8 (`AA`, HL7 table 0078 "critically abnormal"),
+the field HL7 defines for it and the one result viewers colour. OBR-27 (priority) is the order's
+requested priority and is deprecated in 2.5.1 (TQ1), so we do not rewrite it in a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Group, Message, Segment
+from hl7apy.exceptions import HL7apyException, ValidationError
+
+from shared.hl7.errors import InvalidOru
+from shared.hl7.escape import escape
+from shared.hl7.names import dicom_pn_to_xpn, display_name
+
+if TYPE_CHECKING:
+    from shared.db.models import RegionFinding, Report, Study, User
+
+Language = Literal["en", "zh"]
+Section = Literal["findings", "impression"]
+ResultStatus = Literal["P", "F", "C"]
+ProcessingId = Literal["P", "T", "D"]
+AbnormalFlag = Literal["AA", "A", "N"]
+
+HL7_VERSION = "2.5.1"
+SENDING_APPLICATION = "MEDREGA_PACS"
+STUDY_UID_AUTHORITY = "MEDREGA_SUID"  # OBR-3 namespace when the study has no accession
+SERVICE_ID = "18748-4^Diagnostic imaging study^LN"
+SECTION_CODES: dict[str, str] = {
+    "findings": "18782-3^Radiology Study observation (narrative)^LN",
+    "impression": "19005-8^Radiology Imaging study [Impression] (narrative)^LN",
+}
+STUDY_UID_CODE = "110180^Study Instance UID^DCM"
+SR_REFERENCE_CODE = "SR^DICOM Structured Report^99MEDREGA"
+DRAFT_NOTE = (
+    "AI-generated preliminary draft; not verified by a radiologist. "
+    "AI生成的初步报告草稿，尚未经放射科医生审核。"
+)
+_SEX = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) → HL7 table 0001; else U
+_REPORT_STATUS: dict[str, ResultStatus] = {
+    "draft": "P",
+    "edited": "P",  # changed by a radiologist but not signed: still preliminary
+    "signed": "F",
+    "corrected": "C",
+}
+
+
+@dataclass(frozen=True)
+class ReportLine:
+    section: Section
+    en: str
+    zh: str
+    abnormal_flag: AbnormalFlag | None = None
+
+    def text(self, language: Language) -> str:
+        return self.en if language == "en" else self.zh
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The radiologist who signed (OBR-32)."""
+
+    id: str  # e.g. the username
+    name_pn: str  # DICOM PN, e.g. "Li^Wei"
+
+
+@dataclass(frozen=True)
+class OruInput:
+    report_id: int
+    report_version: int
+    result_status: ResultStatus
+    status_changed_at: datetime  # OBR-22
+    observation_dtm: str  # OBR-7, HL7 DTM (study date/time)
+    patient_id: str
+    patient_name_pn: str | None  # DICOM PN, may hold '=' ideographic/phonetic groups
+    patient_birth_date: str | None  # DICOM DA, YYYYMMDD
+    patient_sex: str | None  # DICOM M/F/O
+    accession_number: str | None
+    study_instance_uid: str
+    lines: tuple[ReportLine, ...]
+    critical: bool = False
+    sr_sop_instance_uid: str | None = None
+    interpreter: Interpreter | None = None
+    model: str | None = None  # "name version", for the draft note
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_db(
+        cls,
+        study: Study,
+        report: Report,
+        *,
+        sr_sop_instance_uid: str | None = None,
+        signer: User | None = None,
+    ) -> OruInput:
+        """From the stored rows. `report.findings` must be loaded; `signer` is the User whose
+        id is `report.signed_by_user_id` (required for signed/corrected reports to fill OBR-32)."""
+        findings = [f for f in report.findings if f.review != "rejected"]
+        lines = _lines_from_report(report, findings)
+        created = report.created_at or datetime.now(UTC)
+        observation = _dicom_dtm(study.study_date, study.study_time) or _dtm(created)
+        interpreter = None
+        if signer is not None:
+            interpreter = Interpreter(
+                id=signer.username, name_pn=signer.dicom_person_name or signer.full_name
+            )
+        model = " ".join(p for p in (report.model_name, report.model_version) if p) or None
+        return cls(
+            report_id=report.id,
+            report_version=report.version,
+            result_status=result_status_for(report.status),
+            status_changed_at=report.signed_at or created,
+            observation_dtm=observation,
+            patient_id=study.patient_id or "",
+            patient_name_pn=study.patient_name,
+            patient_birth_date=study.patient_birth_date,
+            patient_sex=study.patient_sex,
+            accession_number=study.accession_number,
+            study_instance_uid=study.study_instance_uid,
+            lines=tuple(lines),
+            critical=any(f.critical for f in findings),
+            sr_sop_instance_uid=sr_sop_instance_uid,
+            interpreter=interpreter,
+            model=model,
+        )
+
+
+def result_status_for(report_status: str) -> ResultStatus:
+    """Report status → OBR-25/OBX-11 (HL7 table 0123)."""
+    try:
+        return _REPORT_STATUS[str(report_status)]
+    except KeyError:
+        raise InvalidOru(f"a {report_status!r} report is not sent to the RIS") from None
+
+
+def _line_flag(ordinals: Iterable[int], findings: Sequence[RegionFinding]) -> AbnormalFlag | None:
+    by_ordinal = {f.ordinal: f for f in findings}
+    linked = [by_ordinal[o] for o in ordinals if o in by_ordinal]
+    if not linked:
+        return None
+    if any(f.critical for f in linked):
+        return "AA"
+    if any(f.finding_code for f in linked):
+        return "A"
+    return "N"
+
+
+def _lines_from_report(report: Report, findings: Sequence[RegionFinding]) -> list[ReportLine]:
+    lines = [
+        ReportLine(
+            section="impression" if s.get("section") == "impression" else "findings",
+            en=str(s.get("en") or ""),
+            zh=str(s.get("zh") or ""),
+            abnormal_flag=_line_flag(s.get("finding_ordinals") or [], findings),
+        )
+        for s in (report.sentences or [])
+    ]
+    if lines:
+        return lines
+    # Older or hand-edited rows may have only the section texts: one line per section.
+    fallback: list[ReportLine] = []
+    for section in ("findings", "impression"):
+        en, zh = getattr(report, f"{section}_en") or "", getattr(report, f"{section}_zh") or ""
+        if en or zh:
+            fallback.append(ReportLine(section=section, en=en, zh=zh))
+    return fallback
+
+
+def _dtm(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.strftime("%Y%m%d%H%M%S%z")
+
+
+def _dicom_dtm(date: str | None, time: str | None) -> str | None:
+    """DICOM DA + TM → HL7 DTM (seconds precision; the modality's local time, no offset)."""
+    date = (date or "").strip()
+    if len(date) != 8 or not date.isdigit():
+        return None
+    clock = (time or "").replace(":", "").split(".", 1)[0].strip()
+    if not clock.isdigit() or len(clock) not in (2, 4, 6):
+        clock = ""
+    return date + clock
+
+
+def _flags_with_study_critical(data: OruInput) -> list[AbnormalFlag | None]:
+    flags = [line.abnormal_flag for line in data.lines]
+    # A critical study must show AA somewhere even if no sentence is linked to the finding:
+    # flag the impression, which is what gets read (and phoned through) first.
+    if data.critical and "AA" not in flags:
+        flags = [
+            "AA" if line.section == "impression" else f
+            for line, f in zip(data.lines, flags, strict=True)
+        ]
+        if "AA" not in flags and flags:
+            flags[0] = "AA"
+    return flags
+
+
+def _order_numbers(data: OruInput, accession_authority: str) -> tuple[str, str]:
+    """(placer, filler) EI values, ER7-escaped."""
+    accession = (data.accession_number or "").strip()
+    if accession:
+        ei = f"{escape(accession)}^{escape(accession_authority)}"
+        return ei, ei
+    return "", f"{escape(data.study_instance_uid)}^{STUDY_UID_AUTHORITY}"
+
+
+def _set(segment: Segment, name: str, er7_value: str) -> None:
+    """Assign an already-escaped ER7 field value; empty values are left out entirely."""
+    if er7_value:
+        setattr(segment, name, er7_value)
+
+
+def build_oru(
+    data: OruInput,
+    control_id: str,
+    *,
+    receiving_application: str = "RIS",
+    receiving_facility: str = "",
+    sending_facility: str = "",
+    processing_id: ProcessingId = "P",
+    languages: Sequence[Language] = ("en", "zh"),
+    patient_id_authority: str = "",
+    accession_authority: str = "RIS",
+    now: datetime | None = None,
+) -> str:
+    """The ORU^R01 as ER7 (segments separated and terminated by `\\r`). Raises InvalidOru."""
+    if not data.patient_id.strip():
+        raise InvalidOru("study has no Patient ID; the RIS cannot match the result")
+    if not 0 < len(control_id) <= 20 or escape(control_id) != control_id:
+        raise InvalidOru("control ID must be 1-20 characters without HL7 delimiters")
+    if processing_id not in ("P", "T", "D"):
+        raise InvalidOru(f"processing ID must be P, T or D, not {processing_id!r}")
+    if not languages or any(lang not in ("en", "zh") for lang in languages):
+        raise InvalidOru(f"languages must be a non-empty subset of en, zh: {languages!r}")
+    try:
+        message = _build(
+            data,
+            control_id,
+            receiving_application=receiving_application,
+            receiving_facility=receiving_facility,
+            sending_facility=sending_facility,
+            processing_id=processing_id,
+            languages=tuple(dict.fromkeys(languages)),
+            patient_id_authority=patient_id_authority,
+            accession_authority=accession_authority,
+            now=now or datetime.now(UTC),
+        )
+        message.validate()
+    except ValidationError as exc:  # structural: names elements, never values (no PHI)
+        raise InvalidOru(f"ORU failed HL7 validation: {exc}") from exc
+    except HL7apyException as exc:  # may quote the offending value: keep it out of last_error
+        raise InvalidOru(f"ORU could not be built: {type(exc).__name__}") from exc
+    return message.to_er7() + "\r"
+
+
+def _build(
+    data: OruInput,
+    control_id: str,
+    *,
+    receiving_application: str,
+    receiving_facility: str,
+    sending_facility: str,
+    processing_id: ProcessingId,
+    languages: tuple[Language, ...],
+    patient_id_authority: str,
+    accession_authority: str,
+    now: datetime,
+) -> Message:
+    status = data.result_status
+    # Built TOLERANT, then checked by validate() (hl7apy's strict Validator: structure,
+    # cardinality, datatypes). STRICT construction would cap OBX-5 at 199 characters: hl7apy
+    # types the "varies" OBX-5 as ST, while HL7 allows 65536 for TX. Real sentences get longer.
+    message = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    msh = message.msh
+    msh.msh_3 = SENDING_APPLICATION
+    _set(msh, "msh_4", escape(sending_facility))
+    _set(msh, "msh_5", escape(receiving_application))
+    _set(msh, "msh_6", escape(receiving_facility))
+    msh.msh_7 = _dtm(now)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control_id
+    msh.msh_11 = processing_id
+    msh.msh_12 = HL7_VERSION
+    msh.msh_18 = "UNICODE UTF-8"
+
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = result.add_group("ORU_R01_PATIENT").add_segment("PID")
+    pid.pid_1 = "1"
+    pid.pid_3 = f"{escape(data.patient_id.strip())}^^^{escape(patient_id_authority)}^MR"
+    first, *others = dicom_pn_to_xpn(data.patient_name_pn)
+    pid.pid_5 = first
+    for repetition in others:
+        pid.add_field("PID_5").value = repetition
+    birth = (data.patient_birth_date or "").strip()
+    _set(pid, "pid_7", birth if len(birth) == 8 and birth.isdigit() else "")
+    pid.pid_8 = _SEX.get((data.patient_sex or "").strip().upper(), "U")
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    placer, filler = _order_numbers(data, accession_authority)
+    orc = order.add_segment("ORC")
+    orc.orc_1 = "RE"
+    _set(orc, "orc_2", placer)
+    _set(orc, "orc_3", filler)
+
+    obr = order.add_segment("OBR")
+    obr.obr_1 = "1"
+    _set(obr, "obr_2", placer)
+    _set(obr, "obr_3", filler)
+    obr.obr_4 = SERVICE_ID
+    obr.obr_7 = data.observation_dtm
+    _set(obr, "obr_18", escape(data.accession_number or ""))  # IHE SWF: accession in OBR-18
+    obr.obr_22 = _dtm(data.status_changed_at)
+    obr.obr_24 = "RAD"
+    obr.obr_25 = status
+    if status in ("F", "C") and data.interpreter is not None:
+        family, _, given = display_name(data.interpreter.name_pn).partition("^")
+        # NDL-1 is a CNN: ID & family & given, subcomponents of the first component.
+        obr.obr_32 = "&".join((escape(data.interpreter.id), escape(family), escape(given)))
+    if status == "P":
+        note = DRAFT_NOTE + (f" Model: {data.model}." if data.model else "")
+        nte = order.add_segment("NTE")
+        nte.nte_1 = "1"
+        nte.nte_2 = "L"
+        nte.nte_3 = escape(note)
+
+    _add_observations(order, data, languages)
+    return message
+
+
+def _add_observations(order: Group, data: OruInput, languages: tuple[Language, ...]) -> None:
+    set_id = 0
+
+    def add(value_type: str, code: str, sub_id: str, value: str, flag: str | None = None) -> None:
+        nonlocal set_id
+        set_id += 1
+        obx = order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
+        obx.obx_1 = str(set_id)
+        obx.obx_2 = value_type
+        obx.obx_3 = code
+        obx.obx_4 = sub_id
+        obx.obx_5 = value
+        _set(obx, "obx_8", flag or "")
+        obx.obx_11 = data.result_status
+
+    flags = _flags_with_study_critical(data)
+    for number, (line, flag) in enumerate(zip(data.lines, flags, strict=True), start=1):
+        for language in languages:
+            text = escape(line.text(language)).strip()
+            if text:
+                add("TX", SECTION_CODES[line.section], f"{number}.{language}", text, flag)
+    add("ST", STUDY_UID_CODE, "SR", escape(data.study_instance_uid))
+    if data.sr_sop_instance_uid:
+        add("RP", SR_REFERENCE_CODE, "SR", f"{escape(data.sr_sop_instance_uid)}^PACS^AP^DICOM")
