@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from highdicom._standard_utils import is_multiframe_image  # the rule highdicom itself applies
 from highdicom.sr.value_types import ContainerContentItem, ContentSequence, TextContentItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -343,8 +344,9 @@ def _frame_numbers(index: int, finding: RegionFindingResult, image: Dataset) -> 
             f"findings[{index}]: ReferencedFrameNumber {frame} outside 1..{frames_in_image} "
             f"(NumberOfFrames of {image.SOPInstanceUID})"
         )
-    # Single-frame images are referenced without a frame number (highdicom refuses one).
-    return [frame] if "NumberOfFrames" in image else None
+    # Images of a single-frame IOD are referenced without a frame number (highdicom refuses
+    # one); a multi-frame IOD always names the frame, even when it holds a single frame.
+    return [frame] if is_multiframe_image(image) else None
 
 
 def _check_box_inside(index: int, finding: RegionFindingResult, image: Dataset) -> None:

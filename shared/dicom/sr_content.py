@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Literal, get_args
 
 import highdicom as hd
-from highdicom.valuerep import check_person_name
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
@@ -141,15 +140,26 @@ class VerifyingObserver:
     def __post_init__(self) -> None:
         if not self.name.strip("^ "):
             raise ValueError("VerifyingObserverName must not be empty")
-        try:
-            check_person_name(self.name)
-        except ValueError as exc:
-            # highdicom refuses names without a caret (most likely not "Family^Given")
-            raise ValueError(
-                f"VerifyingObserverName {self.name!r} is not a DICOM PN: {exc}"
-            ) from exc
+        _check_person_name("VerifyingObserverName", self.name)
         if not self.organization.strip():
             raise ValueError("VerifyingOrganization must not be empty")
+
+
+def _check_person_name(keyword: str, value: str) -> None:
+    # A PN without '^' is nearly always a name that was never split into family^given; the
+    # PACS and the RIS would show it wrongly (a single-component name is written "Name^").
+    groups = value.split("=")
+    if (
+        "^" not in groups[0]
+        or "\\" in value
+        or not value.isprintable()
+        or len(groups) > 3
+        or any(len(group.split("^")) > 5 or len(group) > 64 for group in groups)
+    ):
+        raise ValueError(
+            f"{keyword} {value!r} is not a DICOM PN 'Family^Given' (a single-component "
+            "name needs a trailing '^')"
+        )
 
 
 @dataclass(frozen=True)
