@@ -254,11 +254,14 @@ class StudyRecord:
 class StableStudyRouter:
     rest: OrthancRest
     settings: RoutingSettings
-    log_info: Callable[[str], None]
-    log_error: Callable[[str], None]
+    # Orthanc logs INFO only with --verbose; one line per routed study is worth a WARNING-level
+    # line in the default log (ops reads it), failures go to ERROR.
+    log_event: Callable[[str], None]
+    log_failure: Callable[[str], None]
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _queued: set[str] = field(default_factory=set)
     _retries: list[tuple[float, str]] = field(default_factory=list)  # heap (due, study)
+    _retry_scheduled: set[str] = field(default_factory=set)  # at most one retry per study
     _failed_attempts: dict[str, int] = field(default_factory=dict)
     _records: OrderedDict[str, StudyRecord] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -300,25 +303,25 @@ class StableStudyRouter:
             try:
                 self._handle(study_id)
             except Exception as error:  # the worker must survive anything
-                self.log_error(f"{LOG_PREFIX}study {study_id}: unexpected {type(error).__name__}")
+                self.log_failure(f"{LOG_PREFIX}study {study_id}: unexpected {type(error).__name__}")
 
     def _next_study(self) -> str | None:
         with self._lock:
-            due_now = self._retries and self._retries[0][0] <= time.monotonic()
-            if due_now:
-                _, study_id = heapq.heappop(self._retries)
-                return study_id
+            if self._retries and self._retries[0][0] <= time.monotonic():
+                _, retry_study_id = heapq.heappop(self._retries)
+                self._retry_scheduled.discard(retry_study_id)
+                return retry_study_id
             wait_s = (self._retries[0][0] - time.monotonic()) if self._retries else None
         try:
-            study_id = self._queue.get(timeout=wait_s)
+            queued_study_id = self._queue.get(timeout=wait_s)
         except queue.Empty:
             return None
-        if study_id is not None:
+        if queued_study_id is not None:
             with self._lock:
                 # Dequeued before routing starts: a STABLE_STUDY arriving during routing (a
                 # late instance) queues the study again instead of being swallowed.
-                self._queued.discard(study_id)
-        return study_id
+                self._queued.discard(queued_study_id)
+        return queued_study_id
 
     def _handle(self, study_id: str) -> None:
         record = self._record(study_id)
@@ -333,24 +336,26 @@ class StableStudyRouter:
                 attempt = self._failed_attempts.get(study_id, 0) + 1
                 self._failed_attempts[study_id] = attempt
                 delay = retry_delay_s(attempt, self.settings.retry_delays_s)
-                heapq.heappush(self._retries, (time.monotonic() + delay, study_id))
+                if study_id not in self._retry_scheduled:
+                    self._retry_scheduled.add(study_id)
+                    heapq.heappush(self._retries, (time.monotonic() + delay, study_id))
                 record.failures += 1
                 record.handled += 1
                 record.last_outcome = "retry_scheduled"
                 record.last_handled_at = time.time()
-            self.log_error(
+            self.log_failure(
                 f"{LOG_PREFIX}study {study_id}: routing failed (attempt {attempt}, "
                 f"{type(error).__name__}: {error}); retry in {delay:.0f}s"
             )
             return
         self._finish(study_id, record, "routed" if outcome.routed else "nothing_to_route", outcome)
-        self.log_info(
+        self.log_event(
             f"{LOG_PREFIX}study {study_id}: routed {outcome.routed}, already routed "
             f"{outcome.already_routed}, own output skipped {outcome.skipped_own_output}"
         )
 
     def _log_progress(self, message: str) -> None:
-        self.log_info(LOG_PREFIX + message)
+        self.log_event(LOG_PREFIX + message)
 
     def _record(self, study_id: str) -> StudyRecord:
         with self._lock:
@@ -408,7 +413,7 @@ def install() -> None:
         return
     rest = OrthancRest(get=orthanc.RestApiGet, post=orthanc.RestApiPost, put=orthanc.RestApiPut)
     _router = StableStudyRouter(
-        rest=rest, settings=settings, log_info=orthanc.LogWarning, log_error=orthanc.LogError
+        rest=rest, settings=settings, log_event=orthanc.LogWarning, log_failure=orthanc.LogError
     )
     _router.start()
     orthanc.RegisterOnChangeCallback(on_change)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from shared.dicom.uids import new_uid
 
@@ -34,8 +34,8 @@ def new_study(patient_name: str = "Test^Routing", patient_id: str | None = None)
 
 def _base_dataset(study: StudyIdentity, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
     file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = sop_class_uid
-    file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = file_meta
