@@ -1,0 +1,135 @@
+"""Temperature scaling on the validation split, plus the operating thresholds (OOD gate, lesion
+score) chosen there. Temperatures are written into the network's buffers, so the exported graph
+already outputs calibrated probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import ood_negatives
+from model.labels import UNSUPPORTED
+from model.metrics import f1, match
+from model.network import RegionNet
+
+GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
+
+
+def _fit_binary(logits: np.ndarray, labels: np.ndarray) -> float:
+    x = torch.from_numpy(logits.astype(np.float64).ravel())
+    y = torch.from_numpy(labels.astype(np.float64).ravel())
+    nll = [float(F.binary_cross_entropy_with_logits(x / t, y)) for t in GRID]
+    return float(GRID[int(np.argmin(nll))])
+
+
+def _fit_multiclass(logits: np.ndarray, labels: np.ndarray) -> float:
+    x = torch.from_numpy(logits.astype(np.float64))
+    y = torch.from_numpy(labels.astype(np.int64))
+    nll = [float(F.cross_entropy(x / t, y)) for t in GRID]
+    return float(GRID[int(np.argmin(nll))])
+
+
+@torch.no_grad()
+def collect(model: RegionNet, images: np.ndarray, data: dict[str, np.ndarray]) -> dict:
+    """Raw logits on a set of model inputs (N, S, S) float32 in [0, 1]."""
+    keys = ("domain", "presence", "abnormal", "finding")
+    got: dict[str, list] = {k: [] for k in (*keys, "r2t", "r2t_y", "les_logit", "les_tp", "les_n")}
+    for start in range(0, len(images), 64):
+        sl = slice(start, start + 64)
+        x = torch.from_numpy(images[sl]).unsqueeze(1)
+        out = model.features(x)
+        for k in keys:
+            got[k].append(out[k].numpy())
+        present = data["region_present"][sl]
+        boxes = data["region_boxes"][sl]
+        region_boxes = model.decode_regions(out).clamp(0, 1)
+        pres_p = torch.sigmoid(out["presence"] / model.t_presence)
+        q = torch.from_numpy(boxes.astype(np.float32))  # every region as a query
+        ql = model.query_logits(out, region_boxes, pres_p, q).numpy()
+        for i in range(len(x)):
+            got["r2t"].append(ql[i][present[i]])
+            got["r2t_y"].append(np.flatnonzero(present[i]))
+        t_l = model.t_lesion.clone()
+        model.t_lesion.fill_(1.0)
+        lb, ls, lc = (t.numpy() for t in model.decode_lesions(out))
+        model.t_lesion.copy_(t_l)
+        for i in range(len(x)):
+            gt_c = data["lesion_classes"][sl][i]
+            keep = gt_c >= 0
+            tp = match(lb[i], lc[i], ls[i], data["lesion_boxes"][sl][i][keep], gt_c[keep])
+            s = np.clip(ls[i], 1e-6, 1 - 1e-6)
+            got["les_logit"].append(np.log(s / (1 - s)))
+            got["les_tp"].append(tp)
+            got["les_n"].append(int(keep.sum()))
+    out_np = {k: np.concatenate(got[k]) for k in (*keys, "r2t", "r2t_y", "les_logit", "les_tp")}
+    out_np["les_n"] = np.array(got["les_n"])
+    return out_np
+
+
+def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
+    rng = np.random.default_rng(12345)
+    images = val["image"].astype(np.float32) / 255.0
+    n_neg = max(len(images) // 4, 8)
+    s = images.shape[-1]
+    negs = np.stack(
+        [
+            ood_negatives.synthetic(rng, s)
+            if i % 2
+            else ood_negatives.corrupted(
+                rng, images[i % len(images)], images[(i * 7 + 3) % len(images)]
+            )
+            for i in range(n_neg)
+        ]
+    )
+    c = collect(model, images, val)
+    neg_dom = []
+    with torch.no_grad():
+        for start in range(0, n_neg, 64):
+            neg_dom.append(
+                model.features(torch.from_numpy(negs[start : start + 64]).unsqueeze(1))[
+                    "domain"
+                ].numpy()
+            )
+    dom_logits = np.concatenate([c["domain"], *neg_dom])
+    dom_labels = np.concatenate([val["domain"], np.full(n_neg, UNSUPPORTED)])
+    temps = {
+        "domain": _fit_multiclass(dom_logits, dom_labels),
+        "presence": _fit_binary(c["presence"], val["region_present"]),
+        "abnormal": _fit_binary(c["abnormal"], val["abnormal"]),
+        "finding": _fit_binary(c["finding"], val["findings"]),
+        "lesion": _fit_binary(c["les_logit"], c["les_tp"]),
+        "r2t": _fit_multiclass(c["r2t"], c["r2t_y"]),
+    }
+    for k, t in temps.items():
+        getattr(model, f"t_{k}").fill_(t)
+    # OOD gate: reject when 'unsupported' wins or the best domain is below tau; tau is the
+    # largest value that still keeps ≥ 99.5% of in-distribution validation images
+    probs = torch.softmax(torch.from_numpy(dom_logits) / temps["domain"], 1).numpy()
+    in_dist = dom_labels != UNSUPPORTED
+    best = probs[:, :UNSUPPORTED].max(1)
+    accepted = probs.argmax(1) != UNSUPPORTED
+    tau = float(np.clip(np.quantile(best[in_dist & accepted], 0.005), 0.3, 0.9))
+    rejects = (~accepted) | (best < tau)
+    # lesion operating point: best F1 on validation
+    scores = 1 / (1 + np.exp(-c["les_logit"] / temps["lesion"]))
+    n_gt = int(c["les_n"].sum())
+    best_f1, best_thr = -1.0, 0.5
+    for thr in np.linspace(0.05, 0.95, 91):
+        keep = scores >= thr
+        tp = int((c["les_tp"] & keep).sum())
+        _, _, f = f1(tp, int(keep.sum()) - tp, n_gt - tp)
+        if f > best_f1:
+            best_f1, best_thr = f, float(thr)
+    result = {
+        "temperatures": temps,
+        "ood_threshold": tau,
+        "lesion_threshold": best_thr,
+        "val_lesion_f1": best_f1,
+        "val_ood_reject_negatives": float(rejects[~in_dist].mean()),
+        "val_ood_false_reject": float(rejects[in_dist].mean()),
+        "val_r2t_acc": float((c["r2t"].argmax(1) == c["r2t_y"]).mean()),
+        "val_domain_acc": float((probs[in_dist].argmax(1) == dom_labels[in_dist]).mean()),
+    }
+    log(f"calibration: {result}")
+    return result

@@ -1,0 +1,128 @@
+"""Export a trained checkpoint to ONNX (opset 17, dynamic batch and query count) with the
+model's contract in the file's metadata_props.
+
+    python -m model.export [--run ref] [--out model/artifacts/medrega-ref.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import torch
+
+from model.network import OUTPUT_NAMES, NetConfig, RegionNet
+from shared.inference.preprocess import PAD_VALUE, POLICY
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
+MODEL_VERSION = "medrega-ref-1.0.0"
+OPSET = 17
+
+OUTPUT_DOC = {
+    "domain_probs": "(B, 5) softmax over domain_outputs (4 domains + 'unsupported')",
+    "region_presence": "(B, R) probability that each region (region_codes order) is visible",
+    "region_boxes": "(B, R, 4) Text→Region box per region, normalised model frame x1,y1,x2,y2",
+    "region_abnormal": "(B, R) probability that the region holds a finding on this image",
+    "finding_probs": "(B, F) probability that the image shows each finding (finding_codes)",
+    "lesion_boxes": "(B, K, 4) top-K lesion boxes, normalised model frame",
+    "lesion_scores": "(B, K) calibrated probability that the detection is a true lesion",
+    "lesion_classes": "(B, K) int64 index into finding_codes",
+    "query_region_probs": "(B, Q, R) Region→Text: which region each query box holds",
+}
+
+
+def load_checkpoint(path: Path) -> tuple[RegionNet, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    meta = ckpt["meta"]
+    model = RegionNet(NetConfig(**{**meta["net"], "widths": tuple(meta["net"]["widths"])}))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, meta
+
+
+def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
+    cal = meta.get("calibration", {})
+    temps = {k: float(getattr(model, f"t_{k}")) for k in cal.get("temperatures", {})}
+    preprocessing = {
+        "function": "shared.inference.preprocess.preprocess",
+        "policy": POLICY,
+        "resize": "letterbox",
+        "input_size": model.cfg.input_size,
+        "pad_value": PAD_VALUE,
+        "value_range": [0.0, 1.0],
+        "window": "DICOM WindowCenter/WindowWidth (first value) after rescale slope/intercept",
+        "monochrome1": "invert to MONOCHROME2 before windowing",
+    }
+    return {
+        "model_version": MODEL_VERSION,
+        "input_size": str(model.cfg.input_size),
+        "input_names": json.dumps(["image", "query_boxes"]),
+        "output_names": json.dumps(list(OUTPUT_NAMES)),
+        "outputs": json.dumps(OUTPUT_DOC),
+        "box_format": "x1,y1,x2,y2 normalised to the square model frame [0,1]; map back to "
+        "source pixels with the preprocessing transform",
+        "preprocessing": json.dumps(preprocessing),
+        "domain_outputs": json.dumps(meta["domain_outputs"]),
+        "region_codes": json.dumps(meta["region_codes"]),
+        "finding_codes": json.dumps(meta["finding_codes"]),
+        "vocab_version": meta["vocab_version"],
+        "training_commit": meta["git_commit"],
+        "training_steps": str(meta["steps"]),
+        "ood_threshold": str(cal.get("ood_threshold", 0.5)),
+        "lesion_threshold": str(cal.get("lesion_threshold", 0.5)),
+        "presence_threshold": "0.5",
+        "calibration_temperatures": json.dumps(temps),
+        "top_k": str(model.cfg.top_k),
+        "intended_use": "synthetic-phantom reference model; NOT for clinical use",
+    }
+
+
+def export(checkpoint: Path, out: Path) -> Path:
+    model, meta = load_checkpoint(checkpoint)
+    s = model.cfg.input_size
+    image = torch.rand(2, 1, s, s)
+    query = torch.tensor([[[0.1, 0.1, 0.5, 0.6]], [[0.4, 0.2, 0.9, 0.7]]], dtype=torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (image, query),
+        str(out),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=["image", "query_boxes"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={
+            "image": {0: "batch"},
+            "query_boxes": {0: "batch", 1: "queries"},
+            **{name: {0: "batch"} for name in OUTPUT_NAMES},
+            "query_region_probs": {0: "batch", 1: "queries"},
+        },
+        do_constant_folding=True,
+    )
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in metadata(model, meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "medrega-pacs reference region-aware model (synthetic phantoms only)"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", default="ref", help="run folder under model/runs/")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    path = export(ROOT / "runs" / args.run / "model.pt", args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
