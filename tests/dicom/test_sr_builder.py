@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from shared.dicom.sr_builder import build_report_sr, sr_uids
 from shared.dicom.sr_content import (
@@ -188,7 +189,7 @@ def dsrdump(path: Path) -> str:
     return result.stdout.decode("utf-8")
 
 
-def text_items(ds: Dataset, section: pydicom.sr.coding.Code) -> list[tuple[str, str | None]]:
+def text_items(ds: Dataset, section: Code) -> list[tuple[str, str | None]]:
     """(text, language code or None) of the TEXT items in a root narrative container."""
     out = []
     for item in ds.ContentSequence:
@@ -202,6 +203,18 @@ def text_items(ds: Dataset, section: pydicom.sr.coding.Code) -> list[tuple[str, 
                 lang = mod.ConceptCodeSequence[0].CodeValue
             out.append((text.TextValue, lang))
     return out
+
+
+def measurement_report(ds: Dataset) -> hd.sr.MeasurementReport:
+    content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def roi_of(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> hd.sr.ImageRegion:
+    roi = group.roi
+    assert isinstance(roi, hd.sr.ImageRegion)
+    return roi
 
 
 def root_language(ds: Dataset) -> str:
@@ -245,9 +258,8 @@ def test_draft_cxr_validates_and_round_trips(
     assert ds.ContentDate == "20261128" and ds.ContentTime.startswith("035812")
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
-    content = sr.content
-    assert isinstance(content, hd.sr.MeasurementReport)
     assert [e[2] for e in sr.get_evidence()] == [dx.SOPInstanceUID]
+    content = measurement_report(ds)
 
     # Abnormal finding: finding type / site codes, polyline = the input box, key image.
     [nodule] = content.get_planar_roi_measurement_groups(
@@ -255,18 +267,18 @@ def test_draft_cxr_validates_and_round_trips(
     )
     box = report.findings[0].box
     assert box is not None
-    np.testing.assert_allclose(nodule.roi.value, np.array(box.polyline()))
-    assert nodule.roi.GraphicType == "POLYLINE"
-    assert nodule.roi.value.shape == (5, 2)
-    np.testing.assert_array_equal(nodule.roi.value[0], nodule.roi.value[-1])  # closed
-    source = nodule.roi.ContentSequence[0]
+    np.testing.assert_allclose(roi_of(nodule).value, np.array(box.polyline()))
+    assert roi_of(nodule).GraphicType == "POLYLINE"
+    assert roi_of(nodule).value.shape == (5, 2)
+    np.testing.assert_array_equal(roi_of(nodule).value[0], roi_of(nodule).value[-1])  # closed
+    source = roi_of(nodule).ContentSequence[0]
     assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx.SOPInstanceUID
     assert source.ReferencedSOPSequence[0].ReferencedSOPClassUID == dx.SOPClassUID
     assert "ReferencedFrameNumber" not in source.ReferencedSOPSequence[0]  # single-frame image
     [site] = nodule.finding_sites
     assert site.value == hd.sr.CodedConcept("39607008", "SCT", "Lung")
     assert site.laterality == hd.sr.CodedConcept("24028007", "SCT", "Right")
-    assert is_own_uid(nodule.tracking_uid)
+    assert nodule.tracking_uid is not None and is_own_uid(nodule.tracking_uid)
     certainty = nodule.get_measurements(name=codes.DCM.CertaintyOfFinding)
     if with_probabilities:
         assert [m.value for m in certainty] == [87.3]
@@ -290,8 +302,10 @@ def test_draft_cxr_validates_and_round_trips(
         assert names["Algorithm Family"].ConceptCodeSequence[0].CodeValue == "123110"
     [device] = content.get_observer_contexts(observer_type=codes.DCM.Device)
     assert content.get_observer_contexts(observer_type=codes.DCM.Person) == []
-    assert device.observer_identifying_attributes.name == "medrega-reference"
-    assert device.observer_identifying_attributes.serial_number == "GPU-NODE-1"
+    device_attributes = device.observer_identifying_attributes
+    assert isinstance(device_attributes, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert device_attributes.name == "medrega-reference"
+    assert device_attributes.serial_number == "GPU-NODE-1"
 
     # Image Library present (OHIF), procedure reported.
     meanings = [i.ConceptNameCodeSequence[0].CodeMeaning for i in ds.ContentSequence]
@@ -436,21 +450,21 @@ def test_final_and_corrected_ct_reference_their_predecessors(
     assert final.SeriesDescription == "Signed report" and final.SeriesNumber == 9902
     assert final.SOPInstanceUID != draft.SOPInstanceUID
 
-    content = hd.sr.Comprehensive3DSR.from_dataset(final).content
+    content = measurement_report(final)
     [person] = content.get_observer_contexts(observer_type=codes.DCM.Person)
-    assert str(person.observer_identifying_attributes.name) == "李^伟"
-    assert person.observer_identifying_attributes.organization_name == "Demo Hospital 示范医院"
+    person_attributes = person.observer_identifying_attributes
+    assert isinstance(person_attributes, hd.sr.PersonObserverIdentifyingAttributes)
+    assert str(person_attributes.name) == "李^伟"
+    assert person_attributes.organization_name == "Demo Hospital 示范医院"
     # Only the abnormal finding is a group (the normal region has no box); it points at slice 2.
     [group] = content.get_planar_roi_measurement_groups()
     assert (
-        group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        roi_of(group).ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         == key.SOPInstanceUID
     )
-    np.testing.assert_allclose(group.roi.value, np.array(PixelBox(5, 6, 20, 22).polyline()))
+    np.testing.assert_allclose(roi_of(group).value, np.array(PixelBox(5, 6, 20, 22).polyline()))
     # The same finding keeps its tracking UID from the draft to the signed report.
-    [draft_group] = hd.sr.Comprehensive3DSR.from_dataset(
-        draft
-    ).content.get_planar_roi_measurement_groups()
+    [draft_group] = measurement_report(draft).get_planar_roi_measurement_groups()
     assert group.tracking_uid == draft_group.tracking_uid
     procedure = [
         i for i in final.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"
@@ -524,7 +538,7 @@ def test_normal_study_without_boxes_has_one_study_level_group(dx: Dataset, tmp_p
     ds = save_and_validate(
         build_report_sr(report, context([dx], language="en")), tmp_path / "normal.dcm"
     )
-    content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    content = measurement_report(ds)
     assert content.get_planar_roi_measurement_groups() == []
     [group] = content.get_image_measurement_groups()
     assert group.finding_type == hd.sr.CodedConcept.from_code(codes.SCT.Normal)
@@ -534,7 +548,7 @@ def test_normal_study_without_boxes_has_one_study_level_group(dx: Dataset, tmp_p
 def test_abnormal_finding_without_box_is_an_image_level_group(dx: Dataset, tmp_path: Path) -> None:
     report = report_of("cxr", [region_finding(dx, "right_lung", "consolidation", None, 0.42)])
     ds = save_and_validate(build_report_sr(report, context([dx])), tmp_path / "nobox.dcm")
-    content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    content = measurement_report(ds)
     [group] = content.get_image_measurement_groups()
     assert group.finding_type == hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation")
     assert [s.referenced_sop_instance_uid for s in group.source_images] == [dx.SOPInstanceUID]
@@ -550,8 +564,8 @@ def test_multiframe_reference_carries_the_frame_number(dx: Dataset, tmp_path: Pa
         "cxr", [region_finding(header, "right_lung", "lung_nodule", PixelBox(1, 2, 3, 4), frame=2)]
     )
     ds = save_and_validate(build_report_sr(report, context([header])), tmp_path / "mf.dcm")
-    [group] = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_planar_roi_measurement_groups()
-    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == 2
+    [group] = measurement_report(ds).get_planar_roi_measurement_groups()
+    assert roi_of(group).ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber == 2
 
 
 def test_image_without_library_descriptors_is_still_listed(dx: Dataset, tmp_path: Path) -> None:
