@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from shared.dicom.uids import is_own_uid, is_valid_uid
@@ -61,14 +62,30 @@ def read_header(part10_bytes: bytes) -> InstanceHeader:
     """Parse a Part 10 byte string up to (not including) the pixel data."""
     try:
         dataset = dcmread(BytesIO(part10_bytes), stop_before_pixels=True)
+        _check_not_truncated(dataset)
         # pydicom converts raw elements lazily: touch what we need while errors still mean
         # 'undecodable' rather than surfacing later.
         values = _extract(dataset)
-    except IncompleteDatasetError:
+    except (IncompleteDatasetError, UndecodableDatasetError):
         raise
     except Exception as exc:  # pydicom raises many types on garbage; all mean the same here
         raise UndecodableDatasetError(f"{type(exc).__name__}: {exc}") from exc
     return values
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _check_not_truncated(dataset: Dataset) -> None:
+    """pydicom reads garbage leniently (random bytes become one huge, truncated element); an
+    element shorter than its declared length is how undecodable input shows up."""
+    for element in dataset.elements():
+        if not isinstance(element, RawDataElement) or element.value is None:
+            continue
+        if element.length != UNDEFINED_LENGTH and len(element.value) != element.length:
+            raise UndecodableDatasetError(
+                f"element {element.tag} declares {element.length} bytes, has {len(element.value)}"
+            )
 
 
 def _extract(dataset: Dataset) -> InstanceHeader:

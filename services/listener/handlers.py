@@ -54,19 +54,26 @@ def handle_requested(event: events.Event, context: ListenerContext) -> None:
         calling_ae = request.calling_ae_title.strip() if request is not None else ""
         if calling_ae not in context.allowed_calling_aes:
             logger.warning("association from calling AE %r refused: not whitelisted", calling_ae)
-            event.assoc.acse.send_reject(*REJECT_CALLING_AE_NOT_RECOGNISED)
+            _reject(event, REJECT_CALLING_AE_NOT_RECOGNISED)
             return
         if not context.store.has_free_space():
             logger.error(
                 "association from %r refused: storage below its free-space watermark", calling_ae
             )
-            event.assoc.acse.send_reject(*REJECT_LOCAL_LIMIT_EXCEEDED)
+            _reject(event, REJECT_LOCAL_LIMIT_EXCEEDED)
     except Exception:
         logger.exception("association screening failed; refusing")
         try:
-            event.assoc.acse.send_reject(*REJECT_LOCAL_LIMIT_EXCEEDED)
+            _reject(event, REJECT_LOCAL_LIMIT_EXCEEDED)
         except Exception:
             event.assoc.abort()
+
+
+def _reject(event: events.Event, reason: tuple[int, int, int]) -> None:
+    event.assoc.acse.send_reject(*reason)
+    # As pynetdicom's own ACSE rejection does: wait until the DUL has sent the A-ASSOCIATE-RJ,
+    # otherwise the server closes the socket first and the peer sees a bare abort.
+    event.assoc.kill()
 
 
 def handle_echo(event: events.Event) -> int:

@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +65,18 @@ class RunningListener:
 
 
 def _answers(
-    host: str, port: int, called_ae: str, calling_ae: str, tls: ssl.SSLContext | None
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str,
+    tls: ssl.SSLContext | None,
+    tls_hostname: str,
 ) -> bool:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = 5
     ae.network_timeout = 5
-    tls_args = (tls, "") if tls is not None else None
+    tls_args = (tls, tls_hostname) if tls is not None else None
     association = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     if association.is_established:
         status = association.send_c_echo()
@@ -93,13 +98,16 @@ def start_listener(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     echo_tls_context: ssl.SSLContext | None = None,
+    echo_tls_hostname: str = "localhost",
+    preexec_fn: Callable[[], None] | None = None,
     timeout_s: float = 30.0,
 ) -> RunningListener:
     """Start a listener on a free port (or `port`) and wait until it answers.
 
     `env` is applied last (any MEDREGA_* setting, e.g. MEDREGA_STORAGE_MIN_FREE_BYTES or the TLS
-    paths). `echo_tls_context` is the client context used for the readiness C-ECHO when the
-    listener runs with TLS.
+    paths). `echo_tls_context` (and `echo_tls_hostname`, checked against the certificate)
+    is the client side of the readiness C-ECHO when the listener runs with TLS. `preexec_fn` runs in the child before exec (e.g. to set a
+    resource limit that makes storage fail for real).
     """
     port = port or free_port()
     storage_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +140,7 @@ def start_listener(
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
     running = RunningListener(process, "127.0.0.1", port, ae_title, storage_dir, log_path)
     calling_ae = allowed_aes[0] if allowed_aes else "MEDREGA_TEST"
@@ -140,7 +149,9 @@ def start_listener(
         if process.poll() is not None:
             raise RuntimeError(f"listener exited with {process.returncode}:\n{running.log_text()}")
         try:
-            if _answers("127.0.0.1", port, ae_title, calling_ae, echo_tls_context):
+            if _answers(
+                "127.0.0.1", port, ae_title, calling_ae, echo_tls_context, echo_tls_hostname
+            ):
                 return running
         except (OSError, RuntimeError):
             pass
