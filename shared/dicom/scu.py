@@ -103,7 +103,11 @@ def store_dataset(
     try:
         if not assoc.is_established:
             raise _association_failure(assoc, peer)
-        response = assoc.send_c_store(ds)
+        try:
+            response = assoc.send_c_store(ds)
+        except RuntimeError as exc:
+            # The peer released or aborted between negotiation and our request.
+            raise TransientStoreError(f"association lost before C-STORE: {exc}", peer=peer) from exc
         if "Status" not in response:
             # No response within the DIMSE timeout, or the association was aborted meanwhile.
             raise TransientStoreError("no C-STORE response (timeout or abort)", peer=peer)

@@ -213,8 +213,8 @@ def _measurement_groups(report: SrReport, context: SrContext, vocab: Vocab) -> l
     seen: Counter[tuple[str, str]] = Counter()
     for index, finding in enumerate(report.findings):
         abnormal = finding.finding_code is not None
-        if not abnormal and finding.box is None:
-            continue  # a normal region without a box lives in the narrative only
+        if not abnormal and (finding.box is None or not context.normal_region_groups):
+            continue  # then the normal region lives in the narrative only
         key = (finding.region_code, finding.finding_code or "normal")
         seen[key] += 1
         tracking = hd.sr.TrackingIdentifier(

@@ -42,7 +42,7 @@ PROCEDURE_BY_DOMAIN: dict[str, hd.sr.CodedConcept] = {
     "cxr": hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray"),
     "chest_ct": hd.sr.CodedConcept("169069000", "SCT", "Computed tomography of chest"),
     "abd_ct": hd.sr.CodedConcept("169070004", "SCT", "Computed tomography of abdomen"),
-    "brain_mr": hd.sr.CodedConcept("24590-2", "LN", "MRI Head"),
+    "brain_mr": hd.sr.CodedConcept("24590-2", "LN", "MR Brain"),
 }
 PROCEDURE_BY_MODALITY: dict[str, hd.sr.CodedConcept] = {
     "CT": hd.sr.CodedConcept.from_code(codes.cid100.CTUnspecifiedBodyRegion),
@@ -206,6 +206,10 @@ class SrContext:
     software_version: str | None = None  # medrega-pacs' own version
     institution_name: str | None = None
     series_number: int | None = None  # default: DEFAULT_SERIES_NUMBER[status]
+    # A region the report calls normal, with a box, gets its own planar ROI group (finding
+    # "Normal") so a viewer can show every region the grounded report talks about. A site
+    # that finds that cluttered in its viewer turns it off; the narrative still says it.
+    normal_region_groups: bool = True
 
     def __post_init__(self) -> None:
         if self.status not in get_args(ReportStatusName):

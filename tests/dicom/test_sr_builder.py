@@ -172,12 +172,18 @@ def predecessor_of(report_id: str, version: int, study_uid: str) -> PredecessorR
 
 
 def save_and_validate(sr: Dataset, path: Path) -> Dataset:
-    """Write, check with dciodvfy (no errors), read back."""
+    """Write, check, read back.
+
+    dciodvfy checks the IOD (modules, attributes, flags) but not the content tree; dsrdump
+    parses the tree against the Comprehensive 3D SR relationship constraints and fails on a
+    violation, so both must be clean.
+    """
     sr.save_as(path, enforce_file_format=True)
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=30)
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if "Error" in line]
     assert errors == [], output
+    dsrdump(path)
     return pydicom.dcmread(path)
 
 
@@ -185,7 +191,9 @@ def dsrdump(path: Path) -> str:
     result = subprocess.run(
         ["dsrdump", "+U8", "+Pl", "+Pu", str(path)], capture_output=True, timeout=30
     )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    stderr = result.stderr.decode(errors="replace")
+    problems = [line for line in stderr.splitlines() if line.startswith(("E:", "F:"))]
+    assert result.returncode == 0 and problems == [], stderr
     return result.stdout.decode("utf-8")
 
 
@@ -639,3 +647,37 @@ def test_bad_input_is_refused_with_the_attribute_named(dx: Dataset, ct: list[Dat
     english_only = SrReport("cxr", good.findings, {"en": "Text."}, {"en": "Text."})
     with pytest.raises(ValueError, match="'zh'"):
         build_report_sr(english_only, context([dx], language="both"))
+
+
+def test_normal_region_groups_can_be_turned_off(dx: Dataset, tmp_path: Path) -> None:
+    report = cxr_report(dx, with_probabilities=True)
+    ctx = context([dx])
+    quiet = SrContext(**{**ctx.__dict__, "normal_region_groups": False})
+    ds = save_and_validate(build_report_sr(report, quiet), tmp_path / "quiet.dcm")
+    groups = measurement_report(ds).get_planar_roi_measurement_groups()
+    assert [g.finding_type for g in groups] == [hd.sr.CodedConcept("27925004", "SCT", "Nodule")]
+    assert "unremarkable" in text_items(ds, codes.DCM.Findings)[0][0]  # still in the narrative
+
+
+def test_source_without_type2_patient_study_attributes(dx_ascii: Dataset, tmp_path: Path) -> None:
+    header = deepcopy(dx_ascii)
+    for keyword in ("AccessionNumber", "PatientBirthDate", "StudyID", "ReferringPhysicianName"):
+        delattr(header, keyword)
+    report = cxr_report(header, with_probabilities=False)
+    ds = save_and_validate(build_report_sr(report, context([header])), tmp_path / "sparse.dcm")
+    assert ds.AccessionNumber in (None, "")
+    assert ds.PatientID == dx_ascii.PatientID
+    assert "AccessionNumber" not in header  # the caller's header is not modified
+
+
+def test_validators_catch_a_broken_sr(dx: Dataset, tmp_path: Path) -> None:
+    """The checks really look at our SR: a missing flag and a bad relationship are reported."""
+    sr = build_report_sr(cxr_report(dx, with_probabilities=True), context([dx]))
+    no_flag = deepcopy(sr)
+    del no_flag.VerificationFlag
+    with pytest.raises(AssertionError, match="VerificationFlag"):
+        save_and_validate(no_flag, tmp_path / "no_flag.dcm")
+    bad_tree = deepcopy(sr)
+    bad_tree.ContentSequence[0].RelationshipType = "INFERRED FROM"  # not from a CONTAINER
+    with pytest.raises(AssertionError, match="Invalid by-value Relationship"):
+        save_and_validate(bad_tree, tmp_path / "bad_tree.dcm")
