@@ -133,6 +133,7 @@ def build_report_sr(
         verifying_observer_name=observer.name if observer else None,
         verifying_organization=observer.organization if observer else None,
         previous_versions=[context.predecessor.as_dataset()] if context.predecessor else None,
+        requested_procedures=_referenced_requests(images[0]),
         contributing_equipment=[
             hd.ContributingEquipment(
                 manufacturer=context.manufacturer,
@@ -165,6 +166,25 @@ def _unique_images(images: Sequence[Dataset]) -> list[Dataset]:
     for image in images:
         seen.setdefault(str(image.SOPInstanceUID), image)
     return list(seen.values())
+
+
+def _referenced_requests(image: Dataset) -> list[Dataset] | None:
+    """Referenced Request Sequence: the order the report answers, so a PACS or RIS can match
+    the SR to it by Accession Number (Type 1C: only when the request is known)."""
+    accession = str(image.get("AccessionNumber") or "")
+    if not accession:
+        return None
+    request = (image.get("RequestAttributesSequence") or [Dataset()])[0]
+    item = Dataset()
+    item.StudyInstanceUID = image.StudyInstanceUID
+    item.ReferencedStudySequence = []
+    item.AccessionNumber = accession
+    item.PlacerOrderNumberImagingServiceRequest = ""
+    item.FillerOrderNumberImagingServiceRequest = ""
+    item.RequestedProcedureID = request.get("RequestedProcedureID") or ""
+    item.RequestedProcedureDescription = request.get("RequestedProcedureDescription") or ""
+    item.RequestedProcedureCodeSequence = []
+    return [item]
 
 
 def _procedure_reported(domain: str, first_image: Dataset) -> hd.sr.CodedConcept:

@@ -258,6 +258,8 @@ def test_draft_cxr_validates_and_round_trips(
     assert str(ds.PatientName) == "王^小明"
     assert ds.StudyInstanceUID == dx.StudyInstanceUID
     assert ds.AccessionNumber == dx.AccessionNumber
+    [request] = ds.ReferencedRequestSequence
+    assert (request.AccessionNumber, request.StudyInstanceUID) == ("ACC0001", dx.StudyInstanceUID)
     assert ds.SeriesInstanceUID != dx.SeriesInstanceUID
     assert ds.SeriesNumber == 9901
     assert ds.SeriesDescription == "AI draft report (medrega-pacs)"
@@ -666,6 +668,7 @@ def test_source_without_type2_patient_study_attributes(dx_ascii: Dataset, tmp_pa
     report = cxr_report(header, with_probabilities=False)
     ds = save_and_validate(build_report_sr(report, context([header])), tmp_path / "sparse.dcm")
     assert ds.AccessionNumber in (None, "")
+    assert "ReferencedRequestSequence" not in ds  # no accession: the request is unknown
     assert ds.PatientID == dx_ascii.PatientID
     assert "AccessionNumber" not in header  # the caller's header is not modified
 
