@@ -5,8 +5,8 @@ shared/delivery_policy.py, shared with the SR delivery.
 Typical use in a delivery task:
 
     data = OruInput.from_db(study, report, sr_sop_instance_uid=sr_uid, signer=signer)
-    control_id = message_control_id(report.id, report.version, "hl7")
-    ack = send_oru(build_oru(data, control_id, languages=("en", "zh")))
+    # MSH-10 must be the delivery row's message_id (the same derivation: ORU<report>V<version>)
+    ack = send_oru(build_oru(data, delivery.message_id, languages=("en", "zh")))
     # DeliveryError (transient or not) otherwise; see shared.delivery_policy.after_failure
 """
 

@@ -17,8 +17,8 @@ NOW = datetime(2026, 11, 28, 5, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize("code", ["AA", "AE", "AR"])
 def test_built_ack_parses_back(code: str) -> None:
-    ack = parse_ack(build_ack(code, "MR1V1HL7", text="db | down" if code != "AA" else ""))
-    assert ack.code == code and ack.control_id == "MR1V1HL7"
+    ack = parse_ack(build_ack(code, "ORU1V1", text="db | down" if code != "AA" else ""))
+    assert ack.code == code and ack.control_id == "ORU1V1"
     assert ack.accepted is (code == "AA")
     if code != "AA":
         assert "db | down" in ack.text

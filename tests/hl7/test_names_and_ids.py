@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from shared.hl7.control_id import message_control_id
 from shared.hl7.names import dicom_pn_to_xpn, display_name, xpn_to_dicom_pn
+from shared.message_ids import hl7_control_id
 
 
 def _round_trip(pn: str) -> str:
@@ -52,9 +53,13 @@ def test_person_name_round_trip_property(groups: list[list[str]]) -> None:
 
 
 def test_control_id_is_deterministic_short_and_distinct() -> None:
-    assert message_control_id(42, 3) == message_control_id(42, 3) == "MR42V3HL7"
+    assert message_control_id(42, 3) == message_control_id(42, 3) == "ORU42V3"
+    assert message_control_id(42, 3) == hl7_control_id(42, 3)  # what the delivery row holds
     ids = {
-        message_control_id(r, v, k) for r in (1, 12, 123) for v in (1, 2, 23) for k in ("hl7", "sr")
+        message_control_id(r, v, k)
+        for r in (1, 12, 123)
+        for v in (1, 2, 23)
+        for k in ("ORU", "ADD")
     }
     assert len(ids) == 18
     assert all(len(i) <= 20 for i in ids)
@@ -62,7 +67,7 @@ def test_control_id_is_deterministic_short_and_distinct() -> None:
 
 def test_control_id_falls_back_to_a_hash_when_too_long() -> None:
     big = message_control_id(10**15, 12345)
-    assert big.startswith("MX") and len(big) == 20
+    assert big.startswith("X-") and len(big) == 20
     assert big == message_control_id(10**15, 12345)
     assert big != message_control_id(10**15, 12346)
 
@@ -70,7 +75,7 @@ def test_control_id_falls_back_to_a_hash_when_too_long() -> None:
 @given(st.integers(0, 2**63 - 1), st.integers(0, 10**6))
 def test_control_id_property(report_id: int, version: int) -> None:
     cid = message_control_id(report_id, version)
-    assert 0 < len(cid) <= 20 and cid.isalnum()
+    assert 0 < len(cid) <= 20 and cid.replace("-", "").isalnum()
 
 
 def test_control_id_rejects_bad_input() -> None:
@@ -78,3 +83,5 @@ def test_control_id_rejects_bad_input() -> None:
         message_control_id(-1, 1)
     with pytest.raises(ValueError):
         message_control_id(1, 1, "a|b")
+    with pytest.raises(ValueError):
+        message_control_id(1, 1, "A1")  # a digit would make A1+23 read like A+123

@@ -31,7 +31,7 @@ def strict_parse(er7: str) -> Any:
 def test_built_message_passes_hl7apy_strict_validation(
     status: str, languages: tuple[str, ...]
 ) -> None:
-    er7 = build_oru(make_input(result_status=status), "MR42V2HL7", languages=languages)  # type: ignore[arg-type]
+    er7 = build_oru(make_input(result_status=status), "ORU42V2", languages=languages)  # type: ignore[arg-type]
     message = strict_parse(er7)
     assert message.name == "ORU_R01"
     assert er7.endswith("\r") and "\n" not in er7
@@ -39,7 +39,7 @@ def test_built_message_passes_hl7apy_strict_validation(
 
 def test_validation_is_not_vacuous() -> None:
     """The same validator rejects our message once a required field (OBX-11) is gone."""
-    er7 = build_oru(make_input(), "MR42V2HL7")
+    er7 = build_oru(make_input(), "ORU42V2")
     broken = er7.replace("|||AA|||P\r", "|||AA\r", 1)
     assert broken != er7
     message = parse_message(broken.strip("\r"), validation_level=VALIDATION_LEVEL.TOLERANT)
@@ -50,7 +50,7 @@ def test_validation_is_not_vacuous() -> None:
 def test_msh_header() -> None:
     er7 = build_oru(
         make_input(),
-        "MR42V2HL7",
+        "ORU42V2",
         receiving_application="RIS_APP",
         receiving_facility="HOSP_A",
         sending_facility="RAD",
@@ -64,7 +64,7 @@ def test_msh_header() -> None:
     assert msg.field("MSH", 6) == "HOSP_A"
     assert msg.field("MSH", 7) == "20261128050001+0000"
     assert msg.segment("MSH")[9] == "ORU^R01^ORU_R01"  # type: ignore[index]
-    assert msg.field("MSH", 10) == "MR42V2HL7"
+    assert msg.field("MSH", 10) == "ORU42V2"
     assert msg.field("MSH", 11) == "T"
     assert msg.field("MSH", 12) == "2.5.1"
     assert msg.field("MSH", 18) == "UNICODE UTF-8"

@@ -99,7 +99,7 @@ def test_from_db_draft() -> None:
     assert data.critical is True
     assert data.interpreter is None
     assert data.model == "medrega-ref 1.0.0"
-    received = read_oru(build_oru(data, "MR11V3HL7"))
+    received = read_oru(build_oru(data, "ORU11V3"))
     assert received.patient_name_pn == "Zhang^San=张^三"
     assert received.filler_order == "A123"
     assert received.lines("zh")[1] == "右侧气胸。"
@@ -118,7 +118,7 @@ def test_from_db_signed_with_rejected_critical_finding() -> None:
     assert data.status_changed_at == datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
     assert data.observation_dtm == "20261127100000+0000"  # no study date: report time
     assert data.interpreter is not None and data.interpreter.name_pn == "Li^Wei"
-    received = read_oru(build_oru(data, "MR11V3HL7"))
+    received = read_oru(build_oru(data, "ORU11V3"))
     assert received.interpreter == "lwei&Li&Wei"
     assert received.filler_order == "1.2.3.4.5"
 

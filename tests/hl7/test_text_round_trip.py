@@ -23,7 +23,7 @@ report_text = st.lists(st.one_of(_tricky, _cjk, _any), max_size=60).map("".join)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(en=report_text, zh=report_text)
 def test_report_text_round_trips(en: str, zh: str) -> None:
-    er7 = build_oru(make_input(lines=(ReportLine("findings", en, zh, "A"),)), "MR1V1HL7")
+    er7 = build_oru(make_input(lines=(ReportLine("findings", en, zh, "A"),)), "ORU1V1")
     # Nothing may break the segment or MLLP framing.
     assert not any(c in er7.replace("\r", "") for c in "\n\x0b\x1c")
     received = read_oru(er7)
@@ -38,7 +38,7 @@ def test_patient_name_round_trips(family: str, given_name: str) -> None:
         single_line(x).replace("=", "").replace("^", "").strip() for x in (family, given_name)
     )
     pn = f"Li^Wei={family}^{given_name}".rstrip("^").rstrip("=")
-    received = read_oru(build_oru(make_input(patient_name_pn=pn), "MR1V1HL7"))
+    received = read_oru(build_oru(make_input(patient_name_pn=pn), "ORU1V1"))
     assert received.patient_name_pn == pn
 
 
