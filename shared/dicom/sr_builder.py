@@ -75,7 +75,9 @@ class SrUids:
 def sr_uids(report_id: str | int, version: int) -> SrUids:
     """The SR's series and SOP Instance UIDs for one report version (same inputs, same UIDs).
 
-    Also what a signed report's builder uses to name its predecessor draft SR.
+    `report_id` and `version` as stored in the reports table; the pair must identify one
+    version. Also how the caller names a predecessor SR (the draft a signature finalises)
+    without having kept the old dataset.
     """
     return SrUids(
         series_instance_uid=derived_uid("medrega-sr-series", str(report_id), str(version)),
