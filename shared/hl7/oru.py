@@ -25,9 +25,9 @@ requested priority and is deprecated in 2.5.1 (TQ1), so we do not rewrite it in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Group, Message, Segment
@@ -36,12 +36,11 @@ from hl7apy.exceptions import HL7apyException, ValidationError
 from shared.hl7.errors import InvalidOru
 from shared.hl7.escape import escape
 from shared.hl7.names import dicom_pn_to_xpn, display_name
+from shared.inference.contract import Language, Section
 
 if TYPE_CHECKING:
     from shared.db.models import RegionFinding, Report, Study, User
 
-Language = Literal["en", "zh"]
-Section = Literal["findings", "impression"]
 ResultStatus = Literal["P", "F", "C"]
 ProcessingId = Literal["P", "T", "D"]
 AbnormalFlag = Literal["AA", "A", "N"]
@@ -106,7 +105,6 @@ class OruInput:
     sr_sop_instance_uid: str | None = None
     interpreter: Interpreter | None = None
     model: str | None = None  # "name version", for the draft note
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_db(
