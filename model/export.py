@@ -44,6 +44,16 @@ def load_checkpoint(path: Path) -> tuple[RegionNet, dict]:
     return model, meta
 
 
+def load_weights(path: Path) -> RegionNet:
+    """The committed torch weights (model/artifacts/medrega-ref.pt): config + state dict."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = dict(blob["net"])
+    model = RegionNet(NetConfig(**{**net, "widths": tuple(net["widths"])}))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model
+
+
 def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
     cal = meta.get("calibration", {})
     temps = {k: float(getattr(model, f"t_{k}")) for k in cal.get("temperatures", {})}
@@ -111,6 +121,8 @@ def export(checkpoint: Path, out: Path) -> Path:
     proto.doc_string = "medrega-pacs reference region-aware model (synthetic phantoms only)"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
+    # torch weights next to the graph: the parity test and the benchmark compare against them
+    torch.save({"net": dict(meta["net"]), "state_dict": model.state_dict()}, out.with_suffix(".pt"))
     return out
 
 

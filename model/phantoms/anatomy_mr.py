@@ -42,6 +42,7 @@ def sample(rng: np.random.Generator, abnormal: bool) -> MrScene:
     a, b = float(rng.uniform(66, 80)), float(rng.uniform(84, 100))
     rows = int(rng.choice([256, 320, 384, 448, 512]))
     cols = rows if rng.random() < 0.5 else int(round(rows * float(rng.choice([0.75, 0.8, 0.875]))))
+    cols = max(cols, 256)  # CT/MR matrices stay within 256..512
     fov_r = 2 * b * float(rng.uniform(1.12, 1.35))
     spacing_r = fov_r / rows
     spacing_c = max(spacing_r, 2 * a * 1.15 / cols)
