@@ -6,15 +6,12 @@ HL7 message control ID, and idempotent receivers (the PACS, the RIS) keep one co
 
 from __future__ import annotations
 
-from shared.dicom.uids import derived_uid
-
-
-def sr_series_instance_uid(report_id: int, version: int) -> str:
-    return derived_uid("sr-series", str(report_id), str(version))
+from shared.dicom.sr_builder import sr_uids
 
 
 def sr_sop_instance_uid(report_id: int, version: int) -> str:
-    return derived_uid("sr", str(report_id), str(version))
+    """The SR builder's own derivation, so the delivery row names the UID the PACS receives."""
+    return sr_uids(report_id, version).sop_instance_uid
 
 
 def hl7_control_id(report_id: int, version: int, kind: str = "ORU") -> str:
