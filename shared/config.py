@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     ris_port: int = 2575
     ris_timeout_s: float = 10.0
 
+    # --- reports ---
+    # Languages of the narrative in the SR and of the ORU's OBX lines.
+    report_languages: Literal["en", "zh", "both"] = "both"
+    institution_name: str = "medrega-pacs hospital"
+
     # --- web ---
     web_host: str = "127.0.0.1"
     web_port: int = 8000
