@@ -197,7 +197,7 @@ def build_hl7(session: Session, report: Report, study: Study, control_id: str) -
         signer=signer,
     )
     settings = get_settings()
-    languages = (
+    languages: tuple[Language, ...] = (
         ("en", "zh") if settings.report_languages == "both" else (settings.report_languages,)
     )
     return build_oru(data, control_id, languages=languages)
