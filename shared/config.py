@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # --- RabbitMQ (Celery broker) ---
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
 
+    # Prefix for Celery queue names, so a test run never shares queues with a running stack.
+    queue_prefix: str = ""
+
     # --- content storage for received DICOM ---
     storage_dir: Path = REPO_ROOT / "var" / "storage"
     # Associations are refused and C-STOREs answered 0xA700 below this much free space.

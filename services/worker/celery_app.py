@@ -13,10 +13,10 @@ from kombu import Exchange, Queue
 
 from shared.config import get_settings
 
-GPU_QUEUE = "gpu"
-IO_QUEUE = "io"
-
 settings = get_settings()
+GPU_QUEUE = f"{settings.queue_prefix}gpu"
+IO_QUEUE = f"{settings.queue_prefix}io"
+
 app = Celery("medrega", broker=settings.broker_url)
 app.conf.update(
     task_serializer="json",
