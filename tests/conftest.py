@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import REPO_ROOT, get_settings
 from shared.db.models import Base
 
-PG_ADMIN_DSN = os.environ.get("MEDREGA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "MEDREGA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 TEST_DB_NAME = f"medrega_test_{os.getpid()}"
 
 

@@ -23,5 +23,7 @@ def healthz() -> dict[str, Any]:
         with get_engine().connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any driver error means "not ready"
-        raise HTTPException(status_code=503, detail=f"database unavailable: {type(exc).__name__}")
+        raise HTTPException(
+            status_code=503, detail=f"database unavailable: {type(exc).__name__}"
+        ) from None
     return {"status": "ok"}
