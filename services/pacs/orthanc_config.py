@@ -70,6 +70,7 @@ def render_orthanc_config(
     listener_port: int | None = None,
     listener_ae_title: str | None = None,
     stable_age_s: int | None = None,
+    checkpoint_tick_s: float = 5.0,
     plugin_script: Path = ROUTING_PLUGIN_SCRIPT,
     python_verbose: bool = False,
 ) -> dict[str, Any]:
@@ -165,6 +166,9 @@ def render_orthanc_config(
             "BatchSize": 500,
             # Seconds between attempts when the AI node is down; the last value repeats.
             "RetryDelaysSeconds": [2, 5, 15, 60, 300],
+            # How often an idle router records how far Orthanc's change log is fully routed
+            # (its restart point).
+            "CheckpointTickSeconds": checkpoint_tick_s,
         },
     }
     return config

@@ -24,6 +24,14 @@ Why the metadata mark: STABLE_STUDY fires again for every late instance and for 
 stored back into the PACS. With the mark, such a second pass sends only what was never sent:
 nothing for our SR (so no second draft), exactly the new instance for a late one.
 
+Restarts: the queue and the retry schedule live in memory, and Orthanc never fires STABLE_STUDY
+for a study that was still settling when it stopped. So the worker keeps a checkpoint (an Orthanc
+global property): a sequence number of Orthanc's own change log up to which everything has been
+routed, advanced only while the router is idle with nothing pending. On ORTHANC_STARTED it walks
+the change log from the checkpoint and re-checks every study that changed since, one StableAge
+later. A re-check of an already routed study sends nothing (metadata marks), so being generous
+here costs a few REST calls, never a duplicate draft.
+
 Logs carry Orthanc resource ids (hashes) and counts only, never names, UIDs or other PHI.
 """
 
@@ -52,6 +60,11 @@ JOB_POLL_INTERVAL_S = 0.2
 # treated as failed and retried; the resend is harmless (the listener is idempotent).
 JOB_MAX_WAIT_S = 3600.0
 RECENT_STUDIES_KEPT = 1000
+# Orthanc global property (ids >= 1024 belong to plugins): the change-log checkpoint.
+CHECKPOINT_PROPERTY = 7781
+CHANGES_PAGE_SIZE = 1000
+# Queue item asking the worker to recover after a restart; Orthanc ids are hex and dashes only.
+RECOVERY_REQUEST = "<recover>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +80,8 @@ class RoutingSettings:
     routed_metadata: str
     batch_size: int = 500
     retry_delays_s: tuple[float, ...] = (2.0, 5.0, 15.0, 60.0, 300.0)
+    stable_age_s: float = 60.0  # Orthanc's StableAge: recovery waits this long before routing
+    checkpoint_tick_s: float = 5.0  # an idle worker wakes up this often to advance the checkpoint
 
 
 def parse_routing_settings(configuration: dict[str, Any]) -> RoutingSettings:
@@ -86,6 +101,8 @@ def parse_routing_settings(configuration: dict[str, Any]) -> RoutingSettings:
         routed_metadata=str(section["RoutedMetadata"]),
         batch_size=max(1, int(section.get("BatchSize", 500))),
         retry_delays_s=delays or (5.0,),
+        stable_age_s=float(configuration.get("StableAge", 60)),
+        checkpoint_tick_s=max(0.1, float(section.get("CheckpointTickSeconds", 5))),
     )
 
 
@@ -116,6 +133,19 @@ def retry_delay_s(attempt: int, delays: Sequence[float]) -> float:
     return float(delays[index])
 
 
+def changed_resources(changes: Iterable[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """(studies, instances) named by Orthanc change-log entries that may need routing."""
+    studies: set[str] = set()
+    instances: set[str] = set()
+    for change in changes:
+        change_type = change.get("ChangeType")
+        if change_type in ("StableStudy", "NewStudy"):
+            studies.add(str(change["ID"]))
+        elif change_type == "NewInstance":  # a late instance into a known study
+            instances.add(str(change["ID"]))
+    return studies, instances
+
+
 def job_outcome(job: dict[str, Any]) -> str | None:
     """'success', 'failure', or None while the Orthanc job is still pending/running/paused."""
     state = str(job.get("State", ""))
@@ -137,6 +167,10 @@ class StudyVanished(Exception):
 
 class RoutingFailed(Exception):
     """The AI node did not take a batch (down, refused, timed out): retry later."""
+
+
+class RouterStopping(Exception):
+    """Orthanc is shutting down: stop waiting on a job; recovery picks the study up later."""
 
 
 @dataclass
@@ -258,15 +292,20 @@ class StableStudyRouter:
     # line in the default log (ops reads it), failures go to ERROR.
     log_event: Callable[[str], None]
     log_failure: Callable[[str], None]
+    # The change-log checkpoint, persisted by Orthanc (None: never written).
+    load_checkpoint: Callable[[], int | None] = lambda: None
+    store_checkpoint: Callable[[int], None] = lambda sequence: None
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _queued: set[str] = field(default_factory=set)
     _retries: list[tuple[float, str]] = field(default_factory=list)  # heap (due, study)
-    _retry_scheduled: set[str] = field(default_factory=set)  # at most one retry per study
+    _retry_scheduled: set[str] = field(default_factory=set)  # at most one entry per study
     _failed_attempts: dict[str, int] = field(default_factory=dict)
     _records: OrderedDict[str, StudyRecord] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _checkpoint_candidate: int | None = None
+    _checkpoint: int | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="medrega-routing", daemon=True)
@@ -286,47 +325,70 @@ class StableStudyRouter:
             self._queued.add(study_id)
         self._queue.put(study_id)
 
+    def request_recovery(self) -> None:
+        """Called on Orthanc's change thread at ORTHANC_STARTED: the worker does the work."""
+        self._queue.put(RECOVERY_REQUEST)
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "target_modality": self.settings.target_modality,
                 "queued": len(self._queued),
                 "retry_scheduled": len(self._retries),
+                "checkpoint": self._checkpoint,
                 "studies": {key: vars(record).copy() for key, record in self._records.items()},
             }
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            study_id = self._next_study()
-            if study_id is None:
-                continue
+            item = self._next_item()
             try:
-                self._handle(study_id)
+                if item is None:
+                    self._on_idle_tick()
+                elif item == RECOVERY_REQUEST:
+                    self._recover()
+                else:
+                    self._handle(item)
             except Exception as error:  # the worker must survive anything
-                self.log_failure(f"{LOG_PREFIX}study {study_id}: unexpected {type(error).__name__}")
+                self.log_failure(f"{LOG_PREFIX}{item or 'idle tick'}: {type(error).__name__}")
 
-    def _next_study(self) -> str | None:
+    def _next_item(self) -> str | None:
+        """The next study (a due retry first), RECOVERY_REQUEST, or None after an idle tick."""
         with self._lock:
             if self._retries and self._retries[0][0] <= time.monotonic():
                 _, retry_study_id = heapq.heappop(self._retries)
                 self._retry_scheduled.discard(retry_study_id)
                 return retry_study_id
-            wait_s = (self._retries[0][0] - time.monotonic()) if self._retries else None
+            wait_s = self.settings.checkpoint_tick_s
+            if self._retries:
+                wait_s = min(wait_s, max(0.0, self._retries[0][0] - time.monotonic()))
         try:
-            queued_study_id = self._queue.get(timeout=wait_s)
+            item = self._queue.get(timeout=wait_s)
         except queue.Empty:
             return None
-        if queued_study_id is not None:
+        if item is not None:
             with self._lock:
                 # Dequeued before routing starts: a STABLE_STUDY arriving during routing (a
                 # late instance) queues the study again instead of being swallowed.
-                self._queued.discard(queued_study_id)
-        return queued_study_id
+                self._queued.discard(item)
+        return item
+
+    def _schedule(self, study_id: str, delay_s: float) -> bool:
+        """Put the study on the timed schedule unless it is already there (caller holds lock)."""
+        if study_id in self._retry_scheduled:
+            return False
+        self._retry_scheduled.add(study_id)
+        heapq.heappush(self._retries, (time.monotonic() + delay_s, study_id))
+        return True
 
     def _handle(self, study_id: str) -> None:
         record = self._record(study_id)
         try:
-            outcome = route_study(self.rest, self.settings, study_id, self._log_progress)
+            outcome = route_study(
+                self.rest, self.settings, study_id, self._log_progress, self._sleep_unless_stopping
+            )
+        except RouterStopping:
+            return
         except StudyVanished:
             self._finish(study_id, record, "vanished", StudyOutcome())
             return
@@ -336,9 +398,7 @@ class StableStudyRouter:
                 attempt = self._failed_attempts.get(study_id, 0) + 1
                 self._failed_attempts[study_id] = attempt
                 delay = retry_delay_s(attempt, self.settings.retry_delays_s)
-                if study_id not in self._retry_scheduled:
-                    self._retry_scheduled.add(study_id)
-                    heapq.heappush(self._retries, (time.monotonic() + delay, study_id))
+                self._schedule(study_id, delay)
                 record.failures += 1
                 record.handled += 1
                 record.last_outcome = "retry_scheduled"
@@ -353,6 +413,65 @@ class StableStudyRouter:
             f"{LOG_PREFIX}study {study_id}: routed {outcome.routed}, already routed "
             f"{outcome.already_routed}, own output skipped {outcome.skipped_own_output}"
         )
+
+    def _on_idle_tick(self) -> None:
+        """Advance the checkpoint to the change-log position seen at the previous idle tick.
+
+        One tick of lag: a change logged just before we read `Last` may not have reached our
+        callback yet; by the next tick (seconds later) it has, and has been handled, or the
+        router would not be idle.
+        """
+        with self._lock:
+            busy = bool(self._queued or self._retries or self._failed_attempts)
+        if busy:
+            self._checkpoint_candidate = None
+            return
+        last = int(self.rest.get_json("/changes?last")["Last"])
+        candidate = self._checkpoint_candidate
+        if candidate is not None and (self._checkpoint is None or candidate > self._checkpoint):
+            self.store_checkpoint(candidate)
+            with self._lock:
+                self._checkpoint = candidate
+        self._checkpoint_candidate = last
+
+    def _recover(self) -> None:
+        """Re-check every study the change log names after the checkpoint (after a restart)."""
+        checkpoint = self.load_checkpoint()
+        if checkpoint is None:
+            # First start with this plugin: nothing was ever pending; start from here.
+            checkpoint = int(self.rest.get_json("/changes?last")["Last"])
+            self.store_checkpoint(checkpoint)
+            with self._lock:
+                self._checkpoint = checkpoint
+            return
+        with self._lock:
+            self._checkpoint = checkpoint
+        studies: set[str] = set()
+        since = checkpoint
+        while True:
+            page = self.rest.get_json(f"/changes?since={since}&limit={CHANGES_PAGE_SIZE}")
+            page_studies, page_instances = changed_resources(page.get("Changes", []))
+            studies |= page_studies
+            for instance_id in page_instances:
+                try:
+                    studies.add(str(self.rest.get_json(f"/instances/{instance_id}/study")["ID"]))
+                except Exception:  # deleted since: nothing to route
+                    continue
+            since = int(page.get("Last", since))
+            if page.get("Done", True) or not page.get("Changes"):
+                break
+        with self._lock:
+            # One StableAge from now: a study that was still arriving when Orthanc stopped gets
+            # the same settling time it would have had.
+            scheduled = sum(self._schedule(s, self.settings.stable_age_s) for s in studies)
+        self.log_event(
+            f"{LOG_PREFIX}recovery from change {checkpoint}: {scheduled} study(ies) to re-check"
+        )
+
+    def _sleep_unless_stopping(self, seconds: float) -> None:
+        # Never keep polling a job while Orthanc shuts down under us.
+        if self._stopping.wait(seconds):
+            raise RouterStopping()
 
     def _log_progress(self, message: str) -> None:
         self.log_event(LOG_PREFIX + message)
@@ -391,8 +510,19 @@ def on_change(change_type: Any, level: Any, resource_id: str) -> None:
         return
     if change_type == orthanc.ChangeType.STABLE_STUDY:
         _router.submit(resource_id)
+    elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        _router.request_recovery()
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
         _router.stop()
+
+
+def load_checkpoint() -> int | None:
+    value = orthanc.GetGlobalProperty(CHECKPOINT_PROPERTY, "")
+    return int(value) if value else None
+
+
+def store_checkpoint(sequence: int) -> None:
+    orthanc.SetGlobalProperty(CHECKPOINT_PROPERTY, str(sequence))
 
 
 def on_status_request(output: Any, uri: str, **request: Any) -> None:
@@ -413,7 +543,12 @@ def install() -> None:
         return
     rest = OrthancRest(get=orthanc.RestApiGet, post=orthanc.RestApiPost, put=orthanc.RestApiPut)
     _router = StableStudyRouter(
-        rest=rest, settings=settings, log_event=orthanc.LogWarning, log_failure=orthanc.LogError
+        rest=rest,
+        settings=settings,
+        log_event=orthanc.LogWarning,
+        log_failure=orthanc.LogError,
+        load_checkpoint=load_checkpoint,
+        store_checkpoint=store_checkpoint,
     )
     _router.start()
     orthanc.RegisterOnChangeCallback(on_change)

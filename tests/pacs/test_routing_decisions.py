@@ -118,3 +118,27 @@ def test_plugin_script_uses_only_the_standard_library_of_the_system_python() -> 
     assert result.returncode == 0, result.stderr
     source = script.read_text(encoding="utf-8")
     assert "from shared" not in source and "from services" not in source
+
+
+def test_changed_resources_from_the_change_log() -> None:
+    changes = [
+        {"ChangeType": "NewInstance", "ID": "i1"},
+        {"ChangeType": "NewSeries", "ID": "s1"},
+        {"ChangeType": "NewStudy", "ID": "st1"},
+        {"ChangeType": "UpdatedMetadata", "ID": "i0"},  # our own "routed" marks
+        {"ChangeType": "StableStudy", "ID": "st2"},
+        {"ChangeType": "StablePatient", "ID": "p1"},
+        {"ChangeType": "NewInstance", "ID": "i2"},
+    ]
+    studies, instances = plugin.changed_resources(changes)
+    assert studies == {"st1", "st2"}
+    assert instances == {"i1", "i2"}
+
+
+def test_recovery_timing_comes_from_orthanc_settings(tmp_path: Path) -> None:
+    config = render_orthanc_config(
+        Settings(environment="test"), tmp_path, stable_age_s=7, checkpoint_tick_s=0.5
+    )
+    settings = plugin.parse_routing_settings(config)
+    assert settings.stable_age_s == 7.0
+    assert settings.checkpoint_tick_s == 0.5
