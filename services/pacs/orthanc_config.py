@@ -23,6 +23,7 @@ from shared.dicom.uids import MEDREGA_UID_ROOT
 
 PYTHON_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ROUTING_PLUGIN_SCRIPT = Path(__file__).resolve().parent / "route_stable_studies.py"
 
 # Name of our AI node in Orthanc's DicomModalities (the plugin routes to /modalities/<this>/store).
@@ -101,6 +102,10 @@ def render_orthanc_config(
         "WebDavEnabled": False,
         "ExecuteLuaEnabled": False,
         "MetricsEnabled": True,
+        # Orthanc otherwise points its HTTPS client at the work dir (it makes no HTTPS calls
+        # today; a peer added later should verify against the system's CAs).
+        "HttpsVerifyPeers": True,
+        "HttpsCACertificates": str(SYSTEM_CA_BUNDLE) if SYSTEM_CA_BUNDLE.exists() else "",
         # --- DICOM ---
         "DicomServerEnabled": True,
         "DicomAet": settings.pacs_ae_title,

@@ -1,16 +1,24 @@
-"""Chinese text survives Orthanc's searches (/tools/find and DICOMweb QIDO-RS) with our config."""
+"""A running Orthanc with our configuration: authenticated REST, and Chinese text that survives
+its searches (/tools/find and DICOMweb QIDO-RS)."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from services.pacs.local_orthanc import RunningOrthanc, free_tcp_port, running_orthanc
+from services.pacs.local_orthanc import (
+    OrthancClient,
+    RunningOrthanc,
+    free_tcp_port,
+    running_orthanc,
+)
 from services.pacs.orthanc_config import DICOMWEB_PLUGIN_PATH
 from shared.config import Settings
 from tests.pacs.conftest import send_with_storescu
@@ -54,6 +62,20 @@ def test_rendered_config_uses_utf8_by_default(orthanc_without_routing: RunningOr
     assert config["DefaultEncoding"] == "Utf8"
     system = orthanc_without_routing.client.get_json("/system")
     assert system["Name"] == "medrega-pacs"
+
+
+def test_rest_api_refuses_anonymous_and_wrong_password(
+    orthanc_without_routing: RunningOrthanc,
+) -> None:
+    client = orthanc_without_routing.client
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{client.base_url}/patients", timeout=5)
+    assert anonymous.value.code == 401
+    wrong = OrthancClient(client.base_url, client.user, client.password + "x")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        wrong.get_json("/patients")
+    assert refused.value.code == 401
+    assert isinstance(client.get_json("/patients"), list)
 
 
 @pytest.mark.parametrize(
