@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     listener_allowed_aes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["ORTHANC", "STORESCU", "MEDREGA_TEST"]
     )
+    # How the PACS reaches the listener when that differs from the bind address (containers).
+    listener_advertised_host: str | None = None
     listener_processes: int = 1  # >1: several processes share the port (SO_REUSEPORT)
     listener_max_associations: int = 16
     listener_max_pdu: int = 262_144
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
     pacs_http_user: str = "medrega"
     pacs_http_password: SecretStr | None = None
     pacs_stable_age_s: int = 10  # Orthanc's StableAge (its own idea of "stable")
+    # Orthanc's REST API beyond loopback (authenticated either way); for container networks.
+    pacs_http_remote_access: bool = False
 
     # --- the RIS (HL7 over MLLP) ---
     ris_host: str = "127.0.0.1"

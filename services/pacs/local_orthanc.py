@@ -282,9 +282,16 @@ def command_status(settings: Settings, workdir: Path) -> int:
     return 0 if pid is not None and answering else 3  # 3: LSB "program is not running"
 
 
+def command_foreground(settings: Settings, workdir: Path, overrides: dict[str, Any]) -> int:
+    """Render the configuration and become Orthanc (containers: PID 1 gets the signals)."""
+    workdir = workdir.resolve()
+    config_path = render_into_workdir(settings, workdir, **overrides)
+    os.execvpe(ORTHANC_BINARY, [ORTHANC_BINARY, str(config_path)], orthanc_environment())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Local Orthanc for medrega-pacs")
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status", "foreground"])
     parser.add_argument("--workdir", type=Path, required=True)
     add_override_arguments(parser)
     arguments = parser.parse_args(argv)
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         return command_start(settings, workdir, overrides_from_arguments(arguments))
     if arguments.action == "stop":
         return command_stop(workdir)
+    if arguments.action == "foreground":
+        return command_foreground(settings, workdir, overrides_from_arguments(arguments))
     return command_status(settings, workdir)
 
 

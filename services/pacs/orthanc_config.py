@@ -93,7 +93,8 @@ def render_orthanc_config(
         "HttpPort": http_port
         if http_port is not None
         else http_port_from_url(settings.pacs_http_url),
-        "RemoteAccessAllowed": False,
+        # Loopback only by default; a container deployment opens it to its private network.
+        "RemoteAccessAllowed": settings.pacs_http_remote_access,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {settings.pacs_http_user: settings.secret("pacs_http_password")},
         "HttpDescribeErrors": True,
@@ -124,7 +125,9 @@ def render_orthanc_config(
         "DicomModalities": {
             AI_NODE_MODALITY: {
                 "AET": listener_ae_title or settings.listener_ae_title,
-                "Host": listener_host or settings.listener_host,
+                "Host": listener_host
+                or settings.listener_advertised_host
+                or settings.listener_host,
                 "Port": listener_port if listener_port is not None else settings.listener_port,
                 # The AI node receives studies and may send SRs back; it never queries the PACS.
                 "AllowEcho": True,
