@@ -119,10 +119,27 @@ def build_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-class ReusePortAssociationServer(ThreadedAssociationServer):
-    """Several processes may bind the same port; the kernel balances new connections."""
+class NoDelayAssociationServer(ThreadedAssociationServer):
+    """Disables Nagle on every accepted connection.
+
+    A C-STORE-RSP is a small write after the peer's last P-DATA; with Nagle on, it waits for the
+    peer's delayed ACK and one association crawls at tens of instances per second on loopback
+    (the same reason DCMTK needs TCP_NODELAY=1).
+    """
 
     daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = super().get_request()
+        try:
+            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the peer already went away; the association will notice
+        return client_socket, address
+
+
+class ReusePortAssociationServer(NoDelayAssociationServer):
+    """Several processes may bind the same port; the kernel balances new connections."""
 
     def server_bind(self) -> None:
         assert self.socket is not None
