@@ -1,0 +1,122 @@
+"""Faults end with every SR and ORU delivered once per version (ARCHITECTURE invariant 3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from shared.db.models import (
+    DeliveryKind,
+    DeliveryState,
+    DraftJob,
+    DraftJobState,
+    Report,
+)
+from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
+
+TIMEOUT_S = 180.0
+
+
+def _delivery(pipeline: Pipeline, study_uid: str, kind: DeliveryKind):
+    return next((d for d in pipeline.deliveries(study_uid) if d.kind == kind), None)
+
+
+def test_ris_down_while_drafting_then_up_is_delivered_after(
+    pipeline_factory, tmp_path: Path
+) -> None:
+    pipeline: Pipeline = pipeline_factory(with_orthanc=False, with_sink=False, with_worker=True)
+    study = phantom("cxr", tmp_path / "in", abnormal=True)
+    storescu(study.files, pipeline.listener.port, pipeline.listener.ae_title)
+
+    def hl7_failed_once() -> bool:
+        delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.HL7)
+        return delivery is not None and delivery.attempts >= 1 and delivery.last_error is not None
+
+    wait_for(hl7_failed_once, TIMEOUT_S, "a failed ORU attempt while the RIS is down")
+    delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.HL7)
+    assert delivery is not None and delivery.state in (
+        DeliveryState.RETRYING,
+        DeliveryState.IN_FLIGHT,
+    )
+    assert "connect" in (delivery.last_error or "")
+
+    sink = pipeline.start_sink()
+    wait_for(
+        lambda: (
+            (d := _delivery(pipeline, study.study_instance_uid, DeliveryKind.HL7))
+            and d.state == DeliveryState.DELIVERED
+        ),
+        TIMEOUT_S,
+        "the ORU delivered once the RIS is back",
+    )
+    assert (sink.out_dir / f"{delivery.message_id}.hl7").exists()
+    assert sink.received == 1
+
+
+def test_pacs_down_then_up_gets_the_sr(pipeline_factory, tmp_path: Path) -> None:
+    pipeline: Pipeline = pipeline_factory(with_orthanc=False)
+    study = phantom("cxr", tmp_path / "in", abnormal=False)
+    storescu(study.files, pipeline.listener.port, pipeline.listener.ae_title)
+
+    def sr_failed_once() -> bool:
+        delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.SR)
+        return delivery is not None and delivery.attempts >= 1 and delivery.last_error is not None
+
+    wait_for(sr_failed_once, TIMEOUT_S, "a failed SR attempt while the PACS is down")
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        ["storescp", "--aetitle", "ORTHANC", "--output-directory", str(received),
+         str(pipeline.pacs_port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: (
+                (d := _delivery(pipeline, study.study_instance_uid, DeliveryKind.SR))
+                and d.state == DeliveryState.DELIVERED
+            ),
+            TIMEOUT_S,
+            "the SR delivered once the PACS is back",
+        )
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+    delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.SR)
+    assert delivery is not None
+    files = list(received.iterdir())
+    assert len(files) == 1 and delivery.message_id in files[0].name
+
+
+def test_worker_killed_during_inference_drafts_exactly_once(
+    pipeline_factory, tmp_path: Path
+) -> None:
+    pipeline: Pipeline = pipeline_factory(with_orthanc=False, with_worker=False)
+    # Enough slices that inference takes seconds on this CPU: time to kill it mid-way.
+    study = phantom("abd_ct", tmp_path / "in", slices=160)
+    storescu(study.files, pipeline.listener.port, pipeline.listener.ae_title)
+    doomed = pipeline.start_worker()
+
+    def running() -> bool:
+        with pipeline.session() as session:
+            return bool(
+                session.scalar(select(DraftJob).where(DraftJob.state == DraftJobState.RUNNING))
+            )
+
+    wait_for(running, TIMEOUT_S, "the draft job running")
+    doomed.kill()
+    with pipeline.session() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 0
+
+    pipeline.start_worker()
+    wait_for(
+        lambda: pipeline.delivered(study.study_instance_uid), TIMEOUT_S, "drafted after restart"
+    )
+    with pipeline.session() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 1
+        job = session.scalar(select(DraftJob))
+        assert job is not None and job.state == DraftJobState.DONE and job.attempts >= 2
+    assert pipeline.sink is not None and pipeline.sink.received == 1
