@@ -48,13 +48,17 @@ class RunningWorker:
 
 
 def start_worker(
-    env: Mapping[str, str], log_path: Path, *, queues: tuple[str, ...] = ("gpu", "io")
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    queues: tuple[str, ...] = ("gpu", "io"),
+    pool: str = "threads",
 ) -> RunningWorker:
     prefix = env.get("MEDREGA_QUEUE_PREFIX", queue_prefix())
     child_env = {**os.environ, "MEDREGA_QUEUE_PREFIX": prefix, **env, "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
-        "-Q", ",".join(prefix + q for q in queues), "--pool", "threads", "--concurrency", "3",
+        "-Q", ",".join(prefix + q for q in queues), "--pool", pool, "--concurrency", "3",
         "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h", "--without-heartbeat",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip
