@@ -1,10 +1,12 @@
 """Record received instances in PostgreSQL with group commit.
 
-Every association thread hands its stored file to one `IndexWriter` thread per process and waits.
-The writer takes whatever has queued up meanwhile as one batch: it fsyncs the batch's directories
-(making the renames durable), writes all rows in one transaction, commits, and only then releases
-the waiting handlers, which answer 0x0000. Under load one WAL flush and one directory fsync cover
-many instances; an idle listener pays the same latency as a per-instance commit.
+Every association thread makes its file durable itself (storage.py: file and directory fsyncs,
+concurrent across associations), then hands the row to one `IndexWriter` thread per process and
+waits. The writer takes whatever has queued up meanwhile as one batch, writes all rows in one
+transaction (one statement inserts the instances and updates their studies; study/series ids cached), commits, and
+only then releases the waiting handlers, which answer 0x0000. Under load one WAL flush covers many
+instances; an idle listener pays the same latency as a per-instance commit. A row is committed
+only after its file is durable, so the database never points at a file a crash could lose.
 
 Duplicates (same SOP Instance UID received again):
 - same bytes: success, nothing written (the rename put identical bytes in place);
@@ -13,8 +15,9 @@ Duplicates (same SOP Instance UID received again):
   still receiving or already signed), because a corrected instance may change what the model
   would say. Nothing the sender gave us last is lost, and the sender's retry is idempotent.
 
-Lock order (no deadlocks between concurrent batches, also across listener processes): every
-batch inserts studies, then series, then instances, then updates studies, each phase in UID order.
+Lock order: every batch inserts studies, then series, then instances (in UID order), then updates
+studies; concurrent batches of several processes may still deadlock on study rows in rare cases,
+and a deadlock is retried (TRANSIENT_RETRIES).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import logging
 import queue
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from services.listener.dataset_header import InstanceHeader
-from services.listener.storage import StoredFile, sync_directories
+from services.listener.storage import StoredFile
 from shared.db.models import StudyState
 
 logger = logging.getLogger(__name__)
@@ -90,16 +92,55 @@ VALUES (
 ON CONFLICT (series_instance_uid) DO NOTHING
 RETURNING id
 """
-_INSERT_INSTANCE = """
-INSERT INTO instances (
-    series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number,
-    rows, columns, number_of_frames, file_path, size_bytes, sha256, calling_ae_title, received_at)
-VALUES (
-    %(series_id)s, %(study_id)s, %(uid)s, %(sop_class_uid)s, %(transfer_syntax_uid)s,
-    %(instance_number)s, %(rows)s, %(columns)s, %(number_of_frames)s, %(file_path)s,
-    %(size_bytes)s, %(sha256)s, %(calling_ae_title)s, now())
-ON CONFLICT (sop_instance_uid) DO NOTHING
-RETURNING id
+_BATCH_COLUMNS = (
+    "series_id", "study_id", "uid", "sop_class_uid", "transfer_syntax_uid", "instance_number",
+    "rows", "columns", "number_of_frames", "file_path", "size_bytes", "sha256", "calling_ae_title",
+)  # fmt: skip
+# Late input re-drafts a study that already has a draft job, except a signed one (the signed
+# report stands; the new instances are recorded and visible). Our own output is not input.
+_INSERT_BATCH = """
+WITH incoming AS (
+    SELECT * FROM unnest(
+        %(series_id)s::bigint[], %(study_id)s::bigint[], %(uid)s::text[], %(sop_class_uid)s::text[],
+        %(transfer_syntax_uid)s::text[], %(instance_number)s::int[], %(rows)s::int[],
+        %(columns)s::int[], %(number_of_frames)s::int[], %(file_path)s::text[],
+        %(size_bytes)s::bigint[], %(sha256)s::text[], %(calling_ae_title)s::text[],
+        %(is_input)s::boolean[]
+    ) AS t(series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
+           instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
+           calling_ae_title, is_input)
+),
+inserted AS (
+    INSERT INTO instances (
+        series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
+        instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
+        calling_ae_title, received_at)
+    SELECT series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
+        instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
+        calling_ae_title, now()
+    FROM incoming ORDER BY sop_instance_uid
+    ON CONFLICT (sop_instance_uid) DO NOTHING
+    RETURNING sop_instance_uid, study_id
+),
+per_study AS (
+    SELECT i.study_id, count(*) AS new_instances, bool_or(u.is_input) AS new_input
+    FROM inserted i
+    JOIN (SELECT sop_instance_uid, bool_or(is_input) AS is_input FROM incoming GROUP BY 1) u
+        USING (sop_instance_uid)
+    GROUP BY i.study_id
+),
+touched AS (
+    UPDATE studies s SET
+        instance_count = s.instance_count + p.new_instances,
+        last_received_at = CASE WHEN p.new_input THEN now() ELSE s.last_received_at END,
+        needs_redraft = s.needs_redraft
+            OR (p.new_input AND s.state NOT IN (%(receiving)s, %(signed)s)),
+        updated_at = now()
+    FROM per_study p
+    WHERE s.id = p.study_id
+    RETURNING s.id
+)
+SELECT sop_instance_uid FROM inserted
 """
 _SELECT_INSTANCE_FOR_UPDATE = """
 SELECT id, sha256 FROM instances WHERE sop_instance_uid = %(uid)s FOR UPDATE
@@ -113,8 +154,7 @@ UPDATE instances SET
     calling_ae_title = %(calling_ae_title)s, received_at = now()
 WHERE id = %(id)s
 """
-# Late input re-drafts a study that already has a draft job, except a signed one (the signed
-# report stands; the new instances are recorded and visible).
+# The same rule for a replaced instance (new content under a known SOP Instance UID).
 _UPDATE_STUDY_AFTER_INPUT = """
 UPDATE studies SET
     instance_count = instance_count + %(new_instances)s,
@@ -125,11 +165,42 @@ WHERE id = %(id)s
 """
 
 
-class BatchIndexer:
-    """The SQL of one batch, on a connection the caller owns (and commits)."""
+# Studies and series are created once and then looked up for each of their instances; the ids
+# are cached per process (bounded) to save two round trips per instance.
+ID_CACHE_MAX = 20_000
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+
+class IdCache:
+    def __init__(self) -> None:
+        self.studies: dict[str, int] = {}
+        self.series: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.studies.clear()
+        self.series.clear()
+
+    def remember(self, table: dict[str, int], uid: str, row_id: int) -> None:
+        if len(table) >= ID_CACHE_MAX:
+            table.clear()
+        table[uid] = row_id
+
+
+class BatchIndexer:
+    """The SQL of one batch, on a connection the caller owns (and commits).
+
+    `cache` may only hold ids of committed rows: the caller clears it when a batch rolls back.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any], cache: IdCache | None = None) -> None:
         self.connection = connection
+        self.cache = cache or IdCache()
+        self._created: list[tuple[dict[str, int], str, int]] = []  # cached after commit only
+
+    def remember_created(self) -> None:
+        """Call after COMMIT: ids created by this batch become cacheable."""
+        for table, uid, row_id in self._created:
+            self.cache.remember(table, uid, row_id)
+        self._created.clear()
 
     def index(self, records: list[InstanceRecord]) -> list[IndexOutcome]:
         cursor = self.connection.cursor()
@@ -145,29 +216,52 @@ class BatchIndexer:
                 study_id = study_ids[record.header.study_instance_uid]
                 series_ids[uid] = self._ensure_series(cursor, study_id, record.header)
 
-        outcomes: dict[int, IndexOutcome] = {}
-        new_instances: dict[int, int] = defaultdict(int)
-        new_input: dict[int, bool] = defaultdict(bool)
         order = sorted(range(len(records)), key=lambda i: records[i].header.sop_instance_uid)
-        for position in order:
-            record = records[position]
-            study_id = study_ids[record.header.study_instance_uid]
-            outcome = self._record_instance(
-                cursor, record, study_id, series_ids[record.header.series_instance_uid]
+        params = [
+            self._instance_params(
+                records[i],
+                study_ids[records[i].header.study_instance_uid],
+                series_ids[records[i].header.series_instance_uid],
             )
-            outcomes[position] = outcome
-            if outcome is IndexOutcome.STORED:
-                new_instances[study_id] += 1
-            if outcome is not IndexOutcome.DUPLICATE and not record.header.is_own_output:
-                new_input[study_id] = True
+            for i in order
+        ]
+        # One round trip inserts every new instance and updates its study; duplicates (conflicts)
+        # are left out and handled one by one below (rare).
+        columns = {key: [p[key] for p in params] for key in _BATCH_COLUMNS}
+        columns["is_input"] = [not records[i].header.is_own_output for i in order]
+        inserted_uids = {
+            row[0]
+            for row in cursor.execute(
+                _INSERT_BATCH,
+                {
+                    **columns,
+                    "receiving": StudyState.RECEIVING.value,
+                    "signed": StudyState.SIGNED.value,
+                },
+            ).fetchall()
+        }
 
-        for study_id in sorted(set(new_instances) | set(new_input)):
+        outcomes: dict[int, IndexOutcome] = {}
+        replaced_input_studies: set[int] = set()
+        for position, instance_params in zip(order, params, strict=True):
+            record = records[position]
+            uid = record.header.sop_instance_uid
+            if uid in inserted_uids:
+                inserted_uids.discard(uid)  # a second copy in this batch is a duplicate
+                outcomes[position] = IndexOutcome.STORED
+                continue
+            outcome = self._record_duplicate(cursor, record, instance_params)
+            outcomes[position] = outcome
+            if outcome is IndexOutcome.REPLACED and not record.header.is_own_output:
+                replaced_input_studies.add(instance_params["study_id"])
+
+        for study_id in sorted(replaced_input_studies):
             cursor.execute(
                 _UPDATE_STUDY_AFTER_INPUT,
                 {
                     "id": study_id,
-                    "new_instances": new_instances[study_id],
-                    "new_input": new_input[study_id],
+                    "new_instances": 0,
+                    "new_input": True,
                     "receiving": StudyState.RECEIVING.value,
                     "signed": StudyState.SIGNED.value,
                 },
@@ -175,6 +269,9 @@ class BatchIndexer:
         return [outcomes[i] for i in range(len(records))]
 
     def _ensure_study(self, cursor: psycopg.Cursor[Any], header: InstanceHeader) -> int:
+        cached = self.cache.studies.get(header.study_instance_uid)
+        if cached is not None:
+            return cached
         params = {"uid": header.study_instance_uid}
         row = cursor.execute(_SELECT_STUDY, params).fetchone()
         if row is None:
@@ -198,11 +295,15 @@ class BatchIndexer:
             if row is None:  # another transaction created it meanwhile
                 row = cursor.execute(_SELECT_STUDY, params).fetchone()
         assert row is not None
+        self._created.append((self.cache.studies, header.study_instance_uid, int(row[0])))
         return int(row[0])
 
     def _ensure_series(
         self, cursor: psycopg.Cursor[Any], study_id: int, header: InstanceHeader
     ) -> int:
+        cached = self.cache.series.get(header.series_instance_uid)
+        if cached is not None:
+            return cached
         params = {"uid": header.series_instance_uid}
         row = cursor.execute(_SELECT_SERIES, params).fetchone()
         if row is None:
@@ -221,17 +322,13 @@ class BatchIndexer:
             if row is None:
                 row = cursor.execute(_SELECT_SERIES, params).fetchone()
         assert row is not None
+        self._created.append((self.cache.series, header.series_instance_uid, int(row[0])))
         return int(row[0])
 
-    def _record_instance(
-        self,
-        cursor: psycopg.Cursor[Any],
-        record: InstanceRecord,
-        study_id: int,
-        series_id: int,
-    ) -> IndexOutcome:
+    @staticmethod
+    def _instance_params(record: InstanceRecord, study_id: int, series_id: int) -> dict[str, Any]:
         header, stored = record.header, record.stored
-        params = {
+        return {
             "uid": header.sop_instance_uid,
             "series_id": series_id,
             "study_id": study_id,
@@ -246,16 +343,18 @@ class BatchIndexer:
             "sha256": stored.sha256,
             "calling_ae_title": record.calling_ae_title,
         }
-        if cursor.execute(_INSERT_INSTANCE, params).fetchone() is not None:
-            return IndexOutcome.STORED
+
+    def _record_duplicate(
+        self, cursor: psycopg.Cursor[Any], record: InstanceRecord, params: dict[str, Any]
+    ) -> IndexOutcome:
         existing = cursor.execute(_SELECT_INSTANCE_FOR_UPDATE, params).fetchone()
         assert existing is not None
-        if existing[1] == stored.sha256:
+        if existing[1] == record.stored.sha256:
             return IndexOutcome.DUPLICATE
         cursor.execute(_REPLACE_INSTANCE, {**params, "id": existing[0]})
         logger.warning(
             "instance %s received again with different content; newest copy recorded",
-            header.sop_instance_uid,
+            record.header.sop_instance_uid,
         )
         return IndexOutcome.REPLACED
 
@@ -274,6 +373,7 @@ class IndexWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._connection: psycopg.Connection[Any] | None = None
+        self._ids = IdCache()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
 
     def start(self) -> None:
@@ -321,13 +421,6 @@ class IndexWriter:
 
     def _make_durable(self, batch: list[_Pending]) -> None:
         try:
-            sync_directories({pending.record.stored.directory for pending in batch})
-        except OSError as exc:
-            logger.exception("fsync of storage directories failed")
-            for pending in batch:
-                pending.future.set_exception(exc)
-            return
-        try:
             outcomes = self._commit_with_retries([pending.record for pending in batch])
         except psycopg.Error:
             if len(batch) == 1:
@@ -351,12 +444,20 @@ class IndexWriter:
     def _commit_with_retries(self, records: list[InstanceRecord]) -> list[IndexOutcome]:
         for attempt in range(TRANSIENT_RETRIES + 1):
             connection = self._connect()
+            indexer = BatchIndexer(connection, self._ids)
             try:
-                outcomes = BatchIndexer(connection).index(records)
+                outcomes = indexer.index(records)
                 connection.commit()
+                indexer.remember_created()
                 return outcomes
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 connection.rollback()
+                if attempt == TRANSIENT_RETRIES:
+                    raise
+            except psycopg.errors.ForeignKeyViolation:
+                # A cached study/series was deleted meanwhile (an administrator's clean-up).
+                connection.rollback()
+                self._ids.clear()
                 if attempt == TRANSIENT_RETRIES:
                     raise
             except psycopg.OperationalError:

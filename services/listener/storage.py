@@ -1,9 +1,10 @@
 """Durable content storage for received instances: `<root>/<Study>/<Series>/<SOPInstance>.dcm`.
 
-A file is written under `<root>/.incoming/`, fsynced, then renamed into place, so a reader never
-sees a half-written instance. The rename itself becomes durable only when its directory is
-fsynced; `ContentStore.sync_directories` does that for a whole batch at once (see indexer.py),
-before any of the batch is answered 0x0000.
+A file is written as a hidden `.part` file next to its final name, fsynced, renamed into place,
+and its directory fsynced: a reader never sees a half-written instance, and the file survives a
+crash before its row is committed (indexer.py). Each association thread does its own fsyncs:
+concurrent fsyncs share the filesystem's journal commits, so they cost far less than the same
+fsyncs made one after another by a single thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from shared.dicom.uids import is_valid_uid
 
-INCOMING_DIR_NAME = ".incoming"
+# Suffix of files being written (hidden, next to their final name); never referenced by a row.
+PARTIAL_SUFFIX = ".part"
 # Series directories remembered as existing; bounded so a long-running listener does not grow.
 _KNOWN_DIRS_MAX = 4096
 
@@ -27,7 +28,6 @@ _KNOWN_DIRS_MAX = 4096
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     relative_path: str  # relative to the storage root, as recorded in `instances.file_path`
-    directory: Path  # the directory whose entry must be fsynced to make the rename durable
     size_bytes: int
     sha256: str
 
@@ -36,8 +36,7 @@ class ContentStore:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self._incoming = root / INCOMING_DIR_NAME
-        self._incoming.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         # Directories we know exist and whose own entries are durable; saves a stat per store.
         self._known_dirs: OrderedDict[Path, None] = OrderedDict()
         self._known_dirs_lock = threading.Lock()  # one store serves every association thread
@@ -59,37 +58,50 @@ class ContentStore:
     def write(
         self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes
     ) -> StoredFile:
-        """Write `data` durably (file fsynced, renamed into place; the rename is durable only
-        after `sync_directories`). Raises OSError on any storage failure, leaving no temp file."""
+        """Write `data` durably: file fsynced, renamed into place, directory fsynced.
+        Raises OSError on any storage failure, leaving no temp file."""
         relative = self.relative_path(study_uid, series_uid, sop_instance_uid)
         final_path = self.root / relative
         self._ensure_directory(final_path.parent)
-        fd, temp_name = tempfile.mkstemp(dir=self._incoming, suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.replace(temp_name, final_path)
-            except FileNotFoundError:
-                # The series directory was removed behind our back (clean-up): recreate, retry.
-                with self._known_dirs_lock:
-                    self._known_dirs.pop(final_path.parent, None)
-                self._ensure_directory(final_path.parent)
-                os.replace(temp_name, final_path)
-        except BaseException:
-            try:
-                os.unlink(temp_name)
-            except FileNotFoundError:
-                pass
-            raise
+            self._write_and_rename(final_path, data)
+        except FileNotFoundError:
+            # The series directory was removed behind our back (clean-up): recreate, retry once.
+            with self._known_dirs_lock:
+                self._known_dirs.pop(final_path.parent, None)
+            self._ensure_directory(final_path.parent)
+            self._write_and_rename(final_path, data)
         return StoredFile(
             relative_path=relative,
-            directory=final_path.parent,
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
+
+    @staticmethod
+    def _write_and_rename(final_path: Path, data: bytes) -> None:
+        # The temp file lives next to its final name: the rename stays inside one directory (one
+        # directory fsync covers it) and no shared scratch directory serialises every writer.
+        # pid + thread id make the name unique among concurrent writers of the same instance.
+        temp_path = final_path.with_name(
+            f".{final_path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}"
+        )
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp_path, final_path)
+            fsync_directory(final_path.parent)  # the rename itself must survive a crash
+        except BaseException:
+            try:
+                os.unlink(temp_path)
+            except FileNotFoundError:
+                pass
+            raise
 
     def read(self, relative_path: str) -> bytes:
         return (self.root / relative_path).read_bytes()
@@ -126,9 +138,3 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sync_directories(directories: set[Path]) -> None:
-    """Make the renames into these directories durable (one fsync per directory, not per file)."""
-    for directory in sorted(directories):
-        fsync_directory(directory)

@@ -109,7 +109,7 @@ def test_corrupt_incomplete_and_mismatched_datasets(
         association.release()
 
     assert instance_uids(clean_db) == set(good.sop_instance_uids)
-    assert not list((listener.storage_dir / ".incoming").iterdir())
+    assert not list(listener.storage_dir.rglob("*.part"))
     assert len(list(listener.storage_dir.glob("*/*/*.dcm"))) == 3
     assert listener.is_running()
 
@@ -164,5 +164,5 @@ def test_storage_failure_answers_out_of_resources(
             assert store_status(association, small.files[1]) == 0x0000
         finally:
             association.release()
-        assert not list((listener.storage_dir / ".incoming").iterdir())
+        assert not list(listener.storage_dir.rglob("*.part"))
     assert instance_uids(clean_db) == set(small.sop_instance_uids)

@@ -70,7 +70,7 @@ def test_study_is_stored_indexed_and_drafted_once_then_redrafted_on_late_input(
         assert on_disk.stat().st_size == row.size_bytes
         assert dataset_bytes(on_disk) == dataset_bytes(sent[row.sop_instance_uid])
         assert row.transfer_syntax_uid == ExplicitVRLittleEndian
-    assert not list((listener.storage_dir / ".incoming").iterdir())  # no temp files left
+    assert not list(listener.storage_dir.rglob("*.part"))  # no temp files left
 
     # Idle for STABLE_AGE → exactly one pending job, and still one a few sweeps later.
     assert wait_for(lambda: len(draft_jobs(clean_db, study.study_uid)) == 1, timeout_s=10)
