@@ -230,6 +230,45 @@ def orthanc_receiver(workdir: Path) -> Iterator[Endpoint]:
         yield Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, count)
 
 
+# A reference point, not a product: pynetdicom writing `encoded_dataset()` to files, no fsync, no
+# index, one process. The gap to "ours" is what durability and indexing cost.
+_BARE_PYNETDICOM_SCP = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+out = Path(sys.argv[2])
+def on_store(event):
+    uid = event.request.AffectedSOPInstanceUID
+    (out / f"{uid}.dcm").write_bytes(event.encoded_dataset())
+    return 0x0000
+ae = AE(ae_title="BARE")
+ae.supported_contexts = AllStoragePresentationContexts
+ae.add_supported_context(Verification)
+ae.maximum_associations = 16
+ae.maximum_pdu_size = 262144
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"""
+
+
+@contextmanager
+def bare_pynetdicom_receiver(workdir: Path) -> Iterator[Endpoint]:
+    out = workdir / "bare"
+    out.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BARE_PYNETDICOM_SCP, str(port), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_echo(port, "BARE")
+        yield Endpoint("127.0.0.1", port, "BARE", lambda: len(list(out.iterdir())), process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @contextmanager
 def scratch_database() -> Iterator[str]:
     from alembic import command
@@ -367,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=140, help="rows=columns (140 → ~40 KB)")
     parser.add_argument("--associations", type=int, default=8)
     parser.add_argument("--listener-processes", type=int, default=max(os.cpu_count() or 1, 1))
-    parser.add_argument("--receivers", default="storescp,orthanc,ours")
+    parser.add_argument(
+        "--receivers",
+        default="storescp,orthanc,bare,ours",
+        help="bare = pynetdicom writing files only (reference, not in the JSON line)",
+    )
     parser.add_argument("--profile-dir", type=Path, help="run the listener under py-spy")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
@@ -385,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         receivers: dict[str, Callable[[Path], AbstractContextManager[Endpoint]]] = {
             "storescp": storescp_receiver,
             "orthanc": orthanc_receiver,
+            "bare": bare_pynetdicom_receiver,
             "ours": lambda w: listener_receiver(w, args.listener_processes),
         }
         results: dict[str, float | int | None] = {"n": args.n}
         for name in ("ours", "storescp", "orthanc"):
             results[f"{name}_1"] = results[f"{name}_8"] = None
+        reference: dict[str, float] = {}
         for name in args.receivers.split(","):
             receiver_dir = workdir / f"recv-{name}"
             receiver_dir.mkdir()
@@ -403,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
                     with profiled(endpoint.pid, profile):
                         seconds = send(endpoint, directories)
                     rate = args.n / seconds
-                    results[f"{name}_{label}"] = round(rate, 1)
+                    if name == "bare":
+                        reference[f"{name}_{label}"] = round(rate, 1)
+                    else:
+                        results[f"{name}_{label}"] = round(rate, 1)
                     print(
                         f"{name:9s} {len(directories)} assoc: {seconds:6.2f} s  {rate:7.1f} inst/s"
                         f"  (load {load()})",
@@ -429,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             round(ours_8 / storescp_8, 3) if ours_8 and storescp_8 else None
         )
         print(f"load average at end {load()}; listener processes {args.listener_processes}")
+        if reference:
+            print(f"reference (bare pynetdicom, files only, no fsync): {json.dumps(reference)}")
         print(json.dumps(results))
         return 0
     finally:
