@@ -3,10 +3,12 @@
 Every association thread makes its file durable itself (storage.py: file and directory fsyncs,
 concurrent across associations), then hands the row to one `IndexWriter` thread per process and
 waits. The writer takes whatever has queued up meanwhile as one batch, writes all rows in one
-transaction (one statement inserts the instances and updates their studies; study/series ids cached), commits, and
-only then releases the waiting handlers, which answer 0x0000. Under load one WAL flush covers many
-instances; an idle listener pays the same latency as a per-instance commit. A row is committed
-only after its file is durable, so the database never points at a file a crash could lose.
+transaction (one statement inserts the instances and updates their studies; study and series ids
+are cached), commits, and only then releases the waiting handlers, which answer 0x0000. Under load
+one WAL flush covers many instances; an idle listener pays the same latency as a per-instance
+commit. A row is committed only after its file is durable, so the database never points at a file
+a crash could lose. (The reverse can happen: a file whose row failed to commit was answered
+0xA700; it is an orphan until the sender's retry overwrites it and records it.)
 
 Duplicates (same SOP Instance UID received again):
 - same bytes: success, nothing written (the rename put identical bytes in place);
@@ -366,7 +368,7 @@ class _Pending:
 
 
 class IndexWriter:
-    """One thread per process that makes batches durable (directories fsynced, rows committed)."""
+    """One thread per process that commits the rows of whatever instances are waiting."""
 
     def __init__(self, database_url: str, max_batch: int = MAX_BATCH) -> None:
         self._conninfo = libpq_url(database_url)

@@ -16,7 +16,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStor
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.listener.conftest import rows, storescu
 from tests.listener.ct_files import TEST_UID_ROOT, write_ct_study
@@ -166,3 +166,20 @@ def test_storage_failure_answers_out_of_resources(
             association.release()
         assert not list(listener.storage_dir.rglob("*.part"))
     assert instance_uids(clean_db) == set(small.sop_instance_uids)
+
+
+def test_lost_database_connection_is_reestablished(
+    listener: RunningListener, clean_db: Engine, tmp_path: Path
+) -> None:
+    study = write_ct_study(tmp_path / "in", count=4)
+    assert storescu(listener, study.files[:2]).returncode == 0
+    with clean_db.begin() as connection:  # what a database restart does to the listener
+        killed = connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'medrega-listener'"
+            )
+        ).all()
+    assert killed
+    assert storescu(listener, study.files[2:]).returncode == 0
+    assert instance_uids(clean_db) == set(study.sop_instance_uids)

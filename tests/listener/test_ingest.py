@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine, text
 
+from shared.config import REPO_ROOT
 from shared.dicom.uids import derived_uid, new_uid
 from tests.listener.conftest import (
     STABLE_AGE_S,
@@ -20,7 +23,7 @@ from tests.listener.conftest import (
     wait_for,
 )
 from tests.listener.ct_files import TEST_UID_ROOT, write_ct_study
-from tests.support.listener_process import RunningListener
+from tests.support.listener_process import RunningListener, listener_process
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
@@ -152,3 +155,28 @@ def test_sr_only_study_never_gets_a_job(
     assert study_row(clean_db, study_uid) is not None
     wait_for(lambda: False, timeout_s=STABLE_AGE_S * 2.5)
     assert draft_jobs(clean_db, study_uid) == []
+
+
+def test_stability_sweep_cli_once(clean_db: Engine, storage_dir: Path, tmp_path: Path) -> None:
+    """`python -m services.listener.study_stability --once` (operators, scripts)."""
+    study = write_ct_study(tmp_path / "in", count=2)
+    with listener_process(storage_dir=storage_dir, stable_age_s=3600) as listener:
+        assert storescu(listener, study.files).returncode == 0
+    assert draft_jobs(clean_db, study.study_uid) == []
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.listener.study_stability",
+            "--once",
+            "--stable-age-s",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 draft job(s) created" in result.stdout
+    assert [j.state for j in draft_jobs(clean_db, study.study_uid)] == ["pending"]
