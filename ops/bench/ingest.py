@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                         if args.profile_dir is not None and name == "ours"
                         else None
                     )
+                    # Flush what earlier runs left dirty (storescp does not fsync) so that no
+                    # receiver pays for another's writeback.
+                    os.sync()
                     with profiled(endpoint.pid, profile):
                         seconds = send(endpoint, directories)
                     rate = args.n / seconds

@@ -69,7 +69,8 @@ def read_header(part10_bytes: bytes) -> InstanceHeader:
     except (IncompleteDatasetError, UndecodableDatasetError):
         raise
     except Exception as exc:  # pydicom raises many types on garbage; all mean the same here
-        raise UndecodableDatasetError(f"{type(exc).__name__}: {exc}") from exc
+        # Only the type: pydicom's messages may quote element values (PHI) and this is logged.
+        raise UndecodableDatasetError(type(exc).__name__) from exc
     return values
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from types import FrameType
 from typing import Any, cast
 
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     # pynetdicom logs every PDU/DIMSE message at INFO/DEBUG: costly at our rates, and its dataset
     # dumps could carry PHI. Our own handlers log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom warns about non-conformant values by quoting them: names, IDs (PHI). Received data
+    # is stored as received anyway, so these warnings carry nothing we act on.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
     if args.serve_only:
         return serve(settings, run_sweeper=False, reuse_port=True)
