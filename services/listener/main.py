@@ -60,9 +60,10 @@ from shared.config import Settings, get_settings
 
 logger = logging.getLogger("services.listener")
 
-# Accepted as proposed and stored as received (never transcoded). Uncompressed first so that a
-# peer proposing several in one context gets an uncompressed one only if it listed it first
-# (pynetdicom keeps the requestor's order).
+# Accepted as proposed and stored as received (we never transcode). Senders that propose one
+# transfer syntax per context (DCMTK, Orthanc) get exactly what they have. When a peer lists
+# several in ONE context, pynetdicom picks the first of OUR list that it proposed: uncompressed
+# first, so we never make a sender compress (least of all lossily) for us.
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
