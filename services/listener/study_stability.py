@@ -33,6 +33,7 @@ import psycopg
 
 from services.listener.indexer import libpq_url
 from shared.config import get_settings
+from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import DraftJobState, StudyState
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,6 @@ class DraftJobCreated:
     draft_job_id: int
     instance_count: int
     instance_set_sha256: str
-
-
-def instance_set_sha256(sop_instance_uids: list[str]) -> str:
-    """sha256 over the sorted SOP Instance UIDs, one per line (the job's identity)."""
-    return hashlib.sha256("\n".join(sorted(sop_instance_uids)).encode("ascii")).hexdigest()
 
 
 def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list[DraftJobCreated]:

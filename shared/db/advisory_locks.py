@@ -20,7 +20,6 @@ class LockSpace(enum.IntEnum):
     DRAFT_JOB = 0x4D01
     DELIVERY = 0x4D02
     RELAY = 0x4D03
-    STABILITY_SWEEP = 0x4D04
 
 
 @contextmanager
