@@ -112,9 +112,12 @@ def test_worker_killed_during_inference_drafts_exactly_once(
         assert session.scalar(select(func.count()).select_from(Report)) == 0
 
     pipeline.start_worker()
-    wait_for(
-        lambda: pipeline.delivered(study.study_instance_uid), TIMEOUT_S, "drafted after restart"
-    )
+
+    def oru_delivered() -> bool:  # no PACS runs in this test: the ORU is the end of the line
+        delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.HL7)
+        return delivery is not None and delivery.state == DeliveryState.DELIVERED
+
+    wait_for(oru_delivered, TIMEOUT_S, "drafted and the ORU delivered after the restart")
     with pipeline.session() as session:
         assert session.scalar(select(func.count()).select_from(Report)) == 1
         job = session.scalar(select(DraftJob))
