@@ -8,6 +8,9 @@ export TCP_NODELAY := 1
 install:
 	ops/stack.sh install
 
+# The local demo stack waits less for stability than a hospital would (60 s / 10 s defaults).
+run: export MEDREGA_STABLE_AGE_S ?= 5
+run: export MEDREGA_PACS_STABLE_AGE_S ?= 3
 run: install
 	ops/stack.sh start
 	$(PY) -m ops.demo

@@ -61,25 +61,15 @@ class Row:
     oru_ack: str = ""
 
 
-def send_to_pacs(settings: Settings, study_dir: Path) -> None:
+def send_to_pacs(settings: Settings, files: list[Path]) -> None:
     env = dict(os.environ, TCP_NODELAY="1")
-    subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "DEMO_MODALITY",
-            "-aec",
-            settings.pacs_ae_title,
-            "+sd",
-            "+r",
-            settings.pacs_host,
-            str(settings.pacs_port),
-            str(study_dir),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    result = subprocess.run(
+        ["storescu", "-aet", "DEMO_MODALITY", "-aec", settings.pacs_ae_title,
+         settings.pacs_host, str(settings.pacs_port), *map(str, files)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise SystemExit(f"storescu to the PACS failed:\n{result.stderr}")
 
 
 def orthanc_has_instance(settings: Settings, sop_instance_uid: str) -> bool:
@@ -179,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for domain, seed in DEMO_STUDIES:
         written = write_phantom_study(domain, seed, out, n_slices=args.slices)  # type: ignore[arg-type]
-        send_to_pacs(settings, written.study_dir)
+        send_to_pacs(settings, written.files)
         rows.append(Row(written, time.monotonic()))
         print(
             f"sent {written.domain:<9} {written.accession_number or '(no accession)'}"
