@@ -133,7 +133,7 @@ def print_table(rows: list[Row]) -> None:
         "images",
         "state",
         "findings",
-        "latency",
+        "sent → delivered",
         "SR in PACS",
         "ORU ACK",
     ]
