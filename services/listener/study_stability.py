@@ -35,6 +35,7 @@ from services.listener.indexer import libpq_url
 from shared.config import get_settings
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import DraftJobState, StudyState
+from shared.db.outbox import notify_outbox_psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list
             job = _stabilise(cursor, study_id, needs_redraft)
             if job is not None:
                 created.append(job)
+        if created:
+            notify_outbox_psycopg(cursor)  # wakes the relay on commit
     for job in created:
         logger.info(
             "study %d stable: draft job %d for %d instances",

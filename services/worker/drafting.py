@@ -36,6 +36,7 @@ from shared.db.models import (
     Study,
     StudyState,
 )
+from shared.db.outbox import notify_outbox
 from shared.inference.backend import InstanceInput, ModelBackend, StudyInput
 from shared.inference.contract import DraftResult
 
@@ -195,6 +196,7 @@ def _store_result(
             )
         )
     create_deliveries(session, report)
+    notify_outbox(session)  # the relay publishes the deliveries as soon as this commits
     job.state = DraftJobState.DONE
     study.state = StudyState.DRAFTED
     study.critical = result.critical

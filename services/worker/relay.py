@@ -20,12 +20,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
 from shared.db.models import Delivery, DeliveryState, DraftJob, DraftJobState
+from shared.db.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +126,37 @@ def celery_publisher() -> Publisher:
     return publish
 
 
+def _listen(engine: Engine) -> psycopg.Connection[Any]:
+    """A plain psycopg connection LISTENing on the outbox channel."""
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = psycopg.connect(dsn, autocommit=True)
+    connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    return connection
+
+
 def run_forever(
     engine: Engine, publish: Publisher, stop: threading.Event, interval_s: float = 1.0
 ) -> None:
-    """Leader-elected loop: only the process holding the relay lock publishes."""
+    """Leader-elected loop: only the process holding the relay lock publishes.
+
+    It wakes on NOTIFY (new job or deliveries committed) or every `interval_s` (due retries,
+    dead workers), whichever comes first.
+    """
     while not stop.is_set():
         try:
             with try_advisory_lock(engine, LockSpace.RELAY, 0) as leader:
-                while leader and not stop.is_set():
-                    relay_once(engine, publish)
+                if not leader:
                     stop.wait(interval_s)
+                    continue
+                with _listen(engine) as listener:
+                    while not stop.is_set():
+                        relay_once(engine, publish)
+                        # Drain what arrived meanwhile, then wait for the next one.
+                        for _ in listener.notifies(timeout=interval_s, stop_after=1):
+                            pass
         except Exception:  # the database or broker went away: log, wait, try again
             log.exception("relay pass failed; retrying")
-        stop.wait(interval_s)
+            stop.wait(interval_s)
 
 
 def start_relay_thread(engine: Engine, interval_s: float = 1.0) -> threading.Event:
