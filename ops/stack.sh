@@ -125,11 +125,14 @@ start_services() {
   # A stand-in hospital RIS (MLLP, logs and ACKs) so the demo has somebody to deliver ORUs to.
   start_daemon ris-sink "$(settings s.ris_port)" "$PY" -m ops.ris_sink --port "$(settings s.ris_port)" \
     --out "$VAR/ris-inbox"
-  # One process owns the model (queue gpu, solo pool: one per GPU); deliveries run beside it.
+  # One process owns the model (queue gpu, one thread: one per GPU); deliveries run beside it.
+  # Not the solo pool: it was seen to leave new messages unconsumed ~10 s after going idle.
   start_daemon worker-gpu - "$PY" -m celery -A services.worker.celery_app worker -Q gpu \
-    --pool solo -n gpu@%h --loglevel INFO
+    --pool threads --concurrency 1 -n gpu@%h --loglevel INFO
   start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q io \
     --pool threads --concurrency 4 -n io@%h --loglevel INFO
+  # Publishes what the database says is due (outbox); leader-elected, so one or more is fine.
+  start_daemon relay - "$PY" -m services.worker.relay
   if [ -f "$ROOT/services/web/app.py" ]; then
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
       --host 127.0.0.1 --port "$(settings s.web_port)"
@@ -137,7 +140,7 @@ start_services() {
 }
 
 stop_services() {
-  for name in web worker-gpu worker-io ris-sink listener; do stop_daemon "$name"; done
+  for name in web relay worker-gpu worker-io ris-sink listener; do stop_daemon "$name"; done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
 }
 
@@ -151,7 +154,7 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker-gpu worker-io ris-sink web; do
+  for name in worker-gpu worker-io relay ris-sink web; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi

@@ -1,8 +1,8 @@
 """End-to-end turnaround: last C-STORE accepted → ORU ACK at the RIS, and drafting throughput.
 
 Sends 20 chest X-rays and 5 CT series (≥ 100 slices) from several storescu senders at once to
-a real listener (scratch PostgreSQL database), with one worker (queue gpu, solo: one model
-process, as on one GPU) plus a delivery worker (queue io), a real Orthanc as the PACS receiving the
+a real listener (scratch PostgreSQL database), with one worker (queue gpu, one thread: one
+model process, as on one GPU) plus a delivery worker (queue io) and the outbox relay, a real Orthanc as the PACS receiving the
 SRs and the RIS sink receiving the ORUs. Per study:
 
     stability_s  = draft job created − last instance received   (the STABLE_AGE wait, excluded)
@@ -52,7 +52,7 @@ from shared.db.models import (
     Study,
 )
 from tests.support.listener_process import listener_process
-from tests.support.worker_process import delete_test_queues, start_worker
+from tests.support.worker_process import delete_test_queues, start_relay, start_worker
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = f"medrega_bench_e2e_{os.getpid()}"
@@ -129,8 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                 "MEDREGA_PACS_PORT": str(orthanc.dicom_port),
                 "MEDREGA_RIS_PORT": str(sink.port),
             }
-            workers.append(start_worker(env, work / "worker-gpu.log", queues=("gpu",), pool="solo"))
-            workers.append(start_worker(env, work / "worker-io.log", queues=("io",)))
+            workers.append(
+                start_worker(env, work / "worker-gpu.log", queues=("gpu",), concurrency=1)
+            )
+            workers.append(
+                start_worker(
+                    env, work / "worker-io.log", queues=("io",), pool="prefork", concurrency=2
+                )
+            )
+            workers.append(start_relay(env, work / "relay.log"))
             started = time.monotonic()
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(lambda s: send(s, listener.port, listener.ae_title), studies))
@@ -175,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
                     if job is None or hl7 is None or last_received is None:
                         continue
                     assert hl7.delivered_at is not None
+                    assert job.started_at is not None and job.finished_at is not None
                     rows.append((
                         study.domain,
                         (job.created_at - last_received).total_seconds(),
                         (hl7.delivered_at - job.created_at).total_seconds(),
                         job.created_at, hl7.delivered_at,
+                        (job.started_at - job.created_at).total_seconds(),
+                        (job.finished_at - job.started_at).total_seconds(),
+                        (hl7.delivered_at - job.finished_at).total_seconds(),
                     ))  # fmt: skip
             engine.dispose()
     finally:
@@ -200,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         "sent": len(studies),
         "stability_s": round(statistics.median([r[1] for r in rows]), 2) if rows else None,
     }
+    for name, group in (("cxr", cxr), ("ct", ct)):
+        if group:
+            print(
+                f"{name}: median queue {statistics.median(r[5] for r in group):.2f} s, "
+                f"draft {statistics.median(r[6] for r in group):.2f} s, "
+                f"deliver {statistics.median(r[7] for r in group):.2f} s",
+                file=sys.stderr,
+            )
     print(json.dumps(result))
     return 0 if len(rows) == len(studies) else 1
 

@@ -8,7 +8,7 @@ source of truth and every task re-reads what it needs.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import worker_init
 from kombu import Exchange, Queue
 
 from shared.config import get_settings
@@ -46,18 +46,10 @@ app.conf.include = ["services.worker.tasks"]
 def _refuse_to_start_without_the_configured_gpu(**_: object) -> None:
     """A GPU worker that would silently run on the CPU must not start at all.
 
-    The GPU worker runs the solo pool (one process per GPU), so loading the model here does not
-    initialise CUDA before a fork.
+    The GPU worker runs the threads pool with one thread (one process per GPU): no fork, so
+    loading the model here does not initialise CUDA before a fork.
     """
     if settings.model_require_gpu:
         from services.worker.tasks import model_backend
 
         model_backend()  # raises ProviderError with the reason; Celery exits non-zero
-
-
-@worker_ready.connect
-def _start_outbox_relay(**_: object) -> None:
-    from services.worker.relay import start_relay_thread
-    from shared.db.session import get_engine
-
-    start_relay_thread(get_engine())

@@ -8,8 +8,10 @@ the broker. This relay turns rows into Celery messages:
   (for `in_flight` that time is the attempt's deadline: the worker died mid-send).
 Duplicates are harmless: tasks lock, re-check state and send derived-ID (idempotent) messages.
 
-It runs as a thread inside every worker process; a PostgreSQL advisory lock makes one of them the
-leader at a time. `python -m services.worker.relay --once` runs one pass (tests, ops).
+It runs as its own small process (`python -m services.worker.relay`), not inside a worker, so
+it never competes with the model for the GIL and survives a worker crash. Run one per site or
+several: a PostgreSQL advisory lock makes one of them the leader at a time. `--once` runs one
+pass (tests, ops); `--check` is the container health check.
 """
 
 from __future__ import annotations
@@ -160,26 +162,27 @@ def run_forever(
             stop.wait(interval_s)
 
 
-def start_relay_thread(engine: Engine, interval_s: float = 1.0) -> threading.Event:
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_forever,
-        args=(engine, celery_publisher(), stop, interval_s),
-        name="outbox-relay",
-        daemon=True,
-    )
-    thread.start()
-    return stop
-
-
 def main() -> None:
     from shared.db.session import get_engine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 when the database and broker answer"
+    )
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.check:
+        from kombu import Connection
+
+        from shared.config import get_settings
+
+        with get_engine().connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        with Connection(get_settings().broker_url, connect_timeout=5) as broker:
+            broker.ensure_connection(max_retries=1)
+        return
     if args.once:
         print(relay_once(get_engine(), celery_publisher()))
         return

@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-OUR_SERVICES = {"migrate", "orthanc", "listener", "worker", "delivery-worker", "web"}
+OUR_SERVICES = {"migrate", "orthanc", "listener", "worker", "delivery-worker", "relay", "web"}
 REQUIRED_SECRETS = {
     "MEDREGA_DB_PASSWORD",
     "MEDREGA_RABBITMQ_PASSWORD",

@@ -53,12 +53,13 @@ def start_worker(
     *,
     queues: tuple[str, ...] = ("gpu", "io"),
     pool: str = "threads",
+    concurrency: int = 3,
 ) -> RunningWorker:
     prefix = env.get("MEDREGA_QUEUE_PREFIX", queue_prefix())
     child_env = {**os.environ, "MEDREGA_QUEUE_PREFIX": prefix, **env, "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
-        "-Q", ",".join(prefix + q for q in queues), "--pool", pool, "--concurrency", "3",
+        "-Q", ",".join(prefix + q for q in queues), "--pool", pool, "--concurrency", str(concurrency),
         "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h", "--without-heartbeat",
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip
@@ -77,6 +78,19 @@ def start_worker(
             raise RuntimeError(f"celery worker not ready in 60 s:\n{worker.log()[-3000:]}")
         time.sleep(0.2)
     return worker
+
+
+def start_relay(env: Mapping[str, str], log_path: Path) -> RunningWorker:
+    """The outbox relay process that publishes due jobs and deliveries."""
+    prefix = env.get("MEDREGA_QUEUE_PREFIX", queue_prefix())
+    child_env = {**os.environ, "MEDREGA_QUEUE_PREFIX": prefix, **env, "PYTHONUNBUFFERED": "1"}
+    log_file = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.worker.relay", "--interval", "0.5"],
+        cwd=REPO_ROOT, env=child_env, stdout=log_file, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    return RunningWorker(process, log_path)
 
 
 @contextmanager

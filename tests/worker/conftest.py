@@ -33,6 +33,7 @@ from tests.support.worker_process import (
     RunningWorker,
     delete_test_queues,
     queue_prefix,
+    start_relay,
     start_worker,
 )
 
@@ -104,6 +105,8 @@ class Pipeline:
         return sessionmaker(self.engine, expire_on_commit=False)()
 
     def start_worker(self) -> RunningWorker:
+        if not any(w.log_path.name == "relay.log" for w in self.workers):
+            self.workers.append(start_relay(self.worker_env, self.log_dir / "relay.log"))
         worker = start_worker(self.worker_env, self.log_dir / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
