@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             workers.append(
                 start_worker(env, work / "worker-gpu.log", queues=("gpu",), concurrency=1)
             )
-            workers.append(
-                start_worker(
-                    env, work / "worker-io.log", queues=("io",), pool="prefork", concurrency=2
-                )
-            )
+            workers.append(start_worker(env, work / "worker-io.log", queues=("io",)))
             workers.append(start_relay(env, work / "relay.log"))
             started = time.monotonic()
             with ThreadPoolExecutor(args.senders) as pool:
