@@ -38,13 +38,54 @@ def test_onnx_matches_torch() -> None:
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(ONNX_PATH), opts, providers=["CPUExecutionProvider"])
     got = sess.run(list(OUTPUT_NAMES), {"image": x, "query_boxes": q})
-    for name, a, b in zip(OUTPUT_NAMES, ref, got, strict=True):
+    outputs = dict(zip(OUTPUT_NAMES, got, strict=True))
+    expected = dict(zip(OUTPUT_NAMES, ref, strict=True))
+    for name in OUTPUT_NAMES:
+        a, b = expected[name], outputs[name]
         assert a.shape == b.shape, name
-        if name == "lesion_classes":
-            assert np.array_equal(a, b), name
-        else:
-            diff = float(np.abs(a.astype(np.float64) - b).max())
-            assert diff <= 1e-4, f"{name}: max abs diff {diff:.2e}"
+        if name.startswith("lesion_"):
+            continue  # top-K: compared as sets below (near-tied scores may swap places)
+        diff = float(np.abs(a.astype(np.float64) - b).max())
+        assert diff <= 1e-4, f"{name}: max abs diff {diff:.2e}"
+    assert (expected["lesion_scores"] >= DETECTION_FLOOR).any(), "no detection was compared"
+    for i in range(x.shape[0]):
+        _assert_same_detections(
+            (
+                expected["lesion_scores"][i],
+                expected["lesion_boxes"][i],
+                expected["lesion_classes"][i],
+            ),
+            (outputs["lesion_scores"][i], outputs["lesion_boxes"][i], outputs["lesion_classes"][i]),
+        )
+
+
+# Detections this far below the runtime's lesion threshold (0.21) never reach a report.
+DETECTION_FLOOR = 0.05
+
+
+def _assert_same_detections(
+    torch_out: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ort_out: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Same top-K scores, and every detection that matters has an ORT twin (class, score, box)
+    within 1e-4: the order of near-tied detections is the only freedom allowed."""
+    t_scores, t_boxes, t_classes = torch_out
+    o_scores, o_boxes, o_classes = ort_out
+    np.testing.assert_allclose(np.sort(t_scores), np.sort(o_scores), atol=1e-4)
+    unmatched = list(range(len(o_scores)))
+    for k in np.flatnonzero(t_scores >= DETECTION_FLOOR):
+        twin = next(
+            (
+                j
+                for j in unmatched
+                if o_classes[j] == t_classes[k]
+                and abs(float(o_scores[j]) - float(t_scores[k])) <= 1e-4
+                and float(np.abs(o_boxes[j] - t_boxes[k]).max()) <= 1e-4
+            ),
+            None,
+        )
+        assert twin is not None, f"detection {k} (score {t_scores[k]:.4f}) has no ORT twin"
+        unmatched.remove(twin)
 
 
 def test_graph_contract() -> None:
