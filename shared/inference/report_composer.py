@@ -102,7 +102,7 @@ def compose_report(
                 probability=located.probability,
                 image=located.image,
                 box=located.box,
-                sentence_en=vocab.normal.region_sentence("en", region.en),
+                sentence_en=vocab.normal.region_sentence("en", region.en, plural=region.plural),
                 sentence_zh=vocab.normal.region_sentence("zh", region.zh),
             )
         )

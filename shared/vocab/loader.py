@@ -33,6 +33,7 @@ class RegionInfo:
     laterality: CodedConcept | None  # modifier for the generic structure code, if lateral
     synonyms_en: tuple[str, ...]
     synonyms_zh: tuple[str, ...]
+    plural: bool = False  # English agreement: "the hilar structures are …"
 
     def name(self, lang: Language) -> str:
         return self.en if lang == "en" else self.zh
@@ -70,9 +71,12 @@ class NormalWording:
     region_sentence_zh: str
     impression_en: str
     impression_zh: str
+    region_sentence_plural_en: str = ""  # for plural region names; Chinese needs none
 
-    def region_sentence(self, lang: Language, region_name: str) -> str:
+    def region_sentence(self, lang: Language, region_name: str, plural: bool = False) -> str:
         template = self.region_sentence_en if lang == "en" else self.region_sentence_zh
+        if lang == "en" and plural and self.region_sentence_plural_en:
+            template = self.region_sentence_plural_en
         return template.format(region=region_name)
 
     def impression(self, lang: Language) -> str:
@@ -171,6 +175,7 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
             laterality=laterality[r["laterality"]] if r["laterality"] else None,
             synonyms_en=tuple(r["synonyms_en"]),
             synonyms_zh=tuple(r["synonyms_zh"]),
+            plural=bool(r.get("plural", False)),
         )
         for r in regions_raw["regions"]
     )

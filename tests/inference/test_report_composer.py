@@ -68,3 +68,11 @@ def test_repeated_lesions_share_one_impression_line(vocab) -> None:
     report = compose_report(vocab, "chest_ct", _regions(vocab, "chest_ct"), findings)
     impression = [s for s in report.sentences if s.section == "impression"]
     assert len(impression) == 1 and impression[0].finding_ordinals == [0, 1]
+
+
+def test_plural_region_names_agree_in_english(vocab) -> None:
+    report = compose_report(vocab, "cxr", _regions(vocab, "cxr"), [])
+    hilar = next(f for f in report.findings if f.region_code == "right_hilar")
+    assert hilar.sentence_en == "The right hilar structures are unremarkable."
+    lung = next(f for f in report.findings if f.region_code == "right_lung")
+    assert lung.sentence_en == "The right lung is unremarkable."
