@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pydicom
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +62,32 @@ class Row:
     findings: str = ""
     sr_in_pacs: bool = False
     oru_ack: str = ""
+
+
+def fresh_uids(written: WrittenStudy, run_id: str) -> WrittenStudy:
+    """Give this run's copy of a phantom its own UIDs, so every `make run` drafts anew.
+
+    Phantom UIDs are deterministic per seed; re-sending last run's study would be (correctly)
+    recognised as a duplicate and nothing new would happen.
+    """
+
+    def remap(uid: str) -> str:
+        return str(generate_uid(entropy_srcs=[run_id, uid]))
+
+    new_uids = []
+    for path in written.files:
+        ds = pydicom.dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, keyword, remap(getattr(ds, keyword)))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(path, enforce_file_format=True)
+        new_uids.append(str(ds.SOPInstanceUID))
+    return dataclasses.replace(
+        written,
+        study_instance_uid=remap(written.study_instance_uid),
+        series_instance_uid=remap(written.series_instance_uid),
+        sop_instance_uids=new_uids,
+    )
 
 
 def send_to_pacs(settings: Settings, files: list[Path]) -> None:
@@ -168,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     out = settings.run_dir / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     rows: list[Row] = []
     for domain, seed in DEMO_STUDIES:
-        written = write_phantom_study(domain, seed, out, n_slices=args.slices)  # type: ignore[arg-type]
+        written = fresh_uids(
+            write_phantom_study(domain, seed, out, n_slices=args.slices),  # type: ignore[arg-type]
+            run_id=out.name,
+        )
         send_to_pacs(settings, written.files)
         rows.append(Row(written, time.monotonic()))
         print(
