@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e
 
 install:
 	ops/stack.sh install
@@ -43,3 +43,6 @@ bench-ingest:
 
 bench-model:
 	$(PY) -m ops.bench.model
+
+bench-e2e:
+	$(PY) -m ops.bench.e2e
