@@ -1,19 +1,89 @@
 """FastAPI application: the radiologists' review UI and its JSON API.
 
-So far it serves the health endpoint used by Compose and the local stack; the worklist, review,
-sign-in and audit pages come with the review-UI issue.
+Pages are server-rendered (Jinja2, autoescaped) with a little vendored vanilla JS; the JSON API
+under /api/v1 is what that JS (and any other client) uses, documented at /docs (OpenAPI).
+Everything except sign-in, /healthz and /metrics needs a session.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.responses import Response
 
+from services.web import metrics
+from services.web.deps import AuthRequired, CsrfFailed, Forbidden, csrf_protect
+from services.web.middleware import WebMiddleware
+from services.web.routes import admin, auth, images, interactive, pages, studies, worklist
+from services.web.templating import render
 from shared.db.session import get_engine
 
-app = FastAPI(title="medrega-pacs", version="0.1.0")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+app = FastAPI(
+    title="medrega-pacs review API",
+    version="0.1.0",
+    description=(
+        "Worklist, grounded AI draft review, edit, sign and delivery status for radiologists. "
+        "Authenticate by signing in at /login (session cookie); send the CSRF token from "
+        "GET /api/v1/session as the `X-CSRF-Token` header on every POST."
+    ),
+    dependencies=[Depends(csrf_protect)],
+)
+app.add_middleware(WebMiddleware)
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+for router in (
+    auth.router,
+    worklist.router,
+    studies.router,
+    images.router,
+    interactive.router,
+    admin.router,
+    pages.router,
+):
+    app.include_router(router)
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+@app.exception_handler(AuthRequired)
+def _auth_required(request: Request, _: AuthRequired) -> Response:
+    if _is_api(request) or request.method != "GET":
+        return JSONResponse({"detail": "authentication required"}, status_code=401)
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+
+@app.exception_handler(Forbidden)
+def _forbidden(request: Request, _: Forbidden) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": "your role does not allow this"}, status_code=403)
+    return render(request, "error.html", {"message_key": "forbidden"}, status_code=403)
+
+
+@app.exception_handler(CsrfFailed)
+def _csrf_failed(request: Request, _: CsrfFailed) -> Response:
+    return JSONResponse({"detail": "missing or invalid CSRF token"}, status_code=403)
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    # The reason, field by field, without echoing the submitted values back (they may be PHI).
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 @app.get("/healthz", tags=["health"])
@@ -27,3 +97,10 @@ def healthz() -> dict[str, Any]:
             status_code=503, detail=f"database unavailable: {type(exc).__name__}"
         ) from None
     return {"status": "ok"}
+
+
+@app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+def prometheus_metrics() -> Response:
+    """Prometheus text format; no authentication (scrapers), no patient data."""
+    body = metrics.exposition(get_engine())
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -39,7 +39,7 @@ app.conf.update(
 )
 
 # Tasks live in their own module; imported here so `celery -A services.worker.celery_app` has them.
-app.conf.include = ["services.worker.tasks"]
+app.conf.include = ["services.worker.tasks", "services.worker.interactive"]
 
 
 @worker_init.connect

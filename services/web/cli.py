@@ -1,0 +1,109 @@
+"""User administration from the command line: the first admin, and users when the UI is down.
+
+    python -m services.web.cli create-user --username li.wei --full-name "Li Wei" \
+        --dicom-name "Li^Wei" --role radiologist        # password from a prompt or stdin
+    python -m services.web.create_admin --username admin --full-name "PACS Admin"
+
+The password is read from the terminal (twice) or, when stdin is not a terminal, from its first
+line (for scripts: `printf '%s\n' "$PW" | python -m services.web.create_admin …`). It is never a
+command-line argument, where `ps` and shell history would keep it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from services.web.passwords import MIN_PASSWORD_LENGTH, hash_password
+from shared.db.models import AuditEvent, User, UserRole
+from shared.db.session import get_engine
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise SystemExit("passwords differ")
+    return first
+
+
+def create_user(
+    username: str,
+    full_name: str,
+    password: str,
+    role: UserRole,
+    dicom_person_name: str | None = None,
+    *,
+    update: bool = False,
+) -> tuple[int, bool]:
+    """Create (or with `update`, reset) a user; returns (id, created)."""
+    password_hash = hash_password(password)
+    with sessionmaker(get_engine()).begin() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        created = user is None
+        if user is None:
+            user = User(username=username)
+            session.add(user)
+        elif not update:
+            raise SystemExit(f"user {username!r} exists; pass --update to reset it")
+        user.password_hash = password_hash
+        user.full_name = full_name
+        user.dicom_person_name = dicom_person_name
+        user.role = role
+        user.active = True
+        session.flush()
+        session.add(
+            AuditEvent(
+                action="user_create" if created else "user_reset",
+                object_type="user",
+                object_id=str(user.id),
+                username="cli",
+                details={"role": role.value, "via": "cli"},
+            )
+        )
+        return user.id, created
+
+
+def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    if default_role is None:
+        sub = parser.add_subparsers(dest="command", required=True)
+        target = sub.add_parser("create-user", help="create or reset a user")
+    else:
+        target = parser
+    target.add_argument("--username", required=True)
+    target.add_argument("--full-name", required=True)
+    target.add_argument("--dicom-name", help='DICOM Person Name, e.g. "Li^Wei"')
+    target.add_argument(
+        "--role",
+        choices=[r.value for r in UserRole],
+        default=(default_role or UserRole.RADIOLOGIST).value,
+    )
+    target.add_argument("--update", action="store_true", help="reset an existing user")
+    args = parser.parse_args(argv)
+    password = _read_password()
+    if len(password) < MIN_PASSWORD_LENGTH:
+        print(f"password must have at least {MIN_PASSWORD_LENGTH} characters", file=sys.stderr)
+        return 2
+    user_id, created = create_user(
+        args.username,
+        args.full_name,
+        password,
+        UserRole(args.role),
+        args.dicom_name,
+        update=args.update,
+    )
+    print(f"{'created' if created else 'updated'} {args.role} {args.username!r} (id {user_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Ask the GPU worker a Locate / Identify question and wait (briefly) for its answer.
+
+Each call declares an exclusive, auto-deleted reply queue on its own broker connection, sends
+the task with `reply_to` and an expiry equal to the wait, and waits for the message whose
+correlation id is the task id. No answer in time → `WorkerBusy`: the UI says the model is busy.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from kombu import Connection, Consumer, Message, Queue
+from kombu.exceptions import OperationalError
+
+from services.web import web_settings
+from shared.config import get_settings
+
+
+class WorkerBusy(Exception):
+    """No answer within the timeout (worker busy, down, or the broker unreachable)."""
+
+
+class ModelCouldNotAnswer(Exception):
+    """The worker answered with an error (bad image, frame out of range…)."""
+
+
+def ask_worker(task_name: str, args: list[Any], timeout_s: float | None = None) -> dict[str, Any]:
+    from services.worker.celery_app import app
+
+    wait = web_settings.INTERACTIVE_TIMEOUT_S if timeout_s is None else timeout_s
+    settings = get_settings()
+    # Read now, not at import: the queue prefix is per deployment (and per test run).
+    gpu_queue = f"{settings.queue_prefix}gpu"
+    task_id = str(uuid.uuid4())
+    reply = Queue(
+        f"{settings.queue_prefix}web-reply-{task_id}",
+        exclusive=True,
+        auto_delete=True,
+        durable=False,
+    )
+    answers: list[dict[str, Any]] = []
+
+    def on_message(body: Any, message: Message) -> None:
+        message.ack()
+        if message.properties.get("correlation_id") == task_id and isinstance(body, dict):
+            answers.append(body)
+
+    deadline = time.monotonic() + wait
+    try:
+        with Connection(settings.broker_url, connect_timeout=min(2.0, wait)) as connection:
+            channel = connection.channel()
+            with Consumer(channel, queues=[reply], callbacks=[on_message], accept=["json"]):
+                with app.producer_or_acquire() as producer:
+                    app.send_task(
+                        task_name,
+                        args=args,
+                        task_id=task_id,
+                        queue=gpu_queue,
+                        reply_to=reply.name,
+                        expires=wait,
+                        producer=producer,
+                    )
+                while not answers:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WorkerBusy()
+                    try:
+                        connection.drain_events(timeout=min(remaining, 0.5))
+                    except TimeoutError:
+                        continue
+    except WorkerBusy:
+        raise
+    except (OSError, OperationalError) as exc:  # broker unreachable
+        raise WorkerBusy() from exc
+    answer = answers[0]
+    if not answer.get("ok"):
+        raise ModelCouldNotAnswer(str(answer.get("error") or "no answer"))
+    return answer

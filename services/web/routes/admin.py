@@ -1,0 +1,234 @@
+"""Admin: audit log, delivery retry, users, feedback export. Admin role only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from services.web import audit
+from services.web.deps import AdminDep, SessionDep
+from services.web.feedback import feedback_lines
+from services.web.passwords import hash_password
+from services.web.schemas import AuditOut, AuditPage, CreateUserRequest, DeliveryOut, UserOut
+from shared.db.models import AuditEvent, Delivery, DeliveryState, Report, User
+from shared.db.outbox import notify_outbox
+from shared.db.session import get_engine
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+
+def audit_page(
+    db: SessionDep,
+    *,
+    action: str | None,
+    username: str | None,
+    study_id: int | None,
+    page: int,
+    page_size: int,
+) -> AuditPage:
+    query = select(AuditEvent)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if username:
+        query = query.where(AuditEvent.username == username)
+    if study_id is not None:
+        query = query.where(AuditEvent.study_id == study_id)
+    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db.scalars(
+        query.order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    )
+    return AuditPage(
+        total=total,
+        page=page,
+        page_size=page_size,
+        items=[
+            AuditOut(
+                id=e.id,
+                at=e.at,
+                username=e.username,
+                action=e.action,
+                object_type=e.object_type,
+                object_id=e.object_id,
+                study_id=e.study_id,
+                remote_addr=e.remote_addr,
+                details=e.details,
+            )
+            for e in rows
+        ],
+    )
+
+
+@router.get("/audit", response_model=AuditPage)
+def list_audit(
+    db: SessionDep,
+    _: AdminDep,
+    action: Annotated[str | None, Query(max_length=32)] = None,
+    username: Annotated[str | None, Query(max_length=64)] = None,
+    study_id: Annotated[int | None, Query(ge=1)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage:
+    """Who saw, edited, signed what, when, from where; newest first."""
+    return audit_page(
+        db, action=action, username=username, study_id=study_id, page=page, page_size=page_size
+    )
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    response_model=DeliveryOut,
+    responses={404: {"description": "no such delivery"}, 409: {"description": "not failed"}},
+)
+def retry_delivery(
+    request: Request, delivery_id: int, db: SessionDep, admin: AdminDep
+) -> DeliveryOut:
+    """Send a failed delivery again: back to `pending` with a fresh attempt budget."""
+    delivery = db.get(Delivery, delivery_id, with_for_update=True)
+    if delivery is None:
+        raise HTTPException(status_code=404, detail="no such delivery")
+    if delivery.state != DeliveryState.FAILED:
+        raise HTTPException(status_code=409, detail=f"delivery is {delivery.state}, not failed")
+    report = db.get(Report, delivery.report_id)
+    assert report is not None
+    previous_attempts = delivery.attempts
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = None
+    notify_outbox(db)
+    audit.record(
+        db,
+        request,
+        admin,
+        "delivery_retry",
+        object_type="delivery",
+        object_id=delivery.id,
+        study_id=report.study_id,
+        details={"kind": delivery.kind, "previous_attempts": previous_attempts},
+    )
+    db.commit()
+    return DeliveryOut(
+        id=delivery.id,
+        kind=delivery.kind,
+        state=delivery.state,
+        report_version=report.version,
+        report_status=report.status,
+        destination=delivery.destination,
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+        ack_code=delivery.ack_code,
+        delivered_at=delivery.delivered_at,
+        created_at=delivery.created_at,
+    )
+
+
+def _user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        username=user.username,
+        full_name=user.full_name,
+        dicom_person_name=user.dicom_person_name,
+        role=user.role,
+        active=user.active,
+        last_login_at=user.last_login_at,
+    )
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(db: SessionDep, _: AdminDep) -> list[UserOut]:
+    return [_user_out(u) for u in db.scalars(select(User).order_by(User.username))]
+
+
+@router.post("/users", response_model=UserOut, status_code=201, responses={409: {}})
+def create_user(
+    request: Request, body: CreateUserRequest, db: SessionDep, admin: AdminDep
+) -> UserOut:
+    user = User(
+        username=body.username,
+        password_hash=hash_password(body.password),
+        full_name=body.full_name,
+        dicom_person_name=body.dicom_person_name,
+        role=body.role,
+        active=True,
+    )
+    db.add(user)
+    try:
+        db.flush()
+    except IntegrityError:
+        db.rollback()
+        raise HTTPException(status_code=409, detail="username already exists") from None
+    audit.record(
+        db,
+        request,
+        admin,
+        "user_create",
+        object_type="user",
+        object_id=user.id,
+        details={"role": body.role},
+    )
+    db.commit()
+    return _user_out(user)
+
+
+@router.post("/users/{user_id}/active", response_model=UserOut, responses={404: {}, 409: {}})
+def set_active(
+    request: Request,
+    user_id: int,
+    db: SessionDep,
+    admin: AdminDep,
+    active: Annotated[bool, Query()],
+) -> UserOut:
+    """Deactivate (ends the user's sessions at their next request) or reactivate a user."""
+    user = db.get(User, user_id)
+    if user is None:
+        raise HTTPException(status_code=404, detail="no such user")
+    if user.id == admin.id and not active:
+        raise HTTPException(status_code=409, detail="you cannot deactivate yourself")
+    user.active = active
+    audit.record(
+        db, request, admin, "user_active", object_type="user", object_id=user.id,
+        details={"active": active},
+    )  # fmt: skip
+    db.commit()
+    return _user_out(user)
+
+
+@router.get(
+    "/feedback.jsonl",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+def export_feedback(
+    request: Request,
+    db: SessionDep,
+    admin: AdminDep,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> StreamingResponse:
+    """Accepted / rejected / adjusted findings of signed reports, one JSON object per line."""
+    audit.record(
+        db, request, admin, "feedback_export",
+        details={"since": since.isoformat() if since else None,
+                 "until": until.isoformat() if until else None},
+    )  # fmt: skip
+    db.commit()
+    db.close()
+
+    def lines() -> Iterator[str]:
+        # Its own session: the request's may be closed before the stream finishes.
+        with sessionmaker(get_engine())() as stream_db:
+            yield from feedback_lines(stream_db, since, until)
+
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="medrega-feedback.jsonl"'},
+    )

@@ -1,0 +1,42 @@
+"""Jinja2 templates (autoescaped) with the context every page needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+from starlette.responses import Response
+
+from services.web import i18n
+from services.web.web_settings import LANGUAGE_COOKIE
+from shared.config import get_settings
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
+
+
+def request_language(request: Request) -> i18n.Lang:
+    return i18n.language(request.cookies.get(LANGUAGE_COOKIE))
+
+
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200
+) -> Response:
+    lang = request_language(request)
+    labels = i18n.table(lang)
+    base = {
+        "lang": lang,
+        "t": labels,
+        # For the browser: both tables, so the language toggle needs no round trip.
+        "labels_all": {"en": i18n.table("en"), "zh": i18n.table("zh")},
+        "user": getattr(request.state, "user", None),
+        "csrf_token": getattr(request.state, "csrf_token", ""),
+        "institution": get_settings().institution_name,
+    }
+    response = templates.TemplateResponse(
+        request, name, {**base, **(context or {})}, status_code=status_code
+    )
+    response.headers["Cache-Control"] = "no-store"  # pages carry patient data
+    return response

@@ -1,0 +1,126 @@
+"""MedRegA's interactive region tasks for the review UI: Locate (Text→Region), Identify
+(Region→Text), on the GPU worker that owns the model.
+
+The web process waits for the answer on its own short-lived reply queue (AMQP `reply_to`): the
+Celery app keeps no result backend, and these answers are ephemeral, so they never touch the
+database. Payloads are an instance id plus the query; the task reads the file path from the
+database like every other task. No retries: a user is waiting, and a late answer is worthless
+(the message carries an expiry, so a busy worker drops it instead of running it late).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from sqlalchemy import select
+
+from services.worker.celery_app import GPU_QUEUE, app
+from shared.config import get_settings
+from shared.db.models import Instance, Series
+from shared.db.session import session_scope
+from shared.inference.backend import InstanceInput
+from shared.inference.contract import PixelBox
+
+log = logging.getLogger(__name__)
+
+
+def _instance_input(instance_id: int) -> InstanceInput:
+    with session_scope() as session:
+        row = session.execute(
+            select(Instance, Series)
+            .join(Series, Instance.series_id == Series.id)
+            .where(Instance.id == instance_id)
+        ).first()
+        if row is None:
+            raise LookupError(f"instance {instance_id} does not exist")
+        instance, series = row
+        return InstanceInput(
+            path=get_settings().storage_dir / instance.file_path,
+            sop_instance_uid=instance.sop_instance_uid,
+            sop_class_uid=instance.sop_class_uid,
+            series_instance_uid=series.series_instance_uid,
+            modality=series.modality,
+            series_number=series.series_number,
+            instance_number=instance.instance_number,
+            body_part_examined=series.body_part_examined,
+            series_description=series.series_description,
+        )
+
+
+def _reply(task: Task, body: dict[str, Any]) -> dict[str, Any]:
+    """Send the answer to the caller's reply queue (a vanished caller is fine: it's dropped)."""
+    reply_to = task.request.reply_to
+    if reply_to:
+        with app.producer_or_acquire() as producer:
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=reply_to,
+                correlation_id=task.request.id,
+                serializer="json",
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+            )
+    return body
+
+
+def _guarded(task: Task, work: Any) -> dict[str, Any]:
+    try:
+        return _reply(task, {"ok": True, **work()})
+    except (LookupError, ValueError) as exc:
+        # Bad input (unknown instance, frame out of range, undecodable image): say why.
+        return _reply(task, {"ok": False, "error": str(exc)[:500]})
+    except Exception as exc:
+        log.exception("interactive task %s failed", task.name)
+        _reply(task, {"ok": False, "error": f"model error: {type(exc).__name__}"})
+        raise
+
+
+def _valid_ids(instance_id: object, frame: object) -> tuple[int, int]:
+    if not isinstance(instance_id, int) or isinstance(instance_id, bool):
+        raise ValueError("instance id must be an integer")
+    if not isinstance(frame, int) or isinstance(frame, bool) or frame < 1:
+        raise ValueError("frame must be a positive integer")
+    return instance_id, frame
+
+
+@app.task(name="medrega.locate", queue=GPU_QUEUE, bind=True, acks_late=False, max_retries=0)
+def locate(self: Task, instance_id: int, frame: int, query: str) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        from services.worker.tasks import model_backend
+
+        image_id, frame_number = _valid_ids(instance_id, frame)
+        if not isinstance(query, str) or not 0 < len(query) <= 128:
+            raise ValueError("query must be a non-empty string of at most 128 characters")
+        answer = model_backend().locate(_instance_input(image_id), frame_number, query)
+        return {
+            "region_code": answer.region_code,
+            "sop_instance_uid": answer.image.sop_instance_uid,
+            "frame": answer.image.frame,
+            "boxes": [[b.x1, b.y1, b.x2, b.y2] for b in answer.boxes],
+            "probability": answer.probability,
+        }
+
+    return _guarded(self, work)
+
+
+@app.task(name="medrega.identify", queue=GPU_QUEUE, bind=True, acks_late=False, max_retries=0)
+def identify(self: Task, instance_id: int, frame: int, box: list[float]) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        from services.worker.tasks import model_backend
+
+        image_id, frame_number = _valid_ids(instance_id, frame)
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError("box must be [x1, y1, x2, y2]")
+        pixel_box = PixelBox(*(float(v) for v in box))
+        answer = model_backend().identify(_instance_input(image_id), frame_number, pixel_box)
+        return {
+            "region_code": answer.region_code,
+            "name_en": answer.name_en,
+            "name_zh": answer.name_zh,
+            "probability": answer.probability,
+        }
+
+    return _guarded(self, work)
