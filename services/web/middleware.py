@@ -33,10 +33,6 @@ SECURITY_HEADERS = [
 DOCS_PATHS = ("/docs", "/redoc")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _too_large_body() -> bytes:
     return json.dumps({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}).encode()
 
@@ -59,19 +55,30 @@ class WebMiddleware:
 
         received = 0
         response_started = False
+        refused = False
         status_code = 500
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused, response_started, status_code
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise BodyTooLarge()
+                if received > MAX_BODY_BYTES and not response_started:
+                    # Answer now and tell the app the client went away: whatever it does with
+                    # that (FastAPI turns it into a 400) is swallowed below.
+                    refused = True
+                    response_started = True
+                    status_code = 413
+                    await self._send_413(send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def send_with_headers(message: Message) -> None:
             nonlocal response_started, status_code
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status_code = int(message["status"])
@@ -87,10 +94,9 @@ class WebMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLarge:
-            if not response_started:
-                status_code = 413
-                await self._send_413(send)
+        except Exception:
+            if not refused:
+                raise
         finally:
             metrics.observe_request(scope, status_code, time.perf_counter() - started)
 

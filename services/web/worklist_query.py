@@ -10,6 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import Exists, Select, exists, func, or_, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from services.web.schemas import Worklist, WorklistItem
@@ -146,7 +147,7 @@ def load_worklist(db: Session, f: WorklistFilter) -> Worklist:
             select(Report.id, Report.study_id, Report.version, Report.status, Report.domain)
             .where(Report.study_id.in_(ids), Report.status != ReportStatus.SUPERSEDED)
             .order_by(Report.study_id, Report.version.desc())
-            .distinct(Report.study_id)
+            .ext(distinct_on(Report.study_id))
         ):
             reports[study_id] = (report_id, version, status, domain)
         for study_id, report_id, state in db.execute(
