@@ -105,6 +105,8 @@ LABELS: dict[str, dict[str, str]] = {
     "no_answer": {"en": "The model could not answer.", "zh": "模型无法回答。"},
     "not_found": {"en": "Not found on this image.", "zh": "在此图像上未找到。"},
     "boxes": {"en": "Boxes", "zh": "标注框"},
+    "normal_regions": {"en": "Normal regions", "zh": "正常区域"},
+    "amend": {"en": "Amend (correction)", "zh": "修改（更正）"},
     "window": {"en": "Window", "zh": "窗宽窗位"},
     "zoom_fit": {"en": "Fit", "zh": "适应"},
     "slice": {"en": "Image", "zh": "图像"},

@@ -17,6 +17,26 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
 
 
+def person_name(value: str | None) -> str:
+    """DICOM PN for display: "Family^Given=表意^名" → "Family Given 表意名"."""
+    groups = (value or "").split("=")
+    parts = [
+        " ".join(g.replace("^", " ").split()) if i == 0 else g.replace("^", "").strip()
+        for i, g in enumerate(groups)
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def dicom_date(value: str | None) -> str:
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or ""
+
+
+templates.env.filters["pn"] = person_name
+templates.env.filters["da"] = dicom_date
+
+
 def request_language(request: Request) -> i18n.Lang:
     return i18n.language(request.cookies.get(LANGUAGE_COOKIE))
 

@@ -99,12 +99,21 @@ const Medrega = (() => {
     return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
   }
 
+  // DICOM PN: "Family^Given=表意^名" → "Family Given 表意名" (ideographic parts join tight).
   function personName(dicomName) {
-    return (dicomName || "").replace(/\^/g, " ").trim();
+    const groups = (dicomName || "").split("=");
+    return groups
+      .map((g, i) => (i === 0 ? g.replace(/\^+/g, " ") : g.replace(/\^+/g, "")).trim())
+      .filter(Boolean)
+      .join(" ");
+  }
+
+  function dicomDate(value) {
+    return /^\d{8}$/.test(value || "") ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6)}` : value || "";
   }
 
   return {
-    t, api, toast, el, fmtTime, personName, applyLabels, setLang, ApiError,
+    t, api, toast, el, fmtTime, personName, dicomDate, applyLabels, setLang, ApiError,
     get lang() { return lang; },
     onLang(fn) { listeners.push(fn); },
   };

@@ -19,6 +19,8 @@
     view: null,          // SVG viewBox [x, y, w, h]
     hidden: new Set(),   // finding ordinals hidden by their toggle
     showBoxes: true,
+    showNormal: true,
+    amending: false,   // a signed report opened for correction
     hover: new Set(),    // ordinals highlighted by hovering a sentence or a box
     selected: null,      // ordinal selected by a click
     adjusting: null,     // {ordinal, box} while dragging corners
@@ -31,6 +33,15 @@
   const imageEl = document.getElementById("frame-image");
   const boxesLayer = document.getElementById("boxes");
   const toolLayer = document.getElementById("tool-layer");
+  imageEl.addEventListener("load", () => {
+    const viewer = document.getElementById("viewer");
+    viewer.classList.remove("loading");
+    viewer.dataset.loaded = imageEl.getAttribute("href");
+  });
+  imageEl.addEventListener("error", () => {
+    document.getElementById("viewer").classList.remove("loading");
+    toast(t("error"), "error");
+  });
 
   // ---------------------------------------------------------------- helpers
   const report = () => detail.report;
@@ -108,6 +119,11 @@
     state.index = list.findIndex((im) => im.sop === globalImage.sop && im.frame === globalImage.frame);
     const img = current();
     const url = `/api/v1/images/${encodeURIComponent(img.sop)}/frames/${img.frame}?preset=${state.preset}`;
+    const viewer = document.getElementById("viewer");
+    if (imageEl.getAttribute("href") !== url) {
+      viewer.classList.add("loading");
+      delete viewer.dataset.loaded;
+    }
     imageEl.setAttribute("href", url);
     imageEl.setAttribute("width", img.columns);
     imageEl.setAttribute("height", img.rows);
@@ -172,7 +188,7 @@
       if (!f.box || f.sop_instance_uid !== img.sop || (f.frame || 1) !== img.frame) continue;
       const adjusting = state.adjusting && state.adjusting.ordinal === f.ordinal;
       const box = adjusting ? state.adjusting.box : f.box;
-      const visible = state.showBoxes && !state.hidden.has(f.ordinal);
+      const visible = state.showBoxes && !state.hidden.has(f.ordinal) && (f.finding_code || state.showNormal);
       if (!visible && !adjusting) continue;
       const classes = ["fbox", f.finding_code ? "abnormal" : "normal", "rv-" + f.review];
       if (state.hover.has(f.ordinal) || state.selected === f.ordinal) classes.push("hl");
@@ -182,10 +198,15 @@
       const stroke = Math.max(img.columns, img.rows) / 400;
       g.append(svg("rect", { x: box.x1, y: box.y1, width: box.x2 - box.x1, height: box.y2 - box.y1,
                              "stroke-width": stroke }));
-      const label = svg("text", { x: box.x1 + stroke * 2, y: box.y1 - stroke * 3,
-                                  "font-size": Math.max(img.columns, img.rows) / 55 });
-      label.textContent = `${f.ordinal + 1} ${findingName(f)}`;
-      g.append(label);
+      // Normal regions are context: their names show only when pointed at, so the abnormal
+      // findings stay readable on a busy image.
+      const lit = state.hover.has(f.ordinal) || state.selected === f.ordinal || adjusting;
+      if (f.finding_code || lit) {
+        const label = svg("text", { x: box.x1 + stroke * 2, y: box.y1 - stroke * 3,
+                                    "font-size": Math.max(img.columns, img.rows) / 55 });
+        label.textContent = `${f.ordinal + 1} ${findingName(f)}`;
+        g.append(label);
+      }
       if (adjusting) {
         for (const [cx, cy, corner] of [[box.x1, box.y1, "nw"], [box.x2, box.y1, "ne"], [box.x2, box.y2, "se"], [box.x1, box.y2, "sw"]]) {
           g.append(svg("circle", { cx, cy, r: stroke * 5, class: "handle", "data-corner": corner }));
@@ -243,13 +264,19 @@
   }
 
   // ---------------------------------------------------------------- report
+  // A signed report is read-only until the radiologist chooses to amend it (a correction).
+  function editable() {
+    const r = report();
+    return Boolean(detail.permissions.edit && r && (!r.final || state.amending));
+  }
+
   function renderReport() {
     const r = report();
     document.getElementById("report-body").classList.toggle("hidden", !r);
     document.getElementById("no-report").classList.toggle("hidden", !!r);
     const lang = Medrega.lang;
     const other = lang === "zh" ? "en" : "zh";
-    const canEdit = detail.permissions.edit;
+    const canEdit = editable();
     document.querySelectorAll(".add-sentence").forEach((b) => b.classList.toggle("hidden", !canEdit));
     for (const section of ["findings", "impression"]) {
       const box = document.getElementById("sec-" + section);
@@ -330,7 +357,7 @@
   function renderFindings() {
     const list = document.getElementById("findings");
     list.replaceChildren();
-    const canEdit = detail.permissions.edit && report();
+    const canEdit = editable();
     for (const f of findings()) {
       const swatch = el("span", { class: "swatch" });
       swatch.style.background = colour(f);
@@ -411,6 +438,7 @@
     sign.classList.toggle("hidden", !detail.permissions.sign);
     const corrected = detail.versions.some((v) => v.status === "signed" || v.status === "corrected");
     sign.textContent = corrected ? t("sign_correction") : t("sign");
+    document.getElementById("amend-btn").classList.toggle("hidden", !(final && detail.permissions.edit) || state.amending);
     document.getElementById("signed-by").textContent = final && r.signed_by
       ? `${t("signed_by")} ${r.signed_by.full_name} · ${fmtTime(r.signed_at)}` : "";
     renderDeliveries();
@@ -621,6 +649,8 @@
     const query = document.getElementById("locate-query").value.trim();
     if (query && current()) locate(query);
   });
+  document.getElementById("toggle-normal").addEventListener("change", (e) => { state.showNormal = e.target.checked; drawBoxes(); });
+  document.getElementById("amend-btn").addEventListener("click", () => { state.amending = true; renderAll(); });
   document.querySelectorAll(".add-sentence").forEach((b) => b.addEventListener("click", () => addSentence(b.dataset.section)));
 
   const dialog = document.getElementById("sign-dialog");
@@ -634,6 +664,7 @@
     try {
       detail = await api("POST", `/api/v1/studies/${studyId}/report/sign`,
                          { base_version: report().version, confirm: true });
+      state.amending = false;
       renderAll();
       toast(t("signed_banner"));
       pollDeliveries();

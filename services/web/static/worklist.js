@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { t, api, el, fmtTime, personName } = Medrega;
+  const { t, api, el, fmtTime, personName, dicomDate } = Medrega;
   const body = document.getElementById("worklist-body");
   const pager = document.getElementById("pager");
   const form = document.getElementById("filters");
@@ -29,7 +29,7 @@
       el("td", { class: "c-prio" }, s.critical ? el("span", { class: "badge badge-critical", text: t("critical") }) : null),
       el("td", { class: "c-patient" },
         el("a", { href: "/studies/" + s.id, text: personName(s.patient_name) || "—" }),
-        el("span", { class: "muted small", text: " " + [s.patient_sex, s.patient_birth_date].filter(Boolean).join(" ") })),
+        el("span", { class: "muted small", text: " " + [s.patient_sex, dicomDate(s.patient_birth_date)].filter(Boolean).join(" ") })),
       el("td", { class: "mono", text: s.patient_id || "" }),
       el("td", { class: "mono", text: s.accession_number || "" }),
       el("td", { text: s.modalities.join("/") }),
