@@ -121,7 +121,8 @@ def evaluate_studies(
                         ok = q.region_code == r.code
                         t.r2t.append(ok)
                         t.per_domain[domain]["r2t"].append(ok)
-                    if len(examples) < 400 and (im.findings or im.slice_index % 7 == 3):
+                    wanted = im.findings or len(study.images) == 1 or im.slice_index % 7 == 3
+                    if wanted and sum(e[0].domain == domain for e in examples) < 60:
                         examples.append((study, im, pred))
                 n_img += len(chunk)
             truth = {f.code for f in study.findings}

@@ -22,8 +22,9 @@ export MEDREGA_STORAGE_DIR="${MEDREGA_STORAGE_DIR:-$VAR/storage}"
 # DCMTK-based programs (storescu, storescp, Orthanc) crawl on loopback without it (Nagle).
 export TCP_NODELAY=1
 
+# chromium + fonts-noto-cjk: the Playwright browser test (and readable 中文 in its screenshots).
 DEBIAN_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools postgresql
-  rabbitmq-server)
+  rabbitmq-server chromium fonts-noto-cjk)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 

@@ -19,7 +19,8 @@ from sqlalchemy import text
 from starlette.responses import Response
 
 from services.web import metrics
-from services.web.deps import AuthRequired, CsrfFailed, Forbidden, csrf_protect
+from services.web.access_log import install_query_redaction
+from services.web.deps import AuthRequired, CsrfFailed, Forbidden, UserDep, csrf_protect
 from services.web.middleware import WebMiddleware
 from services.web.routes import admin, auth, images, interactive, pages, studies, worklist
 from services.web.templating import render
@@ -33,11 +34,18 @@ app = FastAPI(
     description=(
         "Worklist, grounded AI draft review, edit, sign and delivery status for radiologists. "
         "Authenticate by signing in at /login (session cookie); send the CSRF token from "
-        "GET /api/v1/session as the `X-CSRF-Token` header on every POST."
+        "GET /api/v1/session as the `X-CSRF-Token` header on every POST. This schema is at "
+        "/api/v1/openapi.json (signed in)."
     ),
     dependencies=[Depends(csrf_protect)],
+    # The interactive docs pages load their scripts from a CDN (none inside a hospital), and
+    # the schema is served behind sign-in like the rest of the API.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 app.add_middleware(WebMiddleware)
+install_query_redaction()
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 for router in (
@@ -84,6 +92,11 @@ def _invalid(request: Request, exc: RequestValidationError) -> Response:
         for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+@app.get("/api/v1/openapi.json", include_in_schema=False)
+def openapi_schema(_: UserDep) -> dict[str, Any]:
+    return app.openapi()
 
 
 @app.get("/healthz", tags=["health"])

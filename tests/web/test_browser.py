@@ -68,7 +68,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def chromium() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
+        pytest.fail("Debian chromium is missing: `make install` installs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -106,8 +106,8 @@ def test_radiologist_reviews_edits_and_signs_in_the_browser(
         for seed, critical in ((11, True), (12, False)):
             make_drafted_study(session, pipeline.storage_dir, tmp_path / "more", seed=seed,
                                critical=critical, received_minutes_ago=30 * seed)  # fmt: skip
-        make_drafted_study(session, pipeline.storage_dir, tmp_path / "more", domain="chest_ct",
-                           seed=13, received_minutes_ago=200)  # fmt: skip
+        ct = make_drafted_study(session, pipeline.storage_dir, tmp_path / "more", domain="chest_ct",
+                                seed=13, received_minutes_ago=200)  # fmt: skip
     draft = pipeline.current_report(uid)
     assert draft is not None and draft.version == 1
 
@@ -197,6 +197,21 @@ def test_radiologist_reviews_edits_and_signs_in_the_browser(
         expect(page.locator("#tool-msg")).not_to_contain_text("…")
         page.screenshot(path=str(ARTIFACTS / "review-zh-tools.png"))
 
+        # Adjust the lesion's box by dragging its lower-right corner (a new version).
+        lesion_row = page.locator('#findings li[data-ordinal="0"]')
+        page.click("#identify-btn")  # leave Identify mode
+        lesion_row.get_by_role("button", name="调整框").click()
+        handle = page.locator('#boxes g.fbox[data-ordinal="0"] circle[data-corner="se"]')
+        corner = handle.bounding_box()
+        assert corner is not None
+        page.mouse.move(corner["x"] + corner["width"] / 2, corner["y"] + corner["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(corner["x"] + 40, corner["y"] + 30, steps=4)
+        page.mouse.up()
+        page.get_by_role("button", name="保存框").click()
+        expect(lesion_row).to_have_class(_has("rv-adjusted"))
+        expect(page.locator("#report-version")).to_contain_text("版本 4")
+
         # Sign, with confirmation.
         page.click("#sign-btn")
         expect(page.locator("#sign-dialog")).to_be_visible()
@@ -207,14 +222,30 @@ def test_radiologist_reviews_edits_and_signs_in_the_browser(
         expect(page.locator("#findings button")).to_have_count(0)
         expect(page.locator("#deliveries .dl-delivered")).to_have_count(4, timeout=90_000)
         page.screenshot(path=str(ARTIFACTS / "review-signed.png"))
+
+        # A CT study: slices scroll (keyboard), lung window preset.
+        page.goto(f"{base}/studies/{ct.study_id}")
+        expect(page.locator("#slicebar")).to_be_visible()
+        expect(page.locator("#slice-label")).to_have_text("2 / 3")
+        page.locator("#viewer").press("ArrowDown")
+        expect(page.locator("#slice-label")).to_have_text("3 / 3")
+        page.select_option("#preset", "lung")
+        assert "preset=lung" in (page.locator("#frame-image").get_attribute("href") or "")
+        expect(page.locator("#viewer[data-loaded]")).to_have_count(1, timeout=30_000)
         assert not errors, errors
 
     signed = pipeline.current_report(uid)
-    assert signed is not None and signed.status == "signed" and signed.version == 4
+    assert signed is not None and signed.status == "signed" and signed.version == 5
     with pipeline.session() as session:
         signed = session.merge(signed)
         assert session.get(Study, study_id).state == StudyState.SIGNED  # type: ignore[union-attr]
         kept = [f for f in signed.findings if f.x1 is not None]
+        lesion = signed.findings[0]
+        assert (
+            lesion.review == "adjusted"
+            and lesion.x2 > findings[0].x2
+            and lesion.y2 > findings[0].y2
+        )
         assert len(signed.findings) == len(findings) - 1
         sr_delivery = next(d for d in signed.deliveries if d.kind == DeliveryKind.SR)
         hl7_delivery = next(d for d in signed.deliveries if d.kind == DeliveryKind.HL7)
