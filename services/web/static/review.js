@@ -184,6 +184,7 @@
     boxesLayer.replaceChildren();
     const img = current();
     if (!img) return;
+    let adjustingGroup = null;
     for (const f of findings()) {
       if (!f.box || f.sop_instance_uid !== img.sop || (f.frame || 1) !== img.frame) continue;
       const adjusting = state.adjusting && state.adjusting.ordinal === f.ordinal;
@@ -191,22 +192,19 @@
       const visible = state.showBoxes && !state.hidden.has(f.ordinal) && (f.finding_code || state.showNormal);
       if (!visible && !adjusting) continue;
       const classes = ["fbox", f.finding_code ? "abnormal" : "normal", "rv-" + f.review];
-      if (state.hover.has(f.ordinal) || state.selected === f.ordinal) classes.push("hl");
+      if (state.hover.has(f.ordinal) || state.selected === f.ordinal || adjusting) classes.push("hl");
       if (state.hover.size && !state.hover.has(f.ordinal)) classes.push("dim");
       const g = svg("g", { class: classes.join(" "), "data-ordinal": f.ordinal });
       g.style.setProperty("--c", colour(f));
       const stroke = Math.max(img.columns, img.rows) / 400;
       g.append(svg("rect", { x: box.x1, y: box.y1, width: box.x2 - box.x1, height: box.y2 - box.y1,
                              "stroke-width": stroke }));
-      // Normal regions are context: their names show only when pointed at, so the abnormal
-      // findings stay readable on a busy image.
-      const lit = state.hover.has(f.ordinal) || state.selected === f.ordinal || adjusting;
-      if (f.finding_code || lit) {
-        const label = svg("text", { x: box.x1 + stroke * 2, y: box.y1 - stroke * 3,
-                                    "font-size": Math.max(img.columns, img.rows) / 55 });
-        label.textContent = `${f.ordinal + 1} ${findingName(f)}`;
-        g.append(label);
-      }
+      // Normal regions are context: their names show only when pointed at (CSS, on .hl), so
+      // the abnormal findings stay readable on a busy image.
+      const label = svg("text", { x: box.x1 + stroke * 2, y: box.y1 - stroke * 3,
+                                  "font-size": Math.max(img.columns, img.rows) / 55 });
+      label.textContent = `${f.ordinal + 1} ${findingName(f)}`;
+      g.append(label);
       if (adjusting) {
         for (const [cx, cy, corner] of [[box.x1, box.y1, "nw"], [box.x2, box.y1, "ne"], [box.x2, box.y2, "se"], [box.x1, box.y2, "sw"]]) {
           g.append(svg("circle", { cx, cy, r: stroke * 5, class: "handle", "data-corner": corner }));
@@ -216,7 +214,10 @@
       g.addEventListener("mouseleave", () => hover([]));
       g.addEventListener("click", (e) => { e.stopPropagation(); select(f.ordinal, false); });
       boxesLayer.append(g);
+      if (adjusting) adjustingGroup = g;
     }
+    // The box being adjusted goes on top, so no neighbouring box hides its corner handles.
+    if (adjustingGroup) boxesLayer.append(adjustingGroup);
   }
 
   function drawTools() {
@@ -238,9 +239,20 @@
     }
   }
 
+  // Hover restyles the boxes in place: rebuilding them would replace the element under the
+  // pointer, and the browser then drops the next press (a corner handle could not be grabbed).
+  function restyleBoxes() {
+    boxesLayer.querySelectorAll("g.fbox").forEach((g) => {
+      const ordinal = Number(g.dataset.ordinal);
+      const adjusting = state.adjusting && state.adjusting.ordinal === ordinal;
+      g.classList.toggle("hl", state.hover.has(ordinal) || state.selected === ordinal || adjusting);
+      g.classList.toggle("dim", state.hover.size > 0 && !state.hover.has(ordinal));
+    });
+  }
+
   function hover(ordinals) {
     state.hover = new Set(ordinals);
-    drawBoxes();
+    restyleBoxes();
     document.querySelectorAll(".sentence").forEach((s) => {
       const mine = JSON.parse(s.dataset.ordinals || "[]");
       s.classList.toggle("hl", mine.some((o) => state.hover.has(o)));
