@@ -1,0 +1,99 @@
+"""The server as clients meet it: `python -m services.medrega_server` in its own process, real
+HTTP on a free port, OpenAI-style JSON over httpx, the API key from the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.config import REPO_ROOT
+from shared.inference.medrega_prompts import identify_prompt, locate_prompt, report_prompt
+from tests.medrega_server.conftest import MODEL_NAME, PhantomXray, chat_body
+from tests.support.listener_process import free_port
+
+API_KEY = "test-key-0123"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "MEDREGA_SERVER_API_KEY": API_KEY}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.medrega_server", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not up in 30 s: {log_path.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # No PHI in the server's log: neither prompts nor image data.
+    logged = Path(log_path).read_text()
+    assert "task=locate language=en" in logged
+    assert "right lung" not in logged and "base64" not in logged
+
+
+def test_real_http_round_trip(server: str, xray: PhantomXray) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server, headers=headers, timeout=60) as http:
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == [MODEL_NAME]
+
+        located = http.post(
+            "/v1/chat/completions",
+            json=chat_body(locate_prompt("right lung", "DX", "en"), xray.data_url),
+        )
+        assert located.status_code == 200, located.text
+        body = located.json()
+        assert body["object"] == "chat.completion"
+        text = body["choices"][0]["message"]["content"]
+        assert text.startswith("<ref>right lung</ref><box>[[") and text.endswith("]]</box>")
+        box = tuple(int(v) for v in text.split("[[")[1].split("]]")[0].split(","))
+
+        identified = http.post(
+            "/v1/chat/completions",
+            json=chat_body(identify_prompt(box, "DX", "zh"), xray.data_url),  # type: ignore[arg-type]
+        )
+        assert identified.json()["choices"][0]["message"]["content"] == "右肺"
+
+        report = http.post(
+            "/v1/chat/completions", json=chat_body(report_prompt("DX", "zh"), xray.data_url)
+        )
+        content = report.json()["choices"][0]["message"]["content"]
+        assert content.startswith("<ref>胸腔积液</ref><box>[[") and "右肺" in content
+
+        refused = httpx.post(
+            f"{server}/v1/chat/completions",
+            json=chat_body(locate_prompt("right lung", "DX", "en"), xray.data_url),
+            timeout=60,
+        )
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_api_key"
