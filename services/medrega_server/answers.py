@@ -22,7 +22,12 @@ from services.medrega_server.images import RequestImage
 from shared.dicom.pixels import DecodedFrame
 from shared.inference.backend import InstanceInput
 from shared.inference.contract import Language, PixelBox, RegionFindingResult
-from shared.inference.grounded_text import DEFAULT_SCALE, format_grounded, to_pixel_box
+from shared.inference.grounded_text import (
+    DEFAULT_SCALE,
+    format_grounded,
+    normalise_name,
+    to_pixel_box,
+)
 from shared.inference.medrega_prompts import PromptTask
 from shared.inference.onnx_backend import OnnxBackend
 from shared.inference.reference_onnx import ImagePrediction
@@ -202,12 +207,9 @@ class MedRegAAnswerer:
         return compose_report(self.vocab, prediction.domain, regions, findings).findings
 
     def _about(self, name: str) -> str | None:
-        """The finding (or region) code a report prompt's <ref>name</ref> asks about."""
-        wanted = name.strip().lower()
-        for finding in self.vocab.findings:
-            if wanted in {finding.code, finding.en.lower(), finding.zh.lower()}:
-                return finding.code
-        return self.backend.resolve_region(name)
+        """The finding (or region) code a report prompt's <ref>name</ref> asks about: the same
+        name matching (names and synonyms, EN/ZH) as the `mllm` backend's parser."""
+        return normalise_name(name, self.vocab)[1]
 
     @staticmethod
     def _label(result: RegionFindingResult, language: Language) -> str:

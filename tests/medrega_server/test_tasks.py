@@ -147,3 +147,11 @@ def test_identify_names_the_region(
     text = ask(client, prompt, xray.data_url)
     assert text == answer
     assert parse_name_answer(text).code == "right_lung"
+
+
+def test_report_about_a_region_or_an_unknown_name(client: TestClient, xray: PhantomXray) -> None:
+    prompt = "Please locate and describe the <ref>left lung field</ref> in this chest X-ray scan."
+    ((name, code, _, sentence),) = groups(xray, ask(client, prompt, xray.data_url))
+    assert (name, code, sentence) == ("left lung", "left_lung", "The left lung is unremarkable.")
+    prompt = "Please locate and describe the <ref>dragon scale</ref> in this chest X-ray scan."
+    assert ask(client, prompt, xray.data_url) == "The dragon scale cannot be located in this image."
