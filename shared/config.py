@@ -103,6 +103,31 @@ class Settings(BaseSettings):
     model_require_gpu: bool = False
     model_cache_dir: Path = REPO_ROOT / "var" / "model-cache"
 
+    # --- mllm backend: a served MedRegA (or our medrega_server) behind an OpenAI-compatible API
+    mllm_base_url: str = "http://127.0.0.1:8012/v1"
+    mllm_model: str = "medrega-ref"
+    mllm_model_version: str = "served"  # recorded in the SR's algorithm identification
+    mllm_api_key: SecretStr | None = None
+    # MedRegA writes boxes on a 0..999 grid; some fine-tunes use 1000.
+    mllm_coord_scale: int = Field(default=999, ge=1)
+    # The language the model is asked to write in; the other comes from the vocabulary.
+    mllm_language: Literal["en", "zh"] = "en"
+    mllm_system_prompt: str | None = None  # None: MedRegA's own (medrega_prompts.SYSTEM_PROMPT)
+    mllm_timeout_s: float = Field(default=120.0, gt=0)
+    mllm_retries: int = Field(default=2, ge=0)  # per request, on timeouts / 5xx / 429
+    mllm_concurrency: int = Field(default=4, ge=1)  # requests in flight per worker process
+    mllm_max_tokens: int = Field(default=1024, ge=16)
+    # CT/MR: at most this many slices of the main axial series are read (evenly spaced,
+    # always including the central one); 0 = every slice.
+    mllm_max_slices: int = Field(default=0, ge=0)
+    # Longest side of the PNG sent to the model; 0 = source size (MedRegA resizes to 448).
+    mllm_image_max_side: int = Field(default=0, ge=0)
+
+    # --- drafting when the model server is unreachable: durable backoff on the job row ---
+    draft_retry_base_s: float = Field(default=30.0, gt=0)
+    draft_retry_max_s: float = Field(default=900.0, gt=0)
+    draft_max_attempts: int = Field(default=6, ge=1)
+
     # --- local stack ---
     run_dir: Path = REPO_ROOT / "var"
 

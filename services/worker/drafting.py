@@ -16,13 +16,14 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.worker.delivery_jobs import create_deliveries
+from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
@@ -37,7 +38,13 @@ from shared.db.models import (
     StudyState,
 )
 from shared.db.outbox import notify_outbox
-from shared.inference.backend import InstanceInput, ModelBackend, StudyInput
+from shared.inference.backend import (
+    InstanceInput,
+    ModelAnswerInvalid,
+    ModelBackend,
+    ModelServerUnavailable,
+    StudyInput,
+)
 from shared.inference.contract import DraftResult
 
 log = logging.getLogger(__name__)
@@ -198,6 +205,8 @@ def _store_result(
     create_deliveries(session, report)
     notify_outbox(session)  # the relay publishes the deliveries as soon as this commits
     job.state = DraftJobState.DONE
+    job.reason = "; ".join(result.notes)[:2000] or None  # e.g. the model wrote the wrong language
+    job.next_attempt_at = None
     study.state = StudyState.DRAFTED
     study.critical = result.critical
     return report.id
@@ -218,7 +227,16 @@ def run_draft_job(
             _, _, study_input = claimed
 
         started = time.perf_counter()
-        result = backend.draft(study_input)
+        try:
+            result = backend.draft(study_input)
+        except ModelServerUnavailable as exc:
+            with factory.begin() as session:
+                state = _defer(session, job_id, str(exc))
+            return DraftOutcome(job_id, state)
+        except ModelAnswerInvalid as exc:
+            with factory.begin() as session:
+                state = _fail(session, job_id, f"model answer not usable: {exc}")
+            return DraftOutcome(job_id, state)
         timings = dict(result.timings_ms)
         timings["total_ms"] = (time.perf_counter() - started) * 1000.0
 
@@ -228,6 +246,46 @@ def run_draft_job(
             state = job.state if job else "missing"
         log.info("draft job %s: %s (report %s)", job_id, state, report_id)
         return DraftOutcome(job_id, state, report_id)
+
+
+def retry_delay_s(attempts: int) -> float:
+    """Exponential backoff after the n-th failed attempt (1-based), capped."""
+    settings = get_settings()
+    return float(min(settings.draft_retry_base_s * 2 ** (attempts - 1), settings.draft_retry_max_s))
+
+
+def _defer(session: Session, job_id: int, error: str) -> str:
+    """The model server is unreachable: the job waits (durably, on its row) and the relay
+    publishes it again at `next_attempt_at`; after `draft_max_attempts` it fails."""
+    job = session.get(DraftJob, job_id, with_for_update=True)
+    if job is None or job.state != DraftJobState.RUNNING:
+        return job.state if job else "missing"
+    max_attempts = get_settings().draft_max_attempts
+    if job.attempts >= max_attempts:
+        return _fail(
+            session, job_id, f"model server unavailable after {job.attempts} attempts: {error}"
+        )
+    delay = retry_delay_s(job.attempts)
+    job.state = DraftJobState.PENDING
+    job.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+    job.reason = (
+        f"waiting for the model server (attempt {job.attempts} of {max_attempts}, "
+        f"next in {delay:.0f} s): {error}"
+    )[:2000]
+    log.warning("draft job %s: model server unavailable; next attempt in %.0f s", job_id, delay)
+    return job.state
+
+
+def _fail(session: Session, job_id: int, reason: str) -> str:
+    job = session.get(DraftJob, job_id, with_for_update=True)
+    if job is None or job.state in FINISHED_JOB_STATES:
+        return job.state if job else "missing"
+    _finish(job, DraftJobState.FAILED, reason[:2000])
+    study = session.get(Study, job.study_id, with_for_update=True)
+    if study is not None and study.state != StudyState.SIGNED:
+        study.state = StudyState.FAILED
+    log.warning("draft job %s failed: %s", job_id, reason[:200])
+    return job.state
 
 
 def mark_failed(engine: Engine, job_id: int, reason: str) -> None:

@@ -20,7 +20,7 @@ from services.worker.celery_app import GPU_QUEUE, app
 from shared.config import get_settings
 from shared.db.models import Instance, Series
 from shared.db.session import session_scope
-from shared.inference.backend import InstanceInput
+from shared.inference.backend import InstanceInput, ModelAnswerInvalid, ModelServerUnavailable
 from shared.inference.contract import PixelBox
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ def _guarded(task: Task, work: Any) -> dict[str, Any]:
     except (LookupError, ValueError) as exc:
         # Bad input (unknown instance, frame out of range, undecodable image): say why.
         return _reply(task, {"ok": False, "error": str(exc)[:500]})
+    except ModelServerUnavailable:
+        # A served model (mllm backend) is down or slow: the user may try again later.
+        return _reply(task, {"ok": False, "busy": True, "error": "the model server is unavailable"})
+    except ModelAnswerInvalid as exc:
+        return _reply(task, {"ok": False, "error": f"the model could not answer: {exc}"[:500]})
     except Exception as exc:
         log.exception("interactive task %s failed", task.name)
         _reply(task, {"ok": False, "error": f"model error: {type(exc).__name__}"})

@@ -2,7 +2,8 @@
 
 The listener records draft jobs and the drafting transaction records deliveries; neither talks to
 the broker. This relay turns rows into Celery messages:
-- draft jobs that are `pending` (never published), `queued` but published long ago (a message
+- draft jobs that are `pending` (never published, or waiting out a backoff until
+  `next_attempt_at` because the model server was unreachable), `queued` but published long ago (a message
   lost with a broker), or `running` with no worker holding their advisory lock (worker died);
 - deliveries that are `pending`, `retrying` or `in_flight` whose `next_attempt_at` has come
   (for `in_flight` that time is the attempt's deadline: the worker died mid-send).
@@ -56,7 +57,8 @@ def _due_draft_jobs(engine: Engine, now: datetime) -> list[tuple[int, str]]:
             select(DraftJob.id, DraftJob.state)
             .where(
                 or_(
-                    DraftJob.state == DraftJobState.PENDING,
+                    (DraftJob.state == DraftJobState.PENDING)
+                    & or_(DraftJob.next_attempt_at.is_(None), DraftJob.next_attempt_at <= now),
                     (DraftJob.state == DraftJobState.QUEUED)
                     & (DraftJob.published_at < now - REPUBLISH_QUEUED_AFTER),
                     DraftJob.state == DraftJobState.RUNNING,

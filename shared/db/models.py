@@ -197,7 +197,10 @@ class DraftJob(Base):
     instance_set_sha256: Mapped[str] = mapped_column(String(64))
     instance_count: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(24), default=DraftJobState.PENDING, index=True)
-    reason: Mapped[str | None] = mapped_column(Text)  # why 'not_applicable' or 'failed'
+    # Why 'not_applicable' or 'failed'; on a 'pending' job, why it waits; on a 'done' one, a note.
+    reason: Mapped[str | None] = mapped_column(Text)
+    # A 'pending' job is not published before this (the model server was unreachable).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

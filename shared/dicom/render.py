@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.dicom.pixels import read_frames
+from shared.dicom.pixels import DecodedFrame, read_frames
 
 # (center, width) in physical units (HU for CT). `default` is the image's own VOI window;
 # `auto` stretches the 1st–99th percentile.
@@ -74,7 +74,20 @@ def render_frame(
     frames = read_frames(path)  # raises PixelDataUnsupported (a ValueError) with the reason
     if not 1 <= frame <= len(frames):
         raise RenderError(f"frame {frame} out of range 1..{len(frames)}")
-    decoded = frames[frame - 1]
+    return render_decoded(
+        frames[frame - 1], preset=preset, max_side=max_side, center=center, width=width
+    )
+
+
+def render_decoded(
+    decoded: DecodedFrame,
+    *,
+    preset: str = "default",
+    max_side: int | None = 1024,
+    center: float | None = None,
+    width: float | None = None,
+) -> Rendered:
+    """An already decoded frame → PNG (the model backends hold decoded frames)."""
     rows, columns = decoded.pixels.shape
     small, factor = _downscale(decoded.pixels, max_side) if max_side else (decoded.pixels, 1)
     window = (

@@ -54,6 +54,16 @@ class IdentifyAnswer:
     probability: float | None
 
 
+class ModelServerUnavailable(RuntimeError):
+    """The served model could not be reached or did not answer in time (after the backend's own
+    retries). Transient: the draft job waits with backoff; interactive tools say so."""
+
+
+class ModelAnswerInvalid(RuntimeError):
+    """The model answered, but nothing usable could be read from it (the message says what it
+    said). Not retried: the same input would get the same answer."""
+
+
 class ModelBackend(Protocol):
     name: str
 

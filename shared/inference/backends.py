@@ -20,7 +20,8 @@ def create_backend(settings: Settings) -> ModelBackend:
             require_gpu=settings.model_require_gpu,
             cache_dir=settings.model_cache_dir,
         )
-    raise BackendUnavailable(
-        f"MEDREGA_MODEL_BACKEND={settings.model_backend} is not available in this version; "
-        "use 'onnx' (the served-MedRegA 'mllm' backend is planned)"
-    )
+    if settings.model_backend == "mllm":
+        from shared.inference.mllm_backend import MllmBackend
+
+        return MllmBackend(settings)
+    raise BackendUnavailable(f"unknown MEDREGA_MODEL_BACKEND={settings.model_backend}")

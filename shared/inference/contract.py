@@ -87,6 +87,8 @@ class DraftResult:
     findings: list[RegionFindingResult] = field(default_factory=list)
     sentences: list[ReportSentence] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # What a reviewer should know about how the draft was made (stored on the job).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def critical(self) -> bool:

@@ -17,14 +17,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom import dcmread
 
-from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset
+from shared.dicom.pixels import DecodedFrame, frames_from_dataset
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.contract import DraftResult, ImageRef, PixelBox
 from shared.inference.onnx_session import create_session
@@ -35,27 +33,16 @@ from shared.inference.reference_onnx import (
     ReferenceModel,
 )
 from shared.inference.report_composer import LocatedFinding, LocatedRegion, compose_report
+from shared.inference.study_images import NotApplicable, ReadImage, read_images, select_images
 from shared.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "medrega-ref"
 BATCH_SIZE = 16
-FRONTAL_VIEWS = {"PA", "AP"}
 # Lesions on slices at most this far apart, overlapping at least this much, are one finding.
 MERGE_SLICE_GAP = 2
 MERGE_MIN_IOU = 0.2
-
-
-class NotApplicable(Exception):
-    """The study can't be drafted by this model; the message is the reason shown to users."""
-
-
-@dataclass
-class ReadImage:
-    instance: InstanceInput
-    frame: DecodedFrame
-    position: float  # along the series (slice location or instance number)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -64,25 +51,6 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def _is_localizer(ds: Dataset) -> bool:
-    return any("LOCALIZER" in str(v).upper() for v in ds.get("ImageType", []))
-
-
-def _is_axial(ds: Dataset) -> bool:
-    orientation = ds.get("ImageOrientationPatient")
-    if orientation is None or len(orientation) != 6:
-        return True  # no geometry: don't second-guess the series
-    normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
-    return abs(normal[2]) > 0.8
-
-
-def _position(ds: Dataset, instance: InstanceInput) -> float:
-    position = ds.get("ImagePositionPatient")
-    if position is not None and len(position) == 3:
-        return float(position[2])
-    return float(instance.instance_number or 0)
 
 
 class OnnxBackend:
@@ -125,54 +93,6 @@ class OnnxBackend:
     def model_version(self) -> str:
         return self.model.info.model_version
 
-    # -- selection and reading ------------------------------------------------------------
-    def _select(self, study: StudyInput) -> list[tuple[InstanceInput, Dataset]]:
-        modalities = {i.modality for i in study.instances}
-        candidates = [i for i in study.instances if i.modality in self._supported_modalities]
-        if not candidates:
-            found = ", ".join(sorted(m or "none" for m in modalities))
-            raise NotApplicable(f"modality {found} is not supported by {MODEL_NAME}")
-        headers: list[tuple[InstanceInput, Dataset]] = []
-        for instance in candidates:
-            try:
-                ds: Dataset = dcmread(instance.path)
-            except (InvalidDicomError, OSError, ValueError) as exc:
-                log.warning("unreadable instance %s: %s", instance.sop_instance_uid, exc)
-                continue
-            if "PixelData" in ds and not _is_localizer(ds):
-                headers.append((instance, ds))
-        if not headers:
-            raise NotApplicable("no readable image in a supported modality")
-        xray = [(i, ds) for i, ds in headers if i.modality in ("DX", "CR")]
-        if xray:
-            frontal = [
-                (i, ds) for i, ds in xray if str(ds.get("ViewPosition", "")) in FRONTAL_VIEWS
-            ]
-            return frontal or xray
-        by_series: dict[str, list[tuple[InstanceInput, Dataset]]] = {}
-        for instance, header in headers:
-            if _is_axial(header):
-                by_series.setdefault(instance.series_instance_uid, []).append((instance, header))
-        if not by_series:
-            raise NotApplicable("no axial series to read")
-        return max(by_series.values(), key=len)  # the main axial series
-
-    def _read(self, selected: list[tuple[InstanceInput, Dataset]]) -> list[ReadImage]:
-        images: list[ReadImage] = []
-        reasons: list[str] = []
-        for instance, ds in selected:
-            try:
-                frames = frames_from_dataset(ds)
-            except PixelDataUnsupported as exc:
-                reasons.append(str(exc))
-                continue
-            for frame in frames:
-                images.append(ReadImage(instance, frame, _position(ds, instance)))
-        if not images:
-            raise NotApplicable(reasons[0] if reasons else "no decodable image")
-        images.sort(key=lambda image: (image.position, image.frame.frame))
-        return images
-
     # -- the draft ------------------------------------------------------------------------
     def draft(self, study: StudyInput) -> DraftResult:
         timings: dict[str, float] = {}
@@ -181,7 +101,7 @@ class OnnxBackend:
             model = self.model
             timings["load_ms"] = (time.perf_counter() - started) * 1000
             t0 = time.perf_counter()
-            images = self._read(self._select(study))
+            images = read_images(select_images(study, self._supported_modalities, MODEL_NAME))
             timings["read_ms"] = (time.perf_counter() - t0) * 1000
             predictions = self._predict(model, images, timings)
             domain = self._domain(images, predictions)
@@ -245,11 +165,6 @@ class OnnxBackend:
             )
         return domain
 
-    def _ref(self, image: ReadImage) -> ImageRef:
-        return ImageRef(
-            image.instance.sop_instance_uid, image.instance.sop_class_uid, image.frame.frame
-        )
-
     def _regions(
         self, images: list[ReadImage], predictions: list[ImagePrediction]
     ) -> list[LocatedRegion]:
@@ -259,7 +174,7 @@ class OnnxBackend:
                 if region.code not in best or region.presence > best[region.code][0]:
                     best[region.code] = (region.presence, index, region.box)
         return [
-            LocatedRegion(code, self._ref(images[index]), PixelBox(*box), presence)
+            LocatedRegion(code, images[index].ref, PixelBox(*box), presence)
             for code, (presence, index, box) in best.items()
             if box[2] > box[0] and box[3] > box[1]
         ]
@@ -299,7 +214,7 @@ class OnnxBackend:
                 LocatedFinding(
                     lesion.finding_code,
                     lesion.region_code,
-                    self._ref(images[index]),
+                    images[index].ref,
                     PixelBox(*lesion.box),
                     lesion.score,
                     size,

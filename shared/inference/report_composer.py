@@ -27,7 +27,7 @@ class LocatedRegion:
     region_code: str
     image: ImageRef
     box: PixelBox
-    probability: float
+    probability: float | None  # None: the backend gives none (a served MedRegA)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ class FindingInfo:
     sentence_zh: str
     impression_en: str
     impression_zh: str
+    synonyms_en: tuple[str, ...] = ()  # other names (MedRegA's lesion names, in <ref>)
+    synonyms_zh: tuple[str, ...] = ()
+    terms_en: tuple[str, ...] = ()  # words that mention it in free text
+    terms_zh: tuple[str, ...] = ()
 
     def name(self, lang: Language) -> str:
         return self.en if lang == "en" else self.zh
@@ -192,6 +196,10 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
             sentence_zh=f["sentence_zh"],
             impression_en=f["impression_en"],
             impression_zh=f["impression_zh"],
+            synonyms_en=tuple(f.get("synonyms_en", ())),
+            synonyms_zh=tuple(f.get("synonyms_zh", ())),
+            terms_en=tuple(f.get("terms_en", ())),
+            terms_zh=tuple(f.get("terms_zh", ())),
         )
         for f in findings_raw["findings"]
     )
