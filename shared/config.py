@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     mllm_max_slices: int = Field(default=0, ge=0)
     # Longest side of the PNG sent to the model; 0 = source size (MedRegA resizes to 448).
     mllm_image_max_side: int = Field(default=0, ge=0)
+    # Send `pixel_spacing_mm` (a body extension) so the server can state lesion sizes; our
+    # medrega_server reads it, vLLM/lmdeploy ignore unknown fields.
+    mllm_send_pixel_spacing: bool = False
 
     # --- drafting when the model server is unreachable: durable backoff on the job row ---
     draft_retry_base_s: float = Field(default=30.0, gt=0)

@@ -76,5 +76,7 @@ def ask_worker(task_name: str, args: list[Any], timeout_s: float | None = None) 
         raise WorkerBusy() from exc
     answer = answers[0]
     if not answer.get("ok"):
+        if answer.get("busy"):  # a served model (mllm backend) is down or slow
+            raise WorkerBusy(str(answer.get("error") or "the model server is unavailable"))
         raise ModelCouldNotAnswer(str(answer.get("error") or "no answer"))
     return answer

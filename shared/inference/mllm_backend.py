@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from shared.config import Settings
 from shared.dicom.pixels import read_frames
-from shared.dicom.render import render_decoded
+from shared.dicom.render import Rendered, render_decoded
 from shared.inference.backend import (
     IdentifyAnswer,
     InstanceInput,
@@ -180,13 +180,19 @@ class MllmBackend:
             timings_ms=timings,
         )
 
-    def _png(self, image: ReadImage) -> bytes:
+    def _png(self, image: ReadImage) -> Rendered:
         max_side = self.settings.mllm_image_max_side or None
-        return render_decoded(image.frame, max_side=max_side).png
+        return render_decoded(image.frame, max_side=max_side)
 
     def _ask_report(self, image: ReadImage) -> GroundedAnswer:
         prompt = report_prompt(image.instance.modality, self.language)
-        answer = self.client.ask(prompt, self._png(image))
+        rendered = self._png(image)
+        extra = None
+        spacing = image.frame.pixel_spacing_mm
+        if self.settings.mllm_send_pixel_spacing and spacing is not None:
+            # Per pixel of the image as sent (it may be downscaled).
+            extra = {"pixel_spacing_mm": [spacing[0] * rendered.scale, spacing[1] * rendered.scale]}
+        answer = self.client.ask(prompt, rendered.png, extra)
         rows, columns = image.frame.pixels.shape
         return parse_grounded(answer, columns, rows, scale=self.scale, vocab=self.vocab)
 
@@ -319,6 +325,8 @@ class MllmBackend:
             if sentence.section == "findings" and len(sentence.finding_ordinals) == 1:
                 result = composed.findings[sentence.finding_ordinals[0]]
                 sentence.en, sentence.zh = result.sentence_en, result.sentence_zh
+        written: Language = Counter(r.language for r in readings).most_common(1)[0][0]
+        composed.sentences = self._merge_shared_sentences(composed.sentences, written)
         loose = [text for r in readings for text in r.loose]
         for text, _ in dict.fromkeys(loose):
             composed.sentences.insert(
@@ -335,6 +343,31 @@ class MllmBackend:
             sentences=composed.sentences,
             notes=self._notes(readings),
         )
+
+    @staticmethod
+    def _merge_shared_sentences(
+        sentences: list[ReportSentence], language: Language
+    ) -> list[ReportSentence]:
+        """MedRegA grounds one sentence in several regions ("right lung, left lung: No
+        effusion."): one report sentence pointing at all of them, not the text repeated. The
+        other language's per-region wording is joined. `language`: the one the model wrote."""
+        other: Language = "zh" if language == "en" else "en"
+        merged: list[ReportSentence] = []
+        by_text: dict[str, ReportSentence] = {}
+        for sentence in sentences:
+            own = getattr(sentence, language)
+            first = by_text.get(own) if sentence.section == "findings" else None
+            if first is None:
+                merged.append(sentence)
+                if sentence.section == "findings":
+                    by_text[own] = sentence
+                continue
+            first.finding_ordinals.extend(sentence.finding_ordinals)
+            theirs = getattr(sentence, other)
+            if theirs not in getattr(first, other):
+                joiner = "" if other == "zh" else " "
+                setattr(first, other, getattr(first, other) + joiner + theirs)
+        return merged
 
     def _merge_findings(self, items: list[_Item]) -> list[_Item]:
         """One finding per lesion across neighbouring slices; the key image is where it is
@@ -388,7 +421,9 @@ class MllmBackend:
     def locate(self, image: InstanceInput, frame: int, query: str) -> LocateAnswer:
         read = self._decoded(image, frame)
         language = detect_language(query)
-        answer = self.client.ask(locate_prompt(query, image.modality, language), self._png(read))
+        answer = self.client.ask(
+            locate_prompt(query, image.modality, language), self._png(read).png
+        )
         rows, columns = read.frame.pixels.shape
         parsed = parse_grounded(answer, columns, rows, scale=self.scale, vocab=self.vocab)
         kind, code = normalise_name(query, self.vocab)
@@ -411,7 +446,7 @@ class MllmBackend:
         rows, columns = read.frame.pixels.shape
         text_box = to_text_box(box, columns, rows, self.scale)
         prompt = identify_prompt(text_box, image.modality, self.language)
-        name = parse_name_answer(self.client.ask(prompt, self._png(read)), self.vocab)
+        name = parse_name_answer(self.client.ask(prompt, self._png(read).png), self.vocab)
         if name.kind == "region" and name.code is not None:
             region = self.vocab.region(name.code)
             return IdentifyAnswer(region.code, region.en, region.zh, None)

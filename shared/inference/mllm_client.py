@@ -51,7 +51,7 @@ class ChatClient:
     def close(self) -> None:
         self._http.close()
 
-    def _body(self, prompt: str, png: bytes) -> dict[str, Any]:
+    def _body(self, prompt: str, png: bytes, extra: dict[str, Any] | None) -> dict[str, Any]:
         image_url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
@@ -72,11 +72,12 @@ class ChatClient:
             "max_tokens": self.max_tokens,
             "temperature": 0.0,
             "stream": False,
+            **(extra or {}),
         }
 
-    def ask(self, prompt: str, png: bytes) -> str:
-        """The assistant's text for one image and one prompt."""
-        body = self._body(prompt, png)
+    def ask(self, prompt: str, png: bytes, extra: dict[str, Any] | None = None) -> str:
+        """The assistant's text for one image and one prompt (`extra`: vendor body fields)."""
+        body = self._body(prompt, png, extra)
         last_error = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:

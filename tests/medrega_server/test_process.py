@@ -3,59 +3,24 @@ HTTP on a free port, OpenAI-style JSON over httpx, the API key from the environm
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.config import REPO_ROOT
 from shared.inference.medrega_prompts import identify_prompt, locate_prompt, report_prompt
 from tests.medrega_server.conftest import MODEL_NAME, PhantomXray, chat_body
-from tests.support.listener_process import free_port
+from tests.support.chat_servers import running_medrega_server
 
 API_KEY = "test-key-0123"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "MEDREGA_SERVER_API_KEY": API_KEY}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.medrega_server", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not up in 30 s: {log_path.read_text()}")
-            time.sleep(0.2)
+    with running_medrega_server(log_path, {"MEDREGA_SERVER_API_KEY": API_KEY}) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     # No PHI in the server's log: neither prompts nor image data.
     logged = Path(log_path).read_text()
     assert "task=locate language=en" in logged

@@ -1,7 +1,9 @@
-"""Locate and Identify through a real Celery worker running the bundled model."""
+"""Locate and Identify through a real Celery worker running the bundled model, in-process
+(onnx) or served over HTTP (mllm)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,10 +11,22 @@ from fastapi.testclient import TestClient
 
 from services.web import web_settings
 from shared.config import get_settings
+from tests.support.chat_servers import running_medrega_server
 from tests.support.worker_process import delete_test_queues, queue_prefix, start_worker
 from tests.web.factories import DraftedStudy
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["onnx", "mllm"])
+def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The worker's model: in-process ONNX, or a served model over HTTP (MedRegA's protocol,
+    answered by our medrega_server)."""
+    if request.param == "onnx":
+        yield {}
+        return
+    with running_medrega_server(tmp_path / "medrega-server.log") as url:
+        yield {"MEDREGA_MODEL_BACKEND": "mllm", "MEDREGA_MLLM_BASE_URL": f"{url}/v1"}
 
 
 def test_locate_and_identify_answer_from_the_worker(
@@ -21,12 +35,13 @@ def test_locate_and_identify_answer_from_the_worker(
     web_env: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    backend_env: dict[str, str],
 ) -> None:
     prefix = queue_prefix() + "web-"
     monkeypatch.setenv("MEDREGA_QUEUE_PREFIX", prefix)
     get_settings.cache_clear()
     worker = start_worker(
-        {"MEDREGA_QUEUE_PREFIX": prefix, "MEDREGA_STORAGE_DIR": str(web_env)},
+        {"MEDREGA_QUEUE_PREFIX": prefix, "MEDREGA_STORAGE_DIR": str(web_env), **backend_env},
         tmp_path / "worker.log",
         queues=("gpu",),
         concurrency=1,
