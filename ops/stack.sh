@@ -132,6 +132,12 @@ start_services() {
     --pool threads --concurrency 1 -n gpu@%h --loglevel INFO
   start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q io \
     --pool threads --concurrency 4 -n io@%h --loglevel INFO
+  # MEDREGA_MODEL_BACKEND=mllm with the default loopback URL: serve our reference model over
+  # MedRegA's protocol (a real MedRegA deployment sets MEDREGA_MLLM_BASE_URL instead).
+  if [ "$(settings s.model_backend)" = mllm ] && \
+     [ "$(settings s.mllm_base_url)" = "http://127.0.0.1:8012/v1" ]; then
+    start_daemon medrega-server 8012 "$PY" -m services.medrega_server --host 127.0.0.1 --port 8012
+  fi
   # Publishes what the database says is due (outbox); leader-elected, so one or more is fine.
   start_daemon relay - "$PY" -m services.worker.relay
   if [ -f "$ROOT/services/web/app.py" ]; then
@@ -141,7 +147,7 @@ start_services() {
 }
 
 stop_services() {
-  for name in web relay worker-gpu worker-io ris-sink listener; do stop_daemon "$name"; done
+  for name in web relay worker-gpu worker-io medrega-server ris-sink listener; do stop_daemon "$name"; done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
 }
 
@@ -155,7 +161,7 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker-gpu worker-io relay ris-sink web; do
+  for name in worker-gpu worker-io medrega-server relay ris-sink web; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi

@@ -143,12 +143,9 @@ def _index(vocab: Vocab) -> dict[str, tuple[Kind, str]]:
         (n, "region", r.code) for r in vocab.regions for n in (*r.synonyms_en, *r.synonyms_zh)
     ]
     entries += [(n, "finding", f.code) for f in vocab.findings for n in (f.en, f.zh)]
-    # Finding synonyms (MedRegA's lesion names such as "pancreas cancer") where the vocabulary
-    # has them; getattr keeps this working with vocabularies written before they existed.
+    # Finding synonyms: MedRegA's lesion names such as "pancreas cancer" / "胰腺癌".
     entries += [
-        (n, "finding", f.code)
-        for f in vocab.findings
-        for n in (*getattr(f, "synonyms_en", ()), *getattr(f, "synonyms_zh", ()))
+        (n, "finding", f.code) for f in vocab.findings for n in (*f.synonyms_en, *f.synonyms_zh)
     ]
     index: dict[str, tuple[Kind, str]] = {}
     for name, kind, code in entries:
