@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web
 
 install:
 	ops/stack.sh install
@@ -46,3 +46,6 @@ bench-model:
 
 bench-e2e:
 	$(PY) -m ops.bench.e2e
+
+bench-web:
+	$(PY) -m ops.bench.web
