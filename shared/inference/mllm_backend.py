@@ -327,11 +327,12 @@ class MllmBackend:
                 sentence.en, sentence.zh = result.sentence_en, result.sentence_zh
         written: Language = Counter(r.language for r in readings).most_common(1)[0][0]
         composed.sentences = self._merge_shared_sentences(composed.sentences, written)
-        loose = [text for r in readings for text in r.loose]
-        for text, _ in dict.fromkeys(loose):
-            composed.sentences.insert(
-                len(composed.findings), ReportSentence("findings", text, text, [])
-            )
+        # Sentences grounded in no known structure are kept (both languages: the model's words)
+        # at the end of the findings section, so nothing the model said is lost.
+        loose = [text for r in readings for text, _ in r.loose]
+        end = sum(1 for s in composed.sentences if s.section == "findings")
+        for offset, text in enumerate(dict.fromkeys(loose)):
+            composed.sentences.insert(end + offset, ReportSentence("findings", text, text, []))
         return DraftResult(
             domain=domain,
             applicable=True,

@@ -199,3 +199,22 @@ def test_ct_slices_are_thinned_evenly_around_the_centre() -> None:
     assert thin_slices(list(range(40)), 1) == [20]
     kept = thin_slices(list(range(40)), 5)
     assert kept[0] == 0 and kept[-1] == 39 and 20 in kept and len(kept) <= 6
+
+
+def test_unknown_names_and_bad_boxes_are_kept_as_text_and_noted(tmp_path: Path) -> None:
+    from tests.worker.test_mllm_backend import study_input
+
+    answer = (
+        "<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>: The right lung is clear. "
+        "<ref>right mandible</ref><box>[[421, 351, 505, 470]]</box>: Partly seen. "
+        "<ref>left lung</ref><box>[[900, 128, 535, 889]]</box>: The left lung is clear."
+    )
+    written = phantom("cxr", tmp_path / "in", abnormal=False, max_side=512)
+    with ScriptedChatServer(lambda body: (200, answer, 0.0)) as server:
+        result = _backend(server.url).draft(study_input(written.files))
+    assert [(f.region_code, f.finding_code) for f in result.findings] == [("right_lung", None)]
+    texts = [s.en for s in result.sentences if s.section == "findings"]
+    assert texts == ["The right lung is clear.", "Partly seen.", "The left lung is clear."]
+    assert result.sentences[-1].section == "impression"
+    assert any("right mandible" in n for n in result.notes)
+    assert any("1 box(es)" in n for n in result.notes)
