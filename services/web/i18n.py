@@ -91,6 +91,7 @@ LABELS: dict[str, dict[str, str]] = {
     "version": {"en": "Version", "zh": "版本"},
     "deliveries": {"en": "Deliveries", "zh": "发送状态"},
     "retry": {"en": "Retry", "zh": "重试"},
+    "retry_draft": {"en": "Retry draft", "zh": "重新起草"},
     "locate": {"en": "Locate", "zh": "定位"},
     "locate_hint": {"en": "Structure (EN or 中文)", "zh": "结构名称（中文或 EN）"},
     "identify": {"en": "Identify", "zh": "识别"},

@@ -243,6 +243,7 @@ class DeliveryOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    id: int
     state: str
     reason: str | None
     created_at: datetime

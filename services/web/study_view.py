@@ -229,6 +229,7 @@ def study_detail(db: Session, study: Study, viewer: User) -> StudyDetail:
     return StudyDetail(
         study=study_out(study, report.status if report else None, delivery_failed),
         job=JobOut(
+            id=job.id,
             state=job.state,
             reason=job.reason,
             created_at=job.created_at,

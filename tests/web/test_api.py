@@ -15,6 +15,8 @@ from shared.db.models import (
     AuditEvent,
     Delivery,
     DeliveryState,
+    DraftJob,
+    DraftJobState,
     Report,
     Study,
     StudyState,
@@ -98,6 +100,32 @@ def test_delivery_failed_is_a_status_and_an_admin_can_retry_it(
     assert admin_client.post("/api/v1/admin/deliveries/999999/retry").status_code == 404
     audit = admin_client.get("/api/v1/admin/audit?action=delivery_retry").json()
     assert audit["total"] == 1 and audit["items"][0]["details"]["previous_attempts"] == 8
+
+
+def test_an_admin_can_queue_a_failed_draft_again(
+    rad_client: TestClient, admin_client: TestClient, drafted: DraftedStudy, db_session: Session
+) -> None:
+    job = db_session.scalar(select(DraftJob).where(DraftJob.study_id == drafted.study_id))
+    assert job is not None
+    job.state, job.attempts = DraftJobState.FAILED, 6
+    job.reason = "model server unavailable after 6 attempts: unreachable"
+    study = db_session.get(Study, drafted.study_id)
+    assert study is not None
+    study.state = StudyState.FAILED
+    db_session.commit()
+    detail = admin_client.get(f"/api/v1/studies/{drafted.study_id}").json()
+    assert detail["job"]["state"] == "failed" and detail["job"]["id"] == job.id
+    url = f"/api/v1/admin/draft-jobs/{job.id}/retry"
+    assert rad_client.post(url).status_code == 403
+    retried = admin_client.post(url)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["state"] == "pending" and retried.json()["reason"] is None
+    db_session.expire_all()
+    assert db_session.get(Study, drafted.study_id).state == StudyState.STABLE  # type: ignore[union-attr]
+    assert admin_client.post(url).status_code == 409
+    assert admin_client.post("/api/v1/admin/draft-jobs/999999/retry").status_code == 404
+    audit = admin_client.get("/api/v1/admin/audit?action=draft_retry").json()
+    assert audit["total"] == 1 and audit["items"][0]["details"]["attempts"] == 6
 
 
 def test_study_detail_has_the_grounded_report_images_and_deliveries_and_is_audited(

@@ -16,8 +16,25 @@ from services.web import audit
 from services.web.deps import AdminDep, SessionDep
 from services.web.feedback import feedback_lines
 from services.web.passwords import hash_password
-from services.web.schemas import AuditOut, AuditPage, CreateUserRequest, DeliveryOut, UserOut
-from shared.db.models import AuditEvent, Delivery, DeliveryState, Report, User
+from services.web.schemas import (
+    AuditOut,
+    AuditPage,
+    CreateUserRequest,
+    DeliveryOut,
+    JobOut,
+    UserOut,
+)
+from shared.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    DraftJob,
+    DraftJobState,
+    Report,
+    Study,
+    StudyState,
+    User,
+)
 from shared.db.outbox import notify_outbox
 from shared.db.session import get_engine
 
@@ -128,6 +145,45 @@ def retry_delivery(
         delivered_at=delivery.delivered_at,
         created_at=delivery.created_at,
     )
+
+
+@router.post(
+    "/draft-jobs/{job_id}/retry",
+    response_model=JobOut,
+    responses={404: {"description": "no such job"}, 409: {"description": "not failed"}},
+)
+def retry_draft(request: Request, job_id: int, db: SessionDep, admin: AdminDep) -> JobOut:
+    """Draft a failed job again (e.g. after the model server is back): back to `pending` with a
+    fresh attempt budget; the relay publishes it."""
+    job = db.get(DraftJob, job_id, with_for_update=True)
+    if job is None:
+        raise HTTPException(status_code=404, detail="no such draft job")
+    if job.state != DraftJobState.FAILED:
+        raise HTTPException(status_code=409, detail=f"draft job is {job.state}, not failed")
+    study = db.get(Study, job.study_id, with_for_update=True)
+    assert study is not None
+    previous = {"attempts": job.attempts, "reason": (job.reason or "")[:300]}
+    job.state = DraftJobState.PENDING
+    job.attempts = 0
+    job.reason = None
+    job.next_attempt_at = None
+    job.finished_at = None
+    if study.state == StudyState.FAILED:
+        study.state = StudyState.STABLE
+    notify_outbox(db)
+    audit.record(
+        db,
+        request,
+        admin,
+        "draft_retry",
+        object_type="draft_job",
+        object_id=job.id,
+        study_id=study.id,
+        details=previous,
+    )
+    db.commit()
+    return JobOut(id=job.id, state=job.state, reason=job.reason, created_at=job.created_at,
+                  finished_at=job.finished_at)  # fmt: skip
 
 
 def _user_out(user: User) -> UserOut:

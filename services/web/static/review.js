@@ -446,6 +446,13 @@
     document.getElementById("report-version").textContent = r
       ? `${t("version")} ${r.version} · ${r.status}` + (r.author ? ` · ${r.author.full_name}` : ` · ${r.model_name || ""} ${r.model_version || ""}`)
       : (detail.job && detail.job.reason ? `${t("reason")}: ${detail.job.reason}` : "");
+    if (!r && detail.job && detail.job.state === "failed" && detail.permissions.retry) {
+      // The draft failed (model server down for too long, an unusable answer…): an admin can
+      // queue it again once the cause is fixed.
+      document.getElementById("report-version").append(" ", el("button", {
+        type: "button", class: "btn small", id: "retry-draft", text: t("retry_draft"),
+        onclick: () => retryDraft(detail.job.id) }));
+    }
     const sign = document.getElementById("sign-btn");
     sign.classList.toggle("hidden", !detail.permissions.sign);
     const corrected = detail.versions.some((v) => v.status === "signed" || v.status === "corrected");
@@ -505,6 +512,15 @@
       showImage(allImages[keyImageIndex(allImages)], false);
     }
     renderAll();
+  }
+
+  async function retryDraft(id) {
+    try {
+      await api("POST", `/api/v1/admin/draft-jobs/${id}/retry`);
+      await reload();
+    } catch (err) {
+      toast(`${t("error")}: ${err.message}`, "error");
+    }
   }
 
   async function retry(id) {
