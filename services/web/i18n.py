@@ -92,6 +92,7 @@ LABELS: dict[str, dict[str, str]] = {
     "deliveries": {"en": "Deliveries", "zh": "发送状态"},
     "retry": {"en": "Retry", "zh": "重试"},
     "retry_draft": {"en": "Retry draft", "zh": "重新起草"},
+    "draft_note": {"en": "Note on this draft", "zh": "草稿说明"},
     "locate": {"en": "Locate", "zh": "定位"},
     "locate_hint": {"en": "Structure (EN or 中文)", "zh": "结构名称（中文或 EN）"},
     "identify": {"en": "Identify", "zh": "识别"},

@@ -446,6 +446,10 @@
     document.getElementById("report-version").textContent = r
       ? `${t("version")} ${r.version} · ${r.status}` + (r.author ? ` · ${r.author.full_name}` : ` · ${r.model_name || ""} ${r.model_version || ""}`)
       : (detail.job && detail.job.reason ? `${t("reason")}: ${detail.job.reason}` : "");
+    const note = document.getElementById("job-note");
+    const noted = r && detail.job && detail.job.state === "done" && detail.job.reason;
+    note.textContent = noted ? `${t("draft_note")}: ${detail.job.reason}` : "";
+    note.classList.toggle("hidden", !noted);
     if (!r && detail.job && detail.job.state === "failed" && detail.permissions.retry) {
       // The draft failed (model server down for too long, an unusable answer…): an admin can
       // queue it again once the cause is fixed.
