@@ -30,7 +30,7 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
-from shared.db.models import Delivery, DeliveryState, DraftJob, DraftJobState
+from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,13 @@ def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) 
                 ),
                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             )
-            .order_by(Delivery.next_attempt_at.nulls_first(), Delivery.id)
+            # The ORU first: it is what the RIS and the referring clinician read, it is cheap,
+            # and an SR C-STORE to a busy PACS must not hold it up.
+            .order_by(
+                Delivery.next_attempt_at.nulls_first(),
+                (Delivery.kind == DeliveryKind.HL7).desc(),
+                Delivery.id,
+            )
             .limit(BATCH)
         ).all()
     for delivery_id in due:
