@@ -1,6 +1,7 @@
-"""Temperature scaling on the validation split, plus the operating thresholds (OOD gate, lesion
-score) chosen there. Temperatures are written into the network's buffers, so the exported graph
-already outputs calibrated probabilities."""
+"""Temperature scaling on the validation split (Platt scaling for the lesion score), plus the
+operating thresholds (OOD gate, lesion score) chosen there. Temperatures and the lesion bias are
+written into the network's buffers, so the exported graph already outputs calibrated
+probabilities."""
 
 from __future__ import annotations
 
@@ -21,6 +22,55 @@ def _fit_binary(logits: np.ndarray, labels: np.ndarray) -> float:
     y = torch.from_numpy(labels.astype(np.float64).ravel())
     nll = [float(F.binary_cross_entropy_with_logits(x / t, y)) for t in GRID]
     return float(GRID[int(np.argmin(nll))])
+
+
+def _best_f1_threshold(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[float, float]:
+    """The lesion operating point: the score threshold with the best F1 (and that F1)."""
+    best_f1, best_thr = -1.0, 0.5
+    for thr in np.linspace(0.05, 0.95, 91):
+        keep = scores >= thr
+        hits = int((tp & keep).sum())
+        _, _, f = f1(hits, int(keep.sum()) - hits, n_gt - hits)
+        if f > best_f1:
+            best_f1, best_thr = f, float(thr)
+    return best_thr, best_f1
+
+
+def fit_lesion(logits: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[float, float, float, float]:
+    """Temperature, bias, threshold and F1 for lesion scores (Platt scaling).
+
+    The score that matters is the one on a *reported* detection (above the threshold: it goes
+    into the SR as "Certainty of Finding"), so the scaling is fitted on those, not on all top-K
+    candidates, most of which are easy negatives. A temperature alone could not fix them: on
+    validation, reported detections averaged p 0.89 at precision 0.95. Platt scaling is monotonic,
+    so the reported set is chosen first (best F1 on raw scores) and the threshold re-read in the
+    calibrated score space afterwards."""
+    logits = logits.astype(np.float64).ravel()
+    tp = tp.astype(bool).ravel()
+    raw = 1 / (1 + np.exp(-logits))
+    threshold, _ = _best_f1_threshold(raw, tp, n_gt)
+    kept = raw >= threshold
+    scale, bias = 1.0, 0.0
+    if kept.sum() >= 10 and 0 < tp[kept].sum() < kept.sum():
+        x = torch.from_numpy(logits[kept])
+        y = torch.from_numpy(tp[kept].astype(np.float64))
+        a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([a, b], max_iter=200)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(a * x + b, y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        if float(a) > 0:  # a negative slope would invert the ranking: keep the identity
+            scale, bias = float(a), float(b)
+    temperature = 1.0 / scale
+    scores = 1 / (1 + np.exp(-(logits / temperature + bias)))
+    threshold, best = _best_f1_threshold(scores, tp, n_gt)
+    return temperature, bias, threshold, best
 
 
 def _fit_multiclass(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -50,10 +100,12 @@ def collect(model: RegionNet, images: np.ndarray, data: dict[str, np.ndarray]) -
         for i in range(len(x)):
             got["r2t"].append(ql[i][present[i]])
             got["r2t_y"].append(np.flatnonzero(present[i]))
-        t_l = model.t_lesion.clone()
+        t_l, b_l = model.t_lesion.clone(), model.b_lesion.clone()
         model.t_lesion.fill_(1.0)
+        model.b_lesion.fill_(0.0)
         lb, ls, lc = (t.numpy() for t in model.decode_lesions(out))
         model.t_lesion.copy_(t_l)
+        model.b_lesion.copy_(b_l)
         for i in range(len(x)):
             gt_c = data["lesion_classes"][sl][i]
             keep = gt_c >= 0
@@ -98,7 +150,7 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
         "presence": _fit_binary(c["presence"], val["region_present"]),
         "abnormal": _fit_binary(c["abnormal"], val["abnormal"]),
         "finding": _fit_binary(c["finding"], val["findings"]),
-        "lesion": _fit_binary(c["les_logit"], c["les_tp"]),
+        "lesion": 1.0,  # fitted below, on the detections the model reports
         "r2t": _fit_multiclass(c["r2t"], c["r2t_y"]),
     }
     for k, t in temps.items():
@@ -111,18 +163,14 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
     accepted = probs.argmax(1) != UNSUPPORTED
     tau = float(np.clip(np.quantile(best[in_dist & accepted], 0.005), 0.3, 0.9))
     rejects = (~accepted) | (best < tau)
-    # lesion operating point: best F1 on validation
-    scores = 1 / (1 + np.exp(-c["les_logit"] / temps["lesion"]))
-    n_gt = int(c["les_n"].sum())
-    best_f1, best_thr = -1.0, 0.5
-    for thr in np.linspace(0.05, 0.95, 91):
-        keep = scores >= thr
-        tp = int((c["les_tp"] & keep).sum())
-        _, _, f = f1(tp, int(keep.sum()) - tp, n_gt - tp)
-        if f > best_f1:
-            best_f1, best_thr = f, float(thr)
+    temps["lesion"], lesion_bias, best_thr, best_f1 = fit_lesion(
+        c["les_logit"], c["les_tp"], int(c["les_n"].sum())
+    )
+    model.t_lesion.fill_(temps["lesion"])
+    model.b_lesion.fill_(lesion_bias)
     result = {
         "temperatures": temps,
+        "lesion_bias": lesion_bias,
         "ood_threshold": tau,
         "lesion_threshold": best_thr,
         "val_lesion_f1": best_f1,

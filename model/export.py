@@ -19,7 +19,7 @@ from shared.inference.preprocess import PAD_VALUE, POLICY
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
-MODEL_VERSION = "medrega-ref-1.0.0"
+MODEL_VERSION = "medrega-ref-1.1.0"
 OPSET = 17
 
 OUTPUT_DOC = {
@@ -39,7 +39,7 @@ def load_checkpoint(path: Path) -> tuple[RegionNet, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     meta = ckpt["meta"]
     model = RegionNet(NetConfig(**{**meta["net"], "widths": tuple(meta["net"]["widths"])}))
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(_with_defaults(ckpt["state_dict"]))
     model.eval()
     return model, meta
 
@@ -49,9 +49,14 @@ def load_weights(path: Path) -> RegionNet:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     net = dict(blob["net"])
     model = RegionNet(NetConfig(**{**net, "widths": tuple(net["widths"])}))
-    model.load_state_dict(blob["state_dict"])
+    model.load_state_dict(_with_defaults(blob["state_dict"]))
     model.eval()
     return model
+
+
+def _with_defaults(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved before the lesion bias existed (medrega-ref 1.0.0) load with bias 0."""
+    return {"b_lesion": torch.zeros(()), **state}
 
 
 def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
@@ -86,6 +91,7 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "lesion_threshold": str(cal.get("lesion_threshold", 0.5)),
         "presence_threshold": "0.5",
         "calibration_temperatures": json.dumps(temps),
+        "calibration_biases": json.dumps({"lesion": float(model.b_lesion)}),
         "top_k": str(model.cfg.top_k),
         "intended_use": "synthetic-phantom reference model; NOT for clinical use",
     }

@@ -93,6 +93,7 @@ class RegionNet(nn.Module):
         )
         for name in TEMPERATURE_HEADS:
             self.register_buffer(f"t_{name}", torch.ones(()))
+        self.register_buffer("b_lesion", torch.zeros(()))
         # CenterNet's prior: heatmaps start near 0.01 so the focal loss is stable at step 0
         nn.init.constant_(self.region_hm.bias, -4.6)
         nn.init.constant_(self.lesion_hm.bias, -4.6)
@@ -197,7 +198,8 @@ class RegionNet(nn.Module):
         )
 
     def decode_lesions(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        hm = torch.sigmoid(out["lesion_hm"] / self.t_lesion)
+        # Platt scaling (temperature and bias), fitted on the detections the model reports.
+        hm = torch.sigmoid(out["lesion_hm"] / self.t_lesion + self.b_lesion)
         b, f, g, _ = hm.shape
         peaks = hm * (F.max_pool2d(hm, 3, 1, 1) == hm).to(hm.dtype)  # 3x3 NMS
         scores, idx = torch.topk(peaks.reshape(b, -1), self.cfg.top_k, dim=1)
