@@ -5,7 +5,7 @@
 - report: the grounded findings, one `<ref>…</ref><box>[[…]]</box>: sentence` per finding result.
 
 The report is the `onnx` backend's report for a one-image study: the same region/lesion
-aggregation (`OnnxBackend._regions` / `_findings`) and the same composer, so every word comes
+aggregation (`OnnxBackend.located_regions` / `located_findings`) and the same composer, so every word comes
 from `shared/vocab`. Only the findings section is sent: MedRegA's grounded report has no
 impression. Boxes go out on MedRegA's 0..scale grid relative to the image as sent.
 
@@ -202,8 +202,8 @@ class MedRegAAnswerer:
             pixel_spacing_mm=pixel_spacing_mm,
         )
         read = [ReadImage(_REQUEST_INSTANCE, frame, 0.0)]
-        regions = self.backend._regions(read, [prediction])
-        findings = self.backend._findings(read, [prediction])
+        regions = self.backend.located_regions(read, [prediction])
+        findings = self.backend.located_findings(read, [prediction])
         return compose_report(self.vocab, prediction.domain, regions, findings).findings
 
     def _about(self, name: str) -> str | None:

@@ -106,8 +106,8 @@ class OnnxBackend:
             predictions = self._predict(model, images, timings)
             domain = self._domain(images, predictions)
             t0 = time.perf_counter()
-            regions = self._regions(images, predictions)
-            findings = self._findings(images, predictions)
+            regions = self.located_regions(images, predictions)
+            findings = self.located_findings(images, predictions)
             composed = compose_report(self.vocab, domain, regions, findings)
             timings["compose_ms"] = (time.perf_counter() - t0) * 1000
         except NotApplicable as exc:
@@ -165,7 +165,7 @@ class OnnxBackend:
             )
         return domain
 
-    def _regions(
+    def located_regions(
         self, images: list[ReadImage], predictions: list[ImagePrediction]
     ) -> list[LocatedRegion]:
         best: dict[str, tuple[float, int, tuple[float, float, float, float]]] = {}
@@ -179,7 +179,7 @@ class OnnxBackend:
             if box[2] > box[0] and box[3] > box[1]
         ]
 
-    def _findings(
+    def located_findings(
         self, images: list[ReadImage], predictions: list[ImagePrediction]
     ) -> list[LocatedFinding]:
         detections: list[tuple[LesionPrediction, int]] = [
