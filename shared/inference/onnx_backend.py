@@ -168,6 +168,7 @@ class OnnxBackend:
     def located_regions(
         self, images: list[ReadImage], predictions: list[ImagePrediction]
     ) -> list[LocatedRegion]:
+        """Each region once, on the image where its presence is highest."""
         best: dict[str, tuple[float, int, tuple[float, float, float, float]]] = {}
         for index, prediction in enumerate(predictions):
             for region in prediction.regions:
@@ -182,6 +183,8 @@ class OnnxBackend:
     def located_findings(
         self, images: list[ReadImage], predictions: list[ImagePrediction]
     ) -> list[LocatedFinding]:
+        """Lesions merged across neighbouring slices (same class, overlapping), each on its key
+        image: the one where it scores highest; size from the pixel spacing."""
         detections: list[tuple[LesionPrediction, int]] = [
             (lesion, index)
             for index, prediction in enumerate(predictions)
