@@ -230,8 +230,11 @@
       g.append(svg("rect", { x: tb.box.x1, y: tb.box.y1, width: tb.box.x2 - tb.box.x1,
                              height: tb.box.y2 - tb.box.y1, "stroke-width": stroke }));
       if (tb.label) {
-        const text = svg("text", { x: tb.box.x1, y: tb.box.y2 + Math.max(img.columns, img.rows) / 40,
-                                   "font-size": Math.max(img.columns, img.rows) / 45 });
+        // Inside the box's top-left corner: finding labels sit above their boxes, and a label
+        // under this box would land on the next box's label.
+        const size = Math.max(img.columns, img.rows) / 45;
+        const text = svg("text", { x: tb.box.x1 + stroke * 2, y: tb.box.y1 + size * 1.1,
+                                   "font-size": size });
         text.textContent = tb.label;
         g.append(text);
       }
