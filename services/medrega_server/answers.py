@@ -26,6 +26,7 @@ from shared.inference.grounded_text import (
     DEFAULT_SCALE,
     format_grounded,
     normalise_name,
+    region_code,
     to_pixel_box,
 )
 from shared.inference.medrega_prompts import PromptTask
@@ -126,7 +127,7 @@ class MedRegAAnswerer:
 
     # -- Text→Region --------------------------------------------------------------------------
     def locate(self, image: RequestImage, name: str, language: Language) -> Answer:
-        code = self.backend.resolve_region(name)
+        code = region_code(name, self.vocab)
         if code is None:
             return Answer(cannot_locate(name, language), "unknown_name")
         prediction = self._predict(image)

@@ -142,6 +142,7 @@ def _index(vocab: Vocab) -> dict[str, tuple[Kind, str]]:
     entries += [
         (n, "region", r.code) for r in vocab.regions for n in (*r.synonyms_en, *r.synonyms_zh)
     ]
+    entries += [(r.code, "region", r.code) for r in vocab.regions]  # API clients send codes
     entries += [(n, "finding", f.code) for f in vocab.findings for n in (f.en, f.zh)]
     # Finding synonyms: MedRegA's lesion names such as "pancreas cancer" / "胰腺癌".
     entries += [
@@ -160,6 +161,12 @@ def _lookup(name: str, index: dict[str, tuple[Kind, str]]) -> tuple[Kind, str | 
 def normalise_name(name: str, vocab: Vocab) -> tuple[Kind, str | None]:
     """A region or finding code for a name as the model wrote it (EN or ZH), else unknown."""
     return _lookup(name, _index(vocab))
+
+
+def region_code(name: str, vocab: Vocab) -> str | None:
+    """The region a name (EN or ZH, synonym, or code) stands for; None for anything else."""
+    kind, code = normalise_name(name, vocab)
+    return code if kind == "region" else None
 
 
 def detect_language(text: str) -> Language:

@@ -22,10 +22,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from shared.config import Settings
-from shared.dicom.pixels import read_frames
 from shared.dicom.render import Rendered, render_decoded
 from shared.inference.backend import (
     IdentifyAnswer,
@@ -58,29 +56,26 @@ from shared.inference.medrega_prompts import (
 )
 from shared.inference.mllm_client import ChatClient
 from shared.inference.report_composer import LocatedFinding, LocatedRegion, compose_report
-from shared.inference.study_images import NotApplicable, ReadImage, read_images, select_images
+from shared.inference.study_images import (
+    NotApplicable,
+    ReadImage,
+    merge_across_slices,
+    read_frame,
+    read_images,
+    select_images,
+    thin_slices,
+)
 from shared.inference.text_mentions import affirmed_findings, mentioned_region
 from shared.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
 UNSUPPORTED = "unsupported"
-_T = TypeVar("_T")
-MERGE_SLICE_GAP = 2  # as the onnx backend: lesions on nearby slices that overlap are one
-MERGE_MIN_IOU = 0.2
 XRAY_DOMAIN = {"DX": "cxr", "CR": "cxr", "MR": "brain_mr"}
 
 
 def _area(box: PixelBox) -> float:
     return (box.x2 - box.x1) * (box.y2 - box.y1)
-
-
-def _iou(a: PixelBox, b: PixelBox) -> float:
-    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = ix * iy
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _contains(box: PixelBox, x: float, y: float) -> bool:
@@ -136,13 +131,14 @@ class MllmBackend:
 
     # -- the draft ------------------------------------------------------------------------
     def draft(self, study: StudyInput) -> DraftResult:
-        timings: dict[str, float] = {"load_ms": 0.0}
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        limit = self.settings.mllm_max_slices
         try:
-            images = thin_slices(
-                read_images(select_images(study, self._supported_modalities, self.model_name)),
-                self.settings.mllm_max_slices,
-            )
+            selected = select_images(study, self._supported_modalities, self.model_name)
+            # Thin the instances before decoding them; thinning again after is for multi-frame
+            # instances (a no-op for a series of single-frame slices).
+            images = thin_slices(read_images(thin_slices(selected, limit)), limit)
         except NotApplicable as exc:
             return self._not_applicable(str(exc), timings)
         timings["read_ms"] = (time.perf_counter() - t0) * 1000
@@ -288,13 +284,23 @@ class MllmBackend:
         items: list[_Item],
         readings: list[_ImageReading],
     ) -> DraftResult:
+        # Normal regions, each on the image where its box is largest (an abnormal region is
+        # reported through its finding, so its region box is not needed).
         best_region: dict[str, _Item] = {}
         for item in items:
-            if item.finding_code is None or item.region_code not in best_region:
-                current = best_region.get(item.region_code)
-                if current is None or _area(item.box) > _area(current.box):
-                    best_region[item.region_code] = item
-        findings = self._merge_findings([i for i in items if i.finding_code is not None])
+            current = best_region.get(item.region_code)
+            if item.finding_code is None and (
+                current is None or _area(item.box) > _area(current.box)
+            ):
+                best_region[item.region_code] = item
+        # MedRegA gives no scores: a lesion's key image is where its box is largest.
+        findings = merge_across_slices(
+            [i for i in items if i.finding_code is not None],
+            slice_of=lambda i: i.index,
+            kind_of=lambda i: i.finding_code or "",
+            box_of=lambda i: (i.box.x1, i.box.y1, i.box.x2, i.box.y2),
+            rank=lambda i: _area(i.box),
+        )
         located_regions = [
             LocatedRegion(code, images[i.index].ref, i.box, None) for code, i in best_region.items()
         ]
@@ -305,7 +311,7 @@ class MllmBackend:
                 images[i.index].ref,
                 i.box,
                 None,
-                self._size_mm(images[i.index], i.box),
+                images[i.index].extent_mm(i.box),
             )
             for i in findings
         ]
@@ -370,30 +376,6 @@ class MllmBackend:
                 setattr(first, other, getattr(first, other) + joiner + theirs)
         return merged
 
-    def _merge_findings(self, items: list[_Item]) -> list[_Item]:
-        """One finding per lesion across neighbouring slices; the key image is where it is
-        largest (the onnx backend picks the highest score; MedRegA gives none)."""
-        clusters: list[list[_Item]] = []
-        for item in sorted(items, key=lambda i: -_area(i.box)):
-            for cluster in clusters:
-                if cluster[0].finding_code == item.finding_code and any(
-                    abs(item.index - other.index) <= MERGE_SLICE_GAP
-                    and _iou(item.box, other.box) >= MERGE_MIN_IOU
-                    for other in cluster
-                ):
-                    cluster.append(item)
-                    break
-            else:
-                clusters.append([item])
-        return [cluster[0] for cluster in clusters]
-
-    @staticmethod
-    def _size_mm(image: ReadImage, box: PixelBox) -> float | None:
-        spacing = image.frame.pixel_spacing_mm
-        if spacing is None:
-            return None
-        return max((box.x2 - box.x1) * spacing[1], (box.y2 - box.y1) * spacing[0])
-
     def _notes(self, readings: list[_ImageReading]) -> list[str]:
         notes: list[str] = []
         other = "zh" if self.language == "en" else "en"
@@ -413,14 +395,8 @@ class MllmBackend:
         return notes
 
     # -- interactive region tasks ---------------------------------------------------------
-    def _decoded(self, image: InstanceInput, frame: int) -> ReadImage:
-        frames = read_frames(image.path)
-        if not 1 <= frame <= len(frames):
-            raise ValueError(f"frame {frame} out of range 1..{len(frames)}")
-        return ReadImage(image, frames[frame - 1], 0.0)
-
     def locate(self, image: InstanceInput, frame: int, query: str) -> LocateAnswer:
-        read = self._decoded(image, frame)
+        read = read_frame(image, frame)
         language = detect_language(query)
         answer = self.client.ask(
             locate_prompt(query, image.modality, language), self._png(read).png
@@ -443,7 +419,7 @@ class MllmBackend:
         return LocateAnswer(code, ref, boxes, None)
 
     def identify(self, image: InstanceInput, frame: int, box: PixelBox) -> IdentifyAnswer:
-        read = self._decoded(image, frame)
+        read = read_frame(image, frame)
         rows, columns = read.frame.pixels.shape
         text_box = to_text_box(box, columns, rows, self.scale)
         prompt = identify_prompt(text_box, image.modality, self.language)
@@ -452,16 +428,3 @@ class MllmBackend:
             region = self.vocab.region(name.code)
             return IdentifyAnswer(region.code, region.en, region.zh, None)
         return IdentifyAnswer(None, name.text, name.text, None)
-
-
-def thin_slices(images: list[_T], limit: int) -> list[_T]:
-    """At most `limit` evenly spaced slices, the central one always among them (0: all)."""
-    if limit <= 0 or len(images) <= limit:
-        return images
-    centre = len(images) // 2
-    if limit == 1:
-        return [images[centre]]
-    step = (len(images) - 1) / (limit - 1)
-    picked = {round(k * step) for k in range(limit)}
-    picked.add(centre)
-    return [images[i] for i in sorted(picked)]

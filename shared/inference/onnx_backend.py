@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
 
-from shared.dicom.pixels import DecodedFrame, frames_from_dataset
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.contract import DraftResult, ImageRef, PixelBox
+from shared.inference.grounded_text import region_code
 from shared.inference.onnx_session import create_session
 from shared.inference.reference_onnx import (
     UNSUPPORTED,
@@ -33,24 +32,20 @@ from shared.inference.reference_onnx import (
     ReferenceModel,
 )
 from shared.inference.report_composer import LocatedFinding, LocatedRegion, compose_report
-from shared.inference.study_images import NotApplicable, ReadImage, read_images, select_images
+from shared.inference.study_images import (
+    NotApplicable,
+    ReadImage,
+    merge_across_slices,
+    read_frame,
+    read_images,
+    select_images,
+)
 from shared.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "medrega-ref"
 BATCH_SIZE = 16
-# Lesions on slices at most this far apart, overlapping at least this much, are one finding.
-MERGE_SLICE_GAP = 2
-MERGE_MIN_IOU = 0.2
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class OnnxBackend:
@@ -191,59 +186,33 @@ class OnnxBackend:
             for lesion in prediction.lesions
             if lesion.region_code is not None
         ]
-        detections.sort(key=lambda d: -d[0].score)
-        clusters: list[list[tuple[LesionPrediction, int]]] = []
-        for lesion, index in detections:
-            for cluster in clusters:
-                if cluster[0][0].finding_code == lesion.finding_code and any(
-                    abs(index - other_index) <= MERGE_SLICE_GAP
-                    and _iou(lesion.box, other.box) >= MERGE_MIN_IOU
-                    for other, other_index in cluster
-                ):
-                    cluster.append((lesion, index))
-                    break
-            else:
-                clusters.append([(lesion, index)])
+        key_detections = merge_across_slices(
+            detections,
+            slice_of=lambda d: d[1],
+            kind_of=lambda d: d[0].finding_code,
+            box_of=lambda d: d[0].box,
+            rank=lambda d: d[0].score,
+        )
         findings = []
-        for cluster in clusters:
-            lesion, index = cluster[0]  # highest score: the key image
-            spacing = images[index].frame.pixel_spacing_mm
-            size = None
-            if spacing is not None:
-                x1, y1, x2, y2 = lesion.box
-                size = max((x2 - x1) * spacing[1], (y2 - y1) * spacing[0])
+        for lesion, index in key_detections:
             assert lesion.region_code is not None
+            box = PixelBox(*lesion.box)
             findings.append(
                 LocatedFinding(
                     lesion.finding_code,
                     lesion.region_code,
                     images[index].ref,
-                    PixelBox(*lesion.box),
+                    box,
                     lesion.score,
-                    size,
+                    images[index].extent_mm(box),
                 )
             )
         return findings
 
     # -- interactive region tasks ---------------------------------------------------------
-    def _frame(self, image: InstanceInput, frame: int) -> DecodedFrame:
-        frames = frames_from_dataset(dcmread(image.path))
-        if not 1 <= frame <= len(frames):
-            raise ValueError(f"frame {frame} out of range 1..{len(frames)}")
-        return frames[frame - 1]
-
-    def resolve_region(self, query: str) -> str | None:
-        """A region code for an English or Chinese name or synonym (case-insensitive)."""
-        wanted = query.strip().lower()
-        for region in self.vocab.regions:
-            names = {region.code, region.en, region.zh, *region.synonyms_en, *region.synonyms_zh}
-            if wanted in {n.lower() for n in names}:
-                return region.code
-        return None
-
     def locate(self, image: InstanceInput, frame: int, query: str) -> LocateAnswer:
-        code = self.resolve_region(query)
-        decoded = self._frame(image, frame)
+        code = region_code(query, self.vocab)
+        decoded = read_frame(image, frame).frame
         ref = ImageRef(image.sop_instance_uid, image.sop_class_uid, frame)
         if code is None:
             return LocateAnswer(None, ref, [], None)
@@ -254,7 +223,7 @@ class OnnxBackend:
         return LocateAnswer(code, ref, [PixelBox(*region.box)], region.presence)
 
     def identify(self, image: InstanceInput, frame: int, box: PixelBox) -> IdentifyAnswer:
-        decoded = self._frame(image, frame)
+        decoded = read_frame(image, frame).frame
         (prediction,) = self.model.predict(
             [(decoded.pixels, *decoded.window)], queries=[[(box.x1, box.y1, box.x2, box.y2)]]
         )

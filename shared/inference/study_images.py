@@ -4,25 +4,36 @@ every backend so the `onnx` and `mllm` backends read exactly the same pixels.
 X-ray: the frontal views (PA/AP), else every X-ray image. CT/MR: every slice of the main axial
 series (the longest), localizers and non-axial reformats left out. Images come back sorted
 along the series.
+
+Also the study-level steps both backends share: lesions seen on neighbouring slices merged into
+one finding, and a box's extent in millimetres.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset
+from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset, read_frames
 from shared.inference.backend import InstanceInput, StudyInput
-from shared.inference.contract import ImageRef
+from shared.inference.contract import ImageRef, PixelBox
 
 log = logging.getLogger(__name__)
 
 FRONTAL_VIEWS = {"PA", "AP"}
+# Lesions on slices at most this far apart, overlapping at least this much, are one finding.
+MERGE_SLICE_GAP = 2
+MERGE_MIN_IOU = 0.2
+
+T = TypeVar("T")
+Box = Sequence[float]  # x1, y1, x2, y2 in source pixels
 
 
 class NotApplicable(Exception):
@@ -40,6 +51,13 @@ class ReadImage:
         return ImageRef(
             self.instance.sop_instance_uid, self.instance.sop_class_uid, self.frame.frame
         )
+
+    def extent_mm(self, box: PixelBox) -> float | None:
+        """The box's larger side in millimetres (None without pixel spacing)."""
+        spacing = self.frame.pixel_spacing_mm
+        if spacing is None:
+            return None
+        return max((box.x2 - box.x1) * spacing[1], (box.y2 - box.y1) * spacing[0])
 
 
 def _is_localizer(ds: Dataset) -> bool:
@@ -64,7 +82,8 @@ def _position(ds: Dataset, instance: InstanceInput) -> float:
 def select_images(
     study: StudyInput, supported_modalities: Collection[str], model_name: str
 ) -> list[tuple[InstanceInput, Dataset]]:
-    """The instances to read, with their headers (raises NotApplicable with the reason)."""
+    """The instances to read, with their headers, CT/MR sorted along the series (raises
+    NotApplicable with the reason)."""
     modalities = {i.modality for i in study.instances}
     candidates = [i for i in study.instances if i.modality in supported_modalities]
     if not candidates:
@@ -91,7 +110,8 @@ def select_images(
             by_series.setdefault(instance.series_instance_uid, []).append((instance, header))
     if not by_series:
         raise NotApplicable("no axial series to read")
-    return max(by_series.values(), key=len)  # the main axial series
+    main = max(by_series.values(), key=len)  # the main axial series
+    return sorted(main, key=lambda pair: _position(pair[1], pair[0]))
 
 
 def read_images(selected: list[tuple[InstanceInput, Dataset]]) -> list[ReadImage]:
@@ -110,3 +130,59 @@ def read_images(selected: list[tuple[InstanceInput, Dataset]]) -> list[ReadImage
         raise NotApplicable(reasons[0] if reasons else "no decodable image")
     images.sort(key=lambda image: (image.position, image.frame.frame))
     return images
+
+
+def read_frame(instance: InstanceInput, frame: int) -> ReadImage:
+    """One frame of one instance (the interactive tools); ValueError when out of range."""
+    frames = read_frames(Path(instance.path))
+    if not 1 <= frame <= len(frames):
+        raise ValueError(f"frame {frame} out of range 1..{len(frames)}")
+    return ReadImage(instance, frames[frame - 1], 0.0)
+
+
+def thin_slices(items: list[T], limit: int) -> list[T]:
+    """At most `limit` evenly spaced items, the central one always among them (0: all)."""
+    if limit <= 0 or len(items) <= limit:
+        return items
+    centre = len(items) // 2
+    if limit == 1:
+        return [items[centre]]
+    step = (len(items) - 1) / (limit - 1)
+    picked = {round(k * step) for k in range(limit)}
+    picked.add(centre)
+    return [items[i] for i in sorted(picked)]
+
+
+def box_iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def merge_across_slices(
+    detections: Sequence[T],
+    *,
+    slice_of: Callable[[T], int],
+    kind_of: Callable[[T], str],
+    box_of: Callable[[T], Box],
+    rank: Callable[[T], float],
+) -> list[T]:
+    """One finding per lesion: detections of one kind on slices at most MERGE_SLICE_GAP apart
+    that overlap by MERGE_MIN_IOU are one cluster; each cluster is answered by its best-ranked
+    detection (its key image). The onnx backend ranks by score, a served MedRegA (no scores)
+    by box area."""
+    clusters: list[list[T]] = []
+    for detection in sorted(detections, key=rank, reverse=True):
+        for cluster in clusters:
+            if kind_of(cluster[0]) == kind_of(detection) and any(
+                abs(slice_of(detection) - slice_of(other)) <= MERGE_SLICE_GAP
+                and box_iou(box_of(detection), box_of(other)) >= MERGE_MIN_IOU
+                for other in cluster
+            ):
+                cluster.append(detection)
+                break
+        else:
+            clusters.append([detection])
+    return [cluster[0] for cluster in clusters]

@@ -23,7 +23,8 @@ from shared.db.models import (
     Study,
     StudyState,
 )
-from shared.inference.mllm_backend import MllmBackend, thin_slices
+from shared.inference.mllm_backend import MllmBackend
+from shared.inference.study_images import thin_slices
 from tests.support.chat_servers import ScriptedChatServer, prompt_of
 from tests.support.listener_process import free_port
 from tests.worker.conftest import phantom
@@ -218,3 +219,15 @@ def test_unknown_names_and_bad_boxes_are_kept_as_text_and_noted(tmp_path: Path) 
     assert result.sentences[-1].section == "impression"
     assert any("right mandible" in n for n in result.notes)
     assert any("1 box(es)" in n for n in result.notes)
+
+
+def test_ct_slices_sent_to_the_model_are_thinned_to_the_limit(tmp_path: Path) -> None:
+    from tests.worker.test_mllm_backend import study_input
+
+    answer = "<ref>liver</ref><box>[[100, 200, 500, 600]]</box>: The liver is unremarkable."
+    written = phantom("abd_ct", tmp_path / "in", abnormal=False, slices=8, max_side=128)
+    with ScriptedChatServer(lambda body: (200, answer, 0.0)) as server:
+        result = _backend(server.url, mllm_max_slices=3).draft(study_input(written.files))
+        assert len(server.requests) == 3  # first, centre and last of the 8 slices
+    assert result.applicable and result.timings_ms["images"] == 3
+    assert [f.region_code for f in result.findings] == ["liver"]
