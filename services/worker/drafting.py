@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
@@ -38,6 +38,7 @@ from shared.db.models import (
     StudyState,
 )
 from shared.db.outbox import notify_outbox
+from shared.delivery_policy import RetryPolicy, after_failure
 from shared.inference.backend import (
     InstanceInput,
     ModelAnswerInvalid,
@@ -248,10 +249,15 @@ def run_draft_job(
         return DraftOutcome(job_id, state, report_id)
 
 
-def retry_delay_s(attempts: int) -> float:
-    """Exponential backoff after the n-th failed attempt (1-based), capped."""
+def draft_retry_policy() -> RetryPolicy:
+    """Backoff while the model server is unreachable: the deliveries' policy (exponential, full
+    jitter, so jobs deferred together don't all return at once), with the draft settings."""
     settings = get_settings()
-    return float(min(settings.draft_retry_base_s * 2 ** (attempts - 1), settings.draft_retry_max_s))
+    return RetryPolicy(
+        base_s=settings.draft_retry_base_s,
+        cap_s=max(settings.draft_retry_max_s, settings.draft_retry_base_s),
+        max_attempts=settings.draft_max_attempts,
+    )
 
 
 def _defer(session: Session, job_id: int, error: str) -> str:
@@ -260,16 +266,18 @@ def _defer(session: Session, job_id: int, error: str) -> str:
     job = session.get(DraftJob, job_id, with_for_update=True)
     if job is None or job.state != DraftJobState.RUNNING:
         return job.state if job else "missing"
-    max_attempts = get_settings().draft_max_attempts
-    if job.attempts >= max_attempts:
+    policy = draft_retry_policy()
+    now = datetime.now(UTC)
+    decision = after_failure(job.attempts, transient=True, now=now, policy=policy)
+    if decision.next_attempt_at is None:
         return _fail(
             session, job_id, f"model server unavailable after {job.attempts} attempts: {error}"
         )
-    delay = retry_delay_s(job.attempts)
+    delay = (decision.next_attempt_at - now).total_seconds()
     job.state = DraftJobState.PENDING
-    job.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+    job.next_attempt_at = decision.next_attempt_at
     job.reason = (
-        f"waiting for the model server (attempt {job.attempts} of {max_attempts}, "
+        f"waiting for the model server (attempt {job.attempts} of {policy.max_attempts}, "
         f"next in {delay:.0f} s): {error}"
     )[:2000]
     log.warning("draft job %s: model server unavailable; next attempt in %.0f s", job_id, delay)
@@ -290,14 +298,5 @@ def _fail(session: Session, job_id: int, reason: str) -> str:
 
 def mark_failed(engine: Engine, job_id: int, reason: str) -> None:
     """Record a permanent failure (bad input that isn't 'not applicable', a bug) on the job."""
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
-        job = session.get(DraftJob, job_id, with_for_update=True)
-        if job is None or job.state in FINISHED_JOB_STATES:
-            return
-        job.state = DraftJobState.FAILED
-        job.reason = reason[:2000]
-        job.finished_at = datetime.now(UTC)
-        study = session.get(Study, job.study_id)
-        if study is not None:
-            study.state = StudyState.FAILED
+    with sessionmaker(engine, expire_on_commit=False).begin() as session:
+        _fail(session, job_id, reason)

@@ -3,7 +3,7 @@ each ends in a clear job state, and nothing received is lost. Real Postgres, a r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,13 @@ def test_server_down_waits_with_backoff_then_fails(clean_db: Engine, tmp_path: P
     assert outcome.state == DraftJobState.PENDING == job.state
     assert job.reason and "waiting for the model server (attempt 1 of 2" in job.reason
     assert "unreachable" in job.reason
-    assert job.next_attempt_at is not None and job.next_attempt_at > datetime.now(UTC)
+    # Full jitter over the first backoff step (MEDREGA_DRAFT_RETRY_BASE_S=60).
+    assert job.next_attempt_at is not None and job.finished_at is None
+    assert job.next_attempt_at <= datetime.now(UTC) + timedelta(seconds=60)
     # The relay leaves it alone until the backoff is over, then publishes it again.
     published: list[tuple[str, int]] = []
-    relay_once(clean_db, lambda kind, row: published.append((kind, row)))
+    just_before = job.next_attempt_at - timedelta(microseconds=1)
+    relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=just_before)
     assert ("draft", job_id) not in published
     relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=job.next_attempt_at)
     assert ("draft", job_id) in published
