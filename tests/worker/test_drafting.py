@@ -3,99 +3,35 @@ instance set, re-drafts, 'not applicable', signed studies left alone."""
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from services.worker.drafting import run_draft_job
 from shared.config import get_settings
-from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
     Delivery,
     DraftJob,
     DraftJobState,
-    Instance,
     Report,
     ReportStatus,
-    Series,
     Study,
     StudyState,
 )
 from shared.inference.onnx_backend import OnnxBackend
+from tests.support.study_rows import draft_job_for, index_files
 from tests.worker.conftest import phantom
 
 
 @pytest.fixture(scope="module")
 def backend() -> OnnxBackend:
     return OnnxBackend(get_settings().model_path)
-
-
-def _index(session: Session, storage: Path, files: list[Path]) -> Study:
-    """Record files as the listener would (copy into storage, one row each)."""
-    study: Study | None = None
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        study = study or session.scalar(
-            select(Study).where(Study.study_instance_uid == ds.StudyInstanceUID)
-        )
-        if study is None:
-            study = Study(study_instance_uid=ds.StudyInstanceUID, state=StudyState.STABLE)
-            session.add(study)
-            session.flush()
-        series = session.scalar(
-            select(Series).where(Series.series_instance_uid == ds.SeriesInstanceUID)
-        )
-        if series is None:
-            series = Series(
-                study_id=study.id,
-                series_instance_uid=ds.SeriesInstanceUID,
-                modality=ds.Modality,
-                series_number=ds.get("SeriesNumber"),
-            )
-            session.add(series)
-            session.flush()
-        relative = Path(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        (storage / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, storage / relative)
-        data = path.read_bytes()
-        session.add(
-            Instance(
-                series_id=series.id,
-                study_id=study.id,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                instance_number=ds.get("InstanceNumber"),
-                file_path=str(relative),
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
-        )
-    assert study is not None
-    session.flush()
-    return study
-
-
-def _job(session: Session, study: Study) -> DraftJob:
-    uids = session.scalars(select(Instance.sop_instance_uid).where(Instance.study_id == study.id))
-    uid_list = list(uids)
-    job = DraftJob(
-        study_id=study.id,
-        instance_set_sha256=instance_set_sha256(uid_list),
-        instance_count=len(uid_list),
-    )
-    session.add(job)
-    session.flush()
-    return job
 
 
 def _ultrasound(path: Path) -> Path:
@@ -121,7 +57,7 @@ def test_supported_study_gets_one_report_with_findings_and_deliveries(
     written = phantom("cxr", tmp_path / "in", abnormal=True)
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        job = _job(session, _index(session, tmp_path / "storage", written.files))
+        job = draft_job_for(session, index_files(session, tmp_path / "storage", written.files))
     outcome = run_draft_job(clean_db, job.id, backend, tmp_path / "storage")
     assert outcome.state == DraftJobState.DONE and outcome.report_id is not None
     with factory() as session:
@@ -144,7 +80,7 @@ def test_two_workers_on_one_job_draft_it_once(
     written = phantom("chest_ct", tmp_path / "in", slices=12, max_side=256)
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        job = _job(session, _index(session, tmp_path / "storage", written.files))
+        job = draft_job_for(session, index_files(session, tmp_path / "storage", written.files))
     outcomes = []
     threads = [
         threading.Thread(
@@ -169,8 +105,8 @@ def test_unsupported_modality_is_not_applicable_and_changes_nothing_else(
 ) -> None:
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        study = _index(session, tmp_path / "storage", [_ultrasound(tmp_path / "us.dcm")])
-        job = _job(session, study)
+        study = index_files(session, tmp_path / "storage", [_ultrasound(tmp_path / "us.dcm")])
+        job = draft_job_for(session, study)
     outcome = run_draft_job(clean_db, job.id, backend, tmp_path / "storage")
     assert outcome.state == DraftJobState.NOT_APPLICABLE
     with factory() as session:
@@ -188,17 +124,17 @@ def test_late_instances_supersede_the_job_and_a_redraft_supersedes_the_draft(
     storage = tmp_path / "storage"
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        study = _index(session, storage, first)
-        stale_job = _job(session, study)
-        _index(session, storage, late[:1])  # arrives before the worker runs
+        study = index_files(session, storage, first)
+        stale_job = draft_job_for(session, study)
+        index_files(session, storage, late[:1])  # arrives before the worker runs
     assert run_draft_job(clean_db, stale_job.id, backend, storage).state == "superseded"
 
     with factory.begin() as session:
-        job = _job(session, session.get(Study, study.id))  # type: ignore[arg-type]
+        job = draft_job_for(session, session.get(Study, study.id))  # type: ignore[arg-type]
     assert run_draft_job(clean_db, job.id, backend, storage).state == DraftJobState.DONE
     with factory.begin() as session:
-        _index(session, storage, late[1:])
-        redraft = _job(session, session.get(Study, study.id))  # type: ignore[arg-type]
+        index_files(session, storage, late[1:])
+        redraft = draft_job_for(session, session.get(Study, study.id))  # type: ignore[arg-type]
     assert run_draft_job(clean_db, redraft.id, backend, storage).state == DraftJobState.DONE
     with factory() as session:
         reports = session.scalars(select(Report).order_by(Report.version)).all()
@@ -215,9 +151,9 @@ def test_signed_study_is_never_redrafted(
     written = phantom("cxr", tmp_path / "in", abnormal=False)
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        study = _index(session, tmp_path / "storage", written.files)
+        study = index_files(session, tmp_path / "storage", written.files)
         study.state = StudyState.SIGNED
-        job = _job(session, study)
+        job = draft_job_for(session, study)
     outcome = run_draft_job(clean_db, job.id, backend, tmp_path / "storage")
     assert outcome.state == DraftJobState.SUPERSEDED
     with factory() as session:

@@ -6,39 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
 from sqlalchemy import select
 
 from shared.config import get_settings
 from shared.db.models import DraftJob, RegionFinding, Study
-from shared.inference.backend import InstanceInput, StudyInput
 from shared.inference.contract import RegionFindingResult
 from shared.inference.onnx_backend import OnnxBackend
 from tests.support.chat_servers import running_medrega_server
+from tests.support.study_rows import study_input
 from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
 
 E2E_TIMEOUT_S = 180.0
 BOX_TOLERANCE_PX = 2.0
-
-
-def study_input(files: list[Path]) -> StudyInput:
-    instances = []
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        instances.append(
-            InstanceInput(
-                path,
-                ds.SOPInstanceUID,
-                ds.SOPClassUID,
-                ds.SeriesInstanceUID,
-                ds.Modality,
-                ds.get("SeriesNumber"),
-                ds.get("InstanceNumber"),
-                None,
-                None,
-            )  # fmt: skip
-        )
-    return StudyInput(str(ds.StudyInstanceUID), instances)
 
 
 def _box_distance(a: RegionFindingResult, b: RegionFinding) -> float:

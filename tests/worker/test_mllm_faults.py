@@ -27,8 +27,8 @@ from shared.inference.mllm_backend import MllmBackend
 from shared.inference.study_images import thin_slices
 from tests.support.chat_servers import ScriptedChatServer, prompt_of
 from tests.support.listener_process import free_port
+from tests.support.study_rows import draft_job_for, index_files, study_input
 from tests.worker.conftest import phantom
-from tests.worker.test_drafting import _index, _job
 
 # MedRegA's own published answer for a normal chest X-ray (REFERENCE.md), and a lesion answer.
 MEDREGA_NORMAL = (
@@ -55,8 +55,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 def _study(clean_db: Engine, tmp_path: Path) -> tuple[int, int]:
     written = phantom("cxr", tmp_path / "in", abnormal=True, max_side=512)
     with sessionmaker(clean_db).begin() as session:
-        study = _index(session, tmp_path / "storage", written.files)
-        return study.id, _job(session, study).id
+        study = index_files(session, tmp_path / "storage", written.files)
+        return study.id, draft_job_for(session, study).id
 
 
 def _backend(url: str, **overrides: Any) -> MllmBackend:
@@ -181,8 +181,6 @@ def test_an_answer_in_the_wrong_language_is_kept_and_noted(
 def test_medregas_own_normal_answer_reads_as_two_normal_regions(tmp_path: Path) -> None:
     """One sentence grounded in two regions, with negated findings: two normal regions, one
     report sentence pointing at both."""
-    from tests.worker.test_mllm_backend import study_input
-
     written = phantom("cxr", tmp_path / "in", abnormal=False, max_side=512)
     with ScriptedChatServer(lambda body: (200, MEDREGA_NORMAL, 0.0)) as server:
         result = _backend(server.url).draft(study_input(written.files))
@@ -206,8 +204,6 @@ def test_ct_slices_are_thinned_evenly_around_the_centre() -> None:
 
 
 def test_unknown_names_and_bad_boxes_are_kept_as_text_and_noted(tmp_path: Path) -> None:
-    from tests.worker.test_mllm_backend import study_input
-
     answer = (
         "<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>: The right lung is clear. "
         "<ref>right mandible</ref><box>[[421, 351, 505, 470]]</box>: Partly seen. "
@@ -225,8 +221,6 @@ def test_unknown_names_and_bad_boxes_are_kept_as_text_and_noted(tmp_path: Path) 
 
 
 def test_ct_slices_sent_to_the_model_are_thinned_to_the_limit(tmp_path: Path) -> None:
-    from tests.worker.test_mllm_backend import study_input
-
     answer = "<ref>liver</ref><box>[[100, 200, 500, 600]]</box>: The liver is unremarkable."
     written = phantom("abd_ct", tmp_path / "in", abnormal=False, slices=8, max_side=128)
     with ScriptedChatServer(lambda body: (200, answer, 0.0)) as server:

@@ -10,8 +10,8 @@ from sqlalchemy.orm import sessionmaker
 from services.worker.delivery_jobs import create_deliveries
 from services.worker.relay import relay_once
 from shared.db.models import DeliveryKind, Report, ReportStatus
+from tests.support.study_rows import index_files
 from tests.worker.conftest import phantom
-from tests.worker.test_drafting import _index
 
 
 def test_the_oru_is_published_before_the_sr_of_the_same_report(
@@ -21,7 +21,7 @@ def test_the_oru_is_published_before_the_sr_of_the_same_report(
     it up behind it in the queue."""
     written = phantom("cxr", tmp_path / "in", abnormal=True, max_side=256)
     with sessionmaker(clean_db).begin() as session:
-        study = _index(session, tmp_path / "storage", written.files)
+        study = index_files(session, tmp_path / "storage", written.files)
         report = Report(
             study_id=study.id, version=1, status=ReportStatus.DRAFT, model_name="m",
             model_version="1", model_backend="onnx", domain="cxr", sentences=[],
