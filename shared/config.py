@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development"}
 
 
-def _split_csv(value: object) -> object:
+def split_csv(value: object) -> object:
+    """'a, b,c' → ['a', 'b', 'c'] for list settings given as one environment variable."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
@@ -137,7 +138,7 @@ class Settings(BaseSettings):
     @field_validator("listener_allowed_aes", "model_providers", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("listener_ae_title", "pacs_ae_title")
     @classmethod

@@ -19,6 +19,7 @@ import uvicorn
 
 from services.medrega_server.app import create_app
 from services.medrega_server.settings import ServerSettings
+from shared.config import split_csv
 
 
 def parse_args(argv: Sequence[str] | None, defaults: ServerSettings) -> argparse.Namespace:
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "model_path": args.model,
             "model_name": args.model_name,
             "scale": args.scale,
-            "providers": [p.strip() for p in args.providers.split(",") if p.strip()],
+            "providers": split_csv(args.providers),
             "log_level": args.log_level,
         }
     )

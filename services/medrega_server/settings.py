@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.config import get_settings
+from shared.config import get_settings, split_csv
 from shared.inference.onnx_backend import MODEL_NAME
 
 
@@ -48,6 +48,4 @@ class ServerSettings(BaseSettings):
     @field_validator("providers", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return split_csv(value)
