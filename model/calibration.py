@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from model import ood_negatives
 from model.labels import UNSUPPORTED
-from model.metrics import f1, match
+from model.metrics import ece_binary, f1, match
 from model.network import RegionNet
 
 GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
@@ -71,6 +71,22 @@ def fit_lesion(logits: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[float, fl
     scores = 1 / (1 + np.exp(-(logits / temperature + bias)))
     threshold, best = _best_f1_threshold(scores, tp, n_gt)
     return temperature, bias, threshold, best
+
+
+def _reported_lesions(
+    logits: np.ndarray, tp: np.ndarray, temperature: float, bias: float, threshold: float
+) -> dict[str, float]:
+    """How calibrated the detections the model will report are, on validation: their mean
+    score against their precision, and the calibration error over them."""
+    scores = 1 / (1 + np.exp(-(logits.astype(np.float64) / temperature + bias)))
+    kept = scores >= threshold
+    hits = tp.astype(bool)[kept]
+    return {
+        "val_lesion_reported": int(kept.sum()),
+        "val_lesion_reported_precision": float(hits.mean()) if kept.any() else 0.0,
+        "val_lesion_reported_mean_p": float(scores[kept].mean()) if kept.any() else 0.0,
+        "val_lesion_reported_ece": ece_binary(scores[kept], hits),
+    }
 
 
 def _fit_multiclass(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -168,9 +184,13 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
     )
     model.t_lesion.fill_(temps["lesion"])
     model.b_lesion.fill_(lesion_bias)
+    reported = _reported_lesions(
+        c["les_logit"], c["les_tp"], temps["lesion"], lesion_bias, best_thr
+    )
     result = {
         "temperatures": temps,
         "lesion_bias": lesion_bias,
+        **reported,
         "ood_threshold": tau,
         "lesion_threshold": best_thr,
         "val_lesion_f1": best_f1,

@@ -13,7 +13,7 @@ Last line JSON: {"cxr_p50_s", "cxr_p95_s", "ct_p50_s", "ct_p95_s", "studies_per_
 model process: X-ray studies delivered per hour of wall clock from the first X-ray job to the
 last X-ray ORU.
 
-    python -m ops.bench.e2e [--cxr 20] [--ct 5] [--ct-slices 120] [--senders 4]
+    python -m ops.bench.e2e [--cxr 20] [--ct 5] [--ct-slices 120] [--senders 4] [--io-threads 3]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct", type=int, default=5)
     parser.add_argument("--ct-slices", type=int, default=120)
     parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--io-threads", type=int, default=3, help="delivery worker threads")
     parser.add_argument("--stable-age", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             workers.append(
                 start_worker(env, work / "worker-gpu.log", queues=("gpu",), concurrency=1)
             )
-            workers.append(start_worker(env, work / "worker-io.log", queues=("io",)))
+            workers.append(
+                start_worker(
+                    env, work / "worker-io.log", queues=("io",), concurrency=args.io_threads
+                )
+            )
             workers.append(start_relay(env, work / "relay.log"))
             started = time.monotonic()
             with ThreadPoolExecutor(args.senders) as pool:
