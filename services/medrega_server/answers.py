@@ -21,7 +21,7 @@ from pathlib import Path
 from services.medrega_server.images import RequestImage
 from shared.dicom.pixels import DecodedFrame
 from shared.inference.backend import InstanceInput
-from shared.inference.contract import Language, PixelBox, RegionFindingResult
+from shared.reports.domain import Language, PixelBox, RegionFindingResult
 from shared.inference.grounded_text import (
     DEFAULT_SCALE,
     format_grounded,

@@ -35,7 +35,7 @@ from shared.dicom.sr_builder import build_report_sr, sr_uids
 from shared.dicom.sr_content import PredecessorRef, SrContext, SrReport, VerifyingObserver
 from shared.hl7.mllp import send_message
 from shared.hl7.oru import OruInput, build_oru
-from shared.inference.contract import ImageRef, Language, PixelBox, RegionFindingResult
+from shared.reports.domain import ImageRef, Language, PixelBox, RegionFindingResult
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from shared.inference.backend import (
     ModelServerUnavailable,
     StudyInput,
 )
-from shared.inference.contract import DraftResult
+from shared.reports.domain import DraftResult
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from shared.config import get_settings
 from shared.db.models import Instance, Series
 from shared.db.session import session_scope
 from shared.inference.backend import InstanceInput, ModelAnswerInvalid, ModelServerUnavailable
-from shared.inference.contract import PixelBox
+from shared.reports.domain import PixelBox
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from shared.dicom.sr_content import (
     SrReport,
 )
 from shared.dicom.uids import derived_uid
-from shared.inference.contract import Language, RegionFindingResult
+from shared.reports.domain import Language, RegionFindingResult
 from shared.vocab.loader import Vocab, load_vocab
 
 NORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Normal)

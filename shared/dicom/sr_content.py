@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
-from shared.inference.contract import DraftResult, Language, RegionFindingResult
+from shared.reports.domain import DraftResult, Language, RegionFindingResult
 
 ReportStatusName = Literal["draft", "final", "corrected"]
 SrLanguage = Literal["en", "zh", "both"]

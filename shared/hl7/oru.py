@@ -36,7 +36,7 @@ from hl7apy.parser import parse_message
 from shared.hl7.errors import InvalidOru
 from shared.hl7.escape import escape
 from shared.hl7.names import dicom_pn_to_xpn, display_name
-from shared.inference.contract import Language, Section
+from shared.reports.domain import Language, Section
 
 if TYPE_CHECKING:
     from shared.db.models import RegionFinding, Report, Study, User

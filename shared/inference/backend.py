@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from shared.inference.contract import DraftResult, ImageRef, PixelBox
+from shared.reports.domain import DraftResult, ImageRef, PixelBox
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from shared.inference.contract import Language, PixelBox
+from shared.reports.domain import Language, PixelBox
 from shared.vocab import Vocab, load_vocab
 
 DEFAULT_SCALE = 999

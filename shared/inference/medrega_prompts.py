@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.inference.contract import Language
+from shared.reports.domain import Language
 
 Task = Literal["locate", "identify", "report"]
 

@@ -32,7 +32,7 @@ from shared.inference.backend import (
     ModelAnswerInvalid,
     StudyInput,
 )
-from shared.inference.contract import (
+from shared.reports.domain import (
     DraftResult,
     ImageRef,
     Language,

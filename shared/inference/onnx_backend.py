@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
-from shared.inference.contract import DraftResult, ImageRef, PixelBox
+from shared.reports.domain import DraftResult, ImageRef, PixelBox
 from shared.inference.grounded_text import region_code
 from shared.inference.onnx_session import create_session
 from shared.inference.reference_onnx import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.inference.contract import (
+from shared.reports.domain import (
     ImageRef,
     PixelBox,
     RegionFindingResult,

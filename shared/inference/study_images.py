@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 
 from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset, read_frames
 from shared.inference.backend import InstanceInput, StudyInput
-from shared.inference.contract import ImageRef, PixelBox
+from shared.reports.domain import ImageRef, PixelBox
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from shared.inference.contract import Language
+from shared.reports.domain import Language
 from shared.vocab import FindingInfo, RegionInfo, Vocab
 
 _CLAUSE_END = re.compile(r"[.;。；!！?？\n]|\bbut\b|\bhowever\b|但|然而", re.IGNORECASE)

@@ -26,7 +26,7 @@ from shared.dicom.scu import (
 )
 from shared.dicom.sr_builder import build_report_sr
 from shared.dicom.sr_content import SrContext, SrReport
-from shared.inference.contract import ImageRef, PixelBox, RegionFindingResult
+from shared.reports.domain import ImageRef, PixelBox, RegionFindingResult
 from tests.dicom.sr_sources import read_header, write_dx
 
 

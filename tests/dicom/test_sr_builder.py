@@ -25,7 +25,7 @@ from shared.dicom.sr_content import (
     VerifyingObserver,
 )
 from shared.dicom.uids import is_own_uid
-from shared.inference.contract import (
+from shared.reports.domain import (
     DraftResult,
     ImageRef,
     PixelBox,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.inference.contract import PixelBox
+from shared.reports.domain import PixelBox
 from shared.inference.grounded_text import (
     DEFAULT_SCALE,
     GroundedAnswer,

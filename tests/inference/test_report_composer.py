@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.inference.contract import ImageRef, PixelBox
+from shared.reports.domain import ImageRef, PixelBox
 from shared.inference.report_composer import LocatedFinding, LocatedRegion, compose_report
 from shared.vocab import load_vocab
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.inference.contract import DraftResult, PixelBox
+from shared.reports.domain import DraftResult, PixelBox
 from shared.inference.grounded_text import parse_grounded, parse_name_answer, to_text_box
 from shared.inference.medrega_prompts import identify_prompt, locate_prompt, report_prompt
 from shared.inference.onnx_backend import OnnxBackend

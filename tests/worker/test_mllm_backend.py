@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from shared.config import get_settings
 from shared.db.models import DraftJob, RegionFinding, Study
-from shared.inference.contract import RegionFindingResult
+from shared.reports.domain import RegionFindingResult
 from shared.inference.onnx_backend import OnnxBackend
 from tests.support.chat_servers import running_medrega_server
 from tests.support.study_rows import study_input

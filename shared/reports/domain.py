@@ -1,4 +1,4 @@
-"""The structured result every model backend produces, and everything downstream consumes.
+"""Report domain types: what every model backend produces and everything downstream reads.
 
 Both backends (`onnx`: the bundled reference model; `mllm`: a served MedRegA) return a
 `DraftResult`. The worker stores it (reports + region_findings), the SR builder and the HL7
