@@ -20,6 +20,9 @@ class LockSpace(enum.IntEnum):
     DRAFT_JOB = 0x4D01
     DELIVERY = 0x4D02
     RELAY = 0x4D03
+    # Transaction-level: everything that changes a study's report versions or claims one of its
+    # deliveries (shared/reports and the guard triggers of migration 0003 use the same key).
+    STUDY_LIFECYCLE = 0x4D10
 
 
 @contextmanager

@@ -97,6 +97,15 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"
     RETRYING = "retrying"
     FAILED = "failed"  # gave up after the retry limit; visible, an admin may retry
+    CANCELLED = "cancelled"  # superseded before it went out (recorded, never sent late)
+
+
+class ResultStatus(enum.StrEnum):
+    """What a message says about its report version: HL7 OBR-25 / OBX-11, SR completion."""
+
+    PRELIMINARY = "P"  # a draft
+    FINAL = "F"  # signed
+    CORRECTED = "C"  # signed again after a change
 
 
 class UserRole(enum.StrEnum):
@@ -124,6 +133,10 @@ class Study(Base):
     critical: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # Instances arrived after the study's current draft job was created.
     needs_redraft: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Instances arrived that the signed report does not cover: the radiologist decides.
+    new_images_after_signoff: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="false"
+    )
     instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_received_at: Mapped[datetime] = _now()
     last_received_at: Mapped[datetime] = _now()
@@ -220,6 +233,11 @@ class Report(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "version", name="uq_reports_study_version"),
         _check_in("status", ReportStatus),
+        CheckConstraint(
+            "status NOT IN ('signed', 'corrected') "
+            "OR (signed_at IS NOT NULL AND signed_by_user_id IS NOT NULL)",
+            name="final_is_signed",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -292,10 +310,30 @@ class Delivery(Base):
         UniqueConstraint("report_id", "kind", "destination", name="uq_deliveries_target"),
         _check_in("kind", DeliveryKind),
         _check_in("state", DeliveryState),
+        _check_in("result_status", ResultStatus),
+        CheckConstraint(
+            "error_class IS NULL OR error_class IN ('transient', 'permanent')",
+            name="error_class_valid",
+        ),
+        # No delivery is ever stuck: a claimed attempt has a lease, a failure has its error.
+        CheckConstraint(
+            "state <> 'in_flight' OR lease_until IS NOT NULL", name="in_flight_has_lease"
+        ),
+        CheckConstraint(
+            "state NOT IN ('failed', 'retrying', 'cancelled') OR last_error IS NOT NULL",
+            name="failure_recorded",
+        ),
+        CheckConstraint(
+            "state <> 'retrying' OR next_attempt_at IS NOT NULL", name="retry_scheduled"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"), index=True)
+    # Denormalised from the report (fixed at creation) so the ordering guard needs no join.
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    report_version: Mapped[int] = mapped_column(Integer)
+    result_status: Mapped[str] = mapped_column(String(1))  # ResultStatus
     kind: Mapped[str] = mapped_column(String(8))
     destination: Mapped[str] = mapped_column(String(255))  # "AE@host:port" or "host:port"
     # SR SOP Instance UID or HL7 message control ID, derived from (report, version, kind).
@@ -304,7 +342,10 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # While 'in_flight': the attempt's deadline; past it the relay takes the row back.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(16))  # transient | permanent
     ack_code: Mapped[str | None] = mapped_column(String(8))  # MSA-1 or DIMSE status (hex)
     ack_detail: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
