@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     ris_host: str = "127.0.0.1"
     ris_port: int = 2575
     ris_timeout_s: float = 10.0
+    # What each negative ACK means at this RIS (vendors differ): retry (bounded by
+    # ris_ack_max_attempts) or fail at once. Only AA/CA naming our control ID is ever delivered.
+    ris_ack_policy: str = "AE=retry,AR=retry,CE=retry,CR=retry"
+    ris_ack_max_attempts: int = 5
 
     # --- reports ---
     # Languages of the narrative in the SR and of the ORU's OBX lines.
@@ -126,6 +130,16 @@ class Settings(BaseSettings):
     # Send `pixel_spacing_mm` (a body extension) so the server can state lesion sizes; our
     # medrega_server reads it, vLLM/lmdeploy ignore unknown fields.
     mllm_send_pixel_spacing: bool = False
+    # Where the image goes in MedRegA's human turn: `<image>` for MedRegA's own `model.chat` and
+    # vLLM, `<IMAGE_TOKEN>` for lmdeploy (see medrega_prompts).
+    mllm_image_placeholder: str = "<image>"
+    # What a draft asks (see the README's model-backend section): phrase grounding per region
+    # group always; disease localisation per finding of the domain and one plain report
+    # generation when enabled. At most `mllm_max_requests` requests per study: CT/MR slices are
+    # thinned further until the plan fits.
+    mllm_disease_prompts: bool = True
+    mllm_report_generation: bool = True
+    mllm_max_requests: int = Field(default=64, ge=1)
 
     # --- drafting when the model server is unreachable: durable backoff on the job row ---
     draft_retry_base_s: float = Field(default=30.0, gt=0)

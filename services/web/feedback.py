@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from services.web.reports import FINAL_STATUSES
 from shared.db.models import FindingReview, Report, Study
+from shared.reports.lifecycle import FINAL
 
 
 def feedback_lines(
@@ -26,7 +26,7 @@ def feedback_lines(
         select(Report, signed, Study.study_instance_uid)
         .join(signed, signed.predecessor_id == Report.id)
         .join(Study, Study.id == Report.study_id)
-        .where(signed.status.in_(list(FINAL_STATUSES)))
+        .where(signed.status.in_(list(FINAL)))
         .order_by(signed.signed_at, signed.id)
         .options(selectinload(Report.findings))
     )

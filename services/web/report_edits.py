@@ -2,25 +2,14 @@
 
 Nothing is overwritten: the previous version stays as it was, so every state the report went
 through can be shown again. Editing a signed report makes an unsigned amendment (`edited`);
-signing it issues the `corrected` version (see signing.py).
+signing it issues the `corrected` version (shared/reports/lifecycle.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.web.reports import (
-    EditRejected,
-    ReportConflict,
-    compose_texts,
-    copy_finding,
-    current_report,
-    next_version,
-    rejected_ordinals,
-)
 from services.web.schemas import (
     AddSentenceOp,
     AdjustBoxOp,
@@ -30,42 +19,41 @@ from services.web.schemas import (
     RelabelOp,
     ReviewOp,
 )
-from shared.db.models import (
-    FindingReview,
-    Instance,
-    RegionFinding,
-    Report,
-    ReportStatus,
-    Study,
-    User,
-)
+from shared.db.models import Instance, Report, Study, User
+from shared.reports import lifecycle
+from shared.reports.domain import ImageRef, PixelBox, RegionFindingResult, ReportSentence
 from shared.vocab import Vocab, VocabError, load_vocab
 
 
-def _finding(findings: list[RegionFinding], ordinal: int) -> RegionFinding:
-    for finding in findings:
-        if finding.ordinal == ordinal:
-            return finding
-    raise EditRejected(f"the report has no finding {ordinal}")
+class EditRejected(ValueError):
+    """An edit operation that can't apply (unknown ordinal, bad code, box off the image)."""
 
 
-def _sentence(sentences: list[dict[str, Any]], index: int) -> dict[str, Any]:
+def _finding(findings: list[RegionFindingResult], ordinal: int) -> RegionFindingResult:
+    if not 0 <= ordinal < len(findings):
+        raise EditRejected(f"the report has no finding {ordinal}")
+    return findings[ordinal]
+
+
+def _sentence(sentences: list[ReportSentence], index: int) -> ReportSentence:
     if not 0 <= index < len(sentences):
         raise EditRejected(f"the report has no sentence {index}")
     return sentences[index]
 
 
-def _review(findings: list[RegionFinding], op: ReviewOp) -> None:
+def _review(findings: list[RegionFindingResult], op: ReviewOp) -> None:
     finding = _finding(findings, op.ordinal)
-    if op.review == "accepted" and finding.review == FindingReview.ADJUSTED:
+    if op.review == "accepted" and finding.review == "adjusted":
         return  # an adjusted finding is already an accepted one
     finding.review = op.review
 
 
-def _adjust_box(db: Session, study_id: int, findings: list[RegionFinding], op: AdjustBoxOp) -> None:
+def _adjust_box(
+    db: Session, study_id: int, findings: list[RegionFindingResult], op: AdjustBoxOp
+) -> None:
     finding = _finding(findings, op.ordinal)
-    uid = op.sop_instance_uid or finding.sop_instance_uid
-    frame = op.frame or finding.frame_number or 1
+    uid = op.sop_instance_uid or (finding.image.sop_instance_uid if finding.image else None)
+    frame = op.frame or (finding.image.frame if finding.image else 1)
     if uid is None:
         raise EditRejected("the finding has no image; name one with sop_instance_uid")
     instance = db.scalar(
@@ -82,15 +70,20 @@ def _adjust_box(db: Session, study_id: int, findings: list[RegionFinding], op: A
         and op.box.y2 > instance.rows
     ):
         raise EditRejected(f"box lies outside the {instance.columns}x{instance.rows} image")
-    finding.sop_instance_uid = uid
-    finding.frame_number = frame
-    finding.x1, finding.y1, finding.x2, finding.y2 = op.box.x1, op.box.y1, op.box.x2, op.box.y2
+    try:
+        finding.box = PixelBox(op.box.x1, op.box.y1, op.box.x2, op.box.y2)
+    except ValueError as exc:
+        raise EditRejected(str(exc)) from None
+    finding.image = ImageRef(uid, instance.sop_class_uid, frame)
     finding.box_flag = None
-    finding.review = FindingReview.ADJUSTED
+    finding.review = "adjusted"
 
 
 def _relabel(
-    vocab: Vocab, findings: list[RegionFinding], sentences: list[dict[str, Any]], op: RelabelOp
+    vocab: Vocab,
+    findings: list[RegionFindingResult],
+    sentences: list[ReportSentence],
+    op: RelabelOp,
 ) -> None:
     finding = _finding(findings, op.ordinal)
     try:
@@ -119,49 +112,46 @@ def _relabel(
         finding.critical = info.critical
         finding.sentence_en = info.sentence("en", region.en, size)
         finding.sentence_zh = info.sentence("zh", region.zh, size)
-    finding.review = FindingReview.ADJUSTED
+    finding.review = "adjusted"
     # The sentences grounded on this finding alone follow the new label.
+    dropped: list[ReportSentence] = []
     for sentence in sentences:
-        if sentence.get("finding_ordinals") != [finding.ordinal]:
+        if sentence.finding_ordinals != [op.ordinal]:
             continue
-        if sentence.get("section") == "findings" and (
-            sentence.get("en") == old_en or sentence.get("zh") == old_zh
-        ):
-            sentence["en"], sentence["zh"] = finding.sentence_en, finding.sentence_zh
-            sentence.pop("stale", None)
-        elif sentence.get("section") == "impression" and info is not None:
-            sentence["en"] = info.impression("en", region.en)
-            sentence["zh"] = info.impression("zh", region.zh)
-            sentence.pop("stale", None)
-        elif sentence.get("section") == "impression":
-            sentence["finding_ordinals"] = []  # a normal region has no impression line
-            sentence["deleted"] = True
-    sentences[:] = [s for s in sentences if not s.pop("deleted", False)]
+        if sentence.section == "findings" and (sentence.en == old_en or sentence.zh == old_zh):
+            sentence.en, sentence.zh = finding.sentence_en, finding.sentence_zh
+            sentence.stale = None
+        elif sentence.section == "impression" and info is not None:
+            sentence.en = info.impression("en", region.en)
+            sentence.zh = info.impression("zh", region.zh)
+            sentence.stale = None
+        elif sentence.section == "impression":
+            dropped.append(sentence)  # a normal region has no impression line
+    sentences[:] = [s for s in sentences if not any(s is d for d in dropped)]
 
 
-def _edit_sentence(sentences: list[dict[str, Any]], op: EditSentenceOp) -> None:
+def _edit_sentence(sentences: list[ReportSentence], op: EditSentenceOp) -> None:
     sentence = _sentence(sentences, op.index)
     if op.en is not None:
-        sentence["en"] = op.en.strip()
+        sentence.en = op.en.strip()
     if op.zh is not None:
-        sentence["zh"] = op.zh.strip()
+        sentence.zh = op.zh.strip()
     if op.en is not None and op.zh is not None:
-        sentence.pop("stale", None)
-    elif op.en is not None and sentence.get("zh"):
-        sentence["stale"] = "zh"  # shown until someone updates the Chinese too
-    elif op.zh is not None and sentence.get("en"):
-        sentence["stale"] = "en"
+        sentence.stale = None
+    elif op.en is not None and sentence.zh:
+        sentence.stale = "zh"  # shown until someone updates the Chinese too
+    elif op.zh is not None and sentence.en:
+        sentence.stale = "en"
 
 
-def _add_sentence(sentences: list[dict[str, Any]], op: AddSentenceOp) -> None:
-    if not op.en.strip() and not op.zh.strip():
+def _add_sentence(sentences: list[ReportSentence], op: AddSentenceOp) -> None:
+    en, zh = op.en.strip(), op.zh.strip()
+    if not en and not zh:
         raise EditRejected("a new sentence needs English or Chinese text")
-    new = {"section": op.section, "en": op.en.strip(), "zh": op.zh.strip(), "finding_ordinals": []}
-    if op.en.strip() and not op.zh.strip():
-        new["stale"] = "zh"
-    elif op.zh.strip() and not op.en.strip():
-        new["stale"] = "en"
-    last = max((i for i, s in enumerate(sentences) if s.get("section") == op.section), default=None)
+    new = ReportSentence(
+        section=op.section, en=en, zh=zh, stale="zh" if not zh else "en" if not en else None
+    )
+    last = max((i for i, s in enumerate(sentences) if s.section == op.section), default=None)
     if last is None:
         position = len(sentences) if op.section == "impression" else 0
     else:
@@ -173,18 +163,9 @@ def apply_edits(
     db: Session, study: Study, user: User, base_version: int, operations: list[EditOperation]
 ) -> Report:
     """One new `edited` version with every operation applied, or nothing at all."""
-    current = current_report(db, study.id, for_update=True)
-    if current is None:
-        raise ReportConflict("the study has no report to edit")
-    if current.version != base_version:
-        raise ReportConflict(
-            f"the report is at version {current.version}, not {base_version}; reload it"
-        )
+    version = lifecycle.editable_version(db, study, base_version)
     vocab = load_vocab()
-    findings = [copy_finding(f) for f in current.findings]
-    sentences: list[dict[str, Any]] = [dict(s) for s in current.sentences or []]
-    for s in sentences:
-        s["finding_ordinals"] = list(s.get("finding_ordinals") or [])
+    findings, sentences = version.findings, version.sentences
     for op in operations:
         if isinstance(op, ReviewOp):
             _review(findings, op)
@@ -199,16 +180,4 @@ def apply_edits(
         elif isinstance(op, DeleteSentenceOp):
             _sentence(sentences, op.index)
             del sentences[op.index]
-    report = next_version(
-        current, status=ReportStatus.EDITED, author_user_id=user.id, sentences=sentences
-    )
-    for column, value in compose_texts(sentences, rejected_ordinals(findings)).items():
-        setattr(report, column, value)
-    db.add(report)
-    db.flush()
-    for finding in findings:
-        finding.report_id = report.id
-        db.add(finding)
-    db.flush()
-    db.refresh(report, ["findings"])
-    return report
+    return lifecycle.new_edited_version(db, study, user, base_version, findings, sentences)

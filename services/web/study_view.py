@@ -6,7 +6,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.web import rendering
-from services.web.reports import current_report, excluded, rejected_ordinals
 from services.web.schemas import (
     Box,
     DeliveryOut,
@@ -29,7 +28,6 @@ from shared.db.models import (
     DeliveryState,
     DraftJob,
     Instance,
-    RegionFinding,
     Report,
     ReportStatus,
     Series,
@@ -37,6 +35,9 @@ from shared.db.models import (
     User,
     UserRole,
 )
+from shared.reports.domain import RegionFindingResult
+from shared.reports.lifecycle import current_report
+from shared.reports.mapping import report_version
 from shared.vocab import load_vocab
 
 
@@ -45,12 +46,10 @@ def _person(users: dict[int, User], user_id: int | None) -> PersonOut | None:
     return PersonOut(id=user.id, username=user.username, full_name=user.full_name) if user else None
 
 
-def finding_out(f: RegionFinding) -> FindingOut:
-    box = None
-    if None not in (f.x1, f.y1, f.x2, f.y2) and f.x2 > f.x1 and f.y2 > f.y1:  # type: ignore[operator]
-        box = Box(x1=f.x1, y1=f.y1, x2=f.x2, y2=f.y2)  # type: ignore[arg-type]
+def finding_out(ordinal: int, f: RegionFindingResult) -> FindingOut:
+    box = Box(x1=f.box.x1, y1=f.box.y1, x2=f.box.x2, y2=f.box.y2) if f.box else None
     return FindingOut(
-        ordinal=f.ordinal,
+        ordinal=ordinal,
         region_code=f.region_code,
         region_en=f.region_name_en,
         region_zh=f.region_name_zh,
@@ -60,8 +59,8 @@ def finding_out(f: RegionFinding) -> FindingOut:
         probability=f.probability,
         critical=f.critical,
         size_mm=f.size_mm,
-        sop_instance_uid=f.sop_instance_uid,
-        frame=f.frame_number,
+        sop_instance_uid=f.image.sop_instance_uid if f.image else None,
+        frame=f.image.frame if f.image else None,
         box=box,
         box_flag=f.box_flag,
         sentence_en=f.sentence_en,
@@ -70,15 +69,16 @@ def finding_out(f: RegionFinding) -> FindingOut:
     )
 
 
-def _report_out(report: Report, users: dict[int, User]) -> ReportOut:
+def _report_out(study: Study, report: Report, users: dict[int, User]) -> ReportOut:
     domains = {d.code: d for d in load_vocab().domains}
     domain = domains.get(report.domain or "")
-    rejected = rejected_ordinals(report.findings)
+    version = report_version(study, report)
+    rejected = version.rejected_ordinals
     return ReportOut(
         id=report.id,
         version=report.version,
         status=report.status,
-        final=report.status in (ReportStatus.SIGNED, ReportStatus.CORRECTED),
+        final=version.is_final,
         domain=report.domain,
         domain_en=domain.en if domain else None,
         domain_zh=domain.zh if domain else None,
@@ -95,16 +95,16 @@ def _report_out(report: Report, users: dict[int, User]) -> ReportOut:
         sentences=[
             SentenceOut(
                 index=i,
-                section=str(s.get("section", "findings")),
-                en=str(s.get("en") or ""),
-                zh=str(s.get("zh") or ""),
-                finding_ordinals=[int(o) for o in s.get("finding_ordinals") or []],
-                excluded=excluded(s, rejected),
-                stale=s.get("stale"),
+                section=s.section,
+                en=s.en,
+                zh=s.zh,
+                finding_ordinals=s.finding_ordinals,
+                excluded=s.excluded(rejected),
+                stale=s.stale,
             )
-            for i, s in enumerate(report.sentences or [])
+            for i, s in enumerate(version.sentences)
         ],
-        findings=[finding_out(f) for f in report.findings],
+        findings=[finding_out(i, f) for i, f in enumerate(version.findings)],
     )
 
 
@@ -237,7 +237,7 @@ def study_detail(db: Session, study: Study, viewer: User) -> StudyDetail:
         )
         if job
         else None,
-        report=_report_out(report, users) if report else None,
+        report=_report_out(study, report, users) if report else None,
         versions=[
             VersionOut(
                 id=v.id,

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.worker.delivery_jobs import create_deliveries
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
 from shared.db.instance_sets import instance_set_sha256
@@ -30,14 +29,10 @@ from shared.db.models import (
     DraftJob,
     DraftJobState,
     Instance,
-    RegionFinding,
-    Report,
-    ReportStatus,
     Series,
     Study,
     StudyState,
 )
-from shared.db.outbox import notify_outbox
 from shared.delivery_policy import RetryPolicy, after_failure
 from shared.inference.backend import (
     InstanceInput,
@@ -46,6 +41,7 @@ from shared.inference.backend import (
     ModelServerUnavailable,
     StudyInput,
 )
+from shared.reports import lifecycle
 from shared.reports.domain import DraftResult
 
 log = logging.getLogger(__name__)
@@ -106,7 +102,7 @@ def _claim(
         return None
     study = session.get(Study, job.study_id, with_for_update=True)
     assert study is not None
-    if study.state == StudyState.SIGNED:
+    if lifecycle.final_exists(session, study.id):
         # A signed report is never replaced by the model; late images are the radiologist's call.
         _finish(job, DraftJobState.SUPERSEDED, "study already signed")
         return None
@@ -133,84 +129,15 @@ def _finish(job: DraftJob, state: DraftJobState, reason: str) -> None:
 def _store_result(
     session: Session, job_id: int, result: DraftResult, timings: dict[str, float]
 ) -> int | None:
-    """The one transaction: report version + findings + delivery jobs, or 'not applicable'."""
+    """The one transaction: the draft version with its findings and deliveries (the lifecycle
+    decides whether it may be written at all), or 'not applicable'."""
     job = session.get(DraftJob, job_id, with_for_update=True)
     assert job is not None
     if job.state != DraftJobState.RUNNING:  # someone else finished or superseded it meanwhile
         return None
-    study = session.get(Study, job.study_id, with_for_update=True)
-    assert study is not None
     job.timings = {k: round(v, 1) for k, v in timings.items()}
-    job.finished_at = datetime.now(UTC)
-    if not result.applicable:
-        job.state = DraftJobState.NOT_APPLICABLE
-        job.reason = result.reason
-        study.state = StudyState.NOT_APPLICABLE
-        return None
-
-    latest = session.scalar(select(func.max(Report.version)).where(Report.study_id == study.id))
-    # An unsigned earlier draft is superseded (kept, never deleted: it is history).
-    for old in session.scalars(
-        select(Report).where(
-            Report.study_id == study.id,
-            Report.status.in_([ReportStatus.DRAFT, ReportStatus.EDITED]),
-        )
-    ):
-        old.status = ReportStatus.SUPERSEDED
-    report = Report(
-        study_id=study.id,
-        draft_job_id=job.id,
-        version=(latest or 0) + 1,
-        status=ReportStatus.DRAFT,
-        model_name=result.model_name,
-        model_version=result.model_version,
-        model_backend=result.backend,
-        domain=result.domain,
-        findings_en=result.section_text("findings", "en"),
-        findings_zh=result.section_text("findings", "zh"),
-        impression_en=result.section_text("impression", "en"),
-        impression_zh=result.section_text("impression", "zh"),
-        sentences=[
-            {"section": s.section, "en": s.en, "zh": s.zh, "finding_ordinals": s.finding_ordinals}
-            for s in result.sentences
-        ],
-    )
-    session.add(report)
-    session.flush()
-    for ordinal, finding in enumerate(result.findings):
-        box = finding.box
-        session.add(
-            RegionFinding(
-                report_id=report.id,
-                ordinal=ordinal,
-                region_code=finding.region_code,
-                region_name_en=finding.region_name_en,
-                region_name_zh=finding.region_name_zh,
-                finding_code=finding.finding_code,
-                finding_name_en=finding.finding_name_en,
-                finding_name_zh=finding.finding_name_zh,
-                probability=finding.probability,
-                critical=finding.critical,
-                size_mm=finding.size_mm,
-                sop_instance_uid=finding.image.sop_instance_uid if finding.image else None,
-                frame_number=finding.image.frame if finding.image else None,
-                x1=box.x1 if box else None,
-                y1=box.y1 if box else None,
-                x2=box.x2 if box else None,
-                y2=box.y2 if box else None,
-                box_flag=finding.box_flag,
-                sentence_en=finding.sentence_en,
-                sentence_zh=finding.sentence_zh,
-            )
-        )
-    create_deliveries(session, report)
-    notify_outbox(session)  # the relay publishes the deliveries as soon as this commits
-    job.state = DraftJobState.DONE
-    job.reason = "; ".join(result.notes)[:2000] or None  # e.g. the model wrote the wrong language
-    job.next_attempt_at = None
-    study.state = StudyState.DRAFTED
-    study.critical = result.critical
-    return report.id
+    report = lifecycle.store_draft(session, job, result)
+    return report.id if report else None
 
 
 def run_draft_job(

@@ -5,8 +5,10 @@ the broker. This relay turns rows into Celery messages:
 - draft jobs that are `pending` (never published, or waiting out a backoff until
   `next_attempt_at` because the model server was unreachable), `queued` but published long ago (a message
   lost with a broker), or `running` with no worker holding their advisory lock (worker died);
-- deliveries that are `pending`, `retrying` or `in_flight` whose `next_attempt_at` has come
-  (for `in_flight` that time is the attempt's deadline: the worker died mid-send).
+- deliveries that are `pending` or `retrying` whose `next_attempt_at` has come (publishing
+  pushes it two minutes on, so an unclaimed message is published again);
+- deliveries `in_flight` past their lease with no worker holding their advisory lock: the
+  attempt died with its worker; it is recorded as failed (transient) and scheduled again.
 Duplicates are harmless: tasks lock, re-check state and send derived-ID (idempotent) messages.
 
 It runs as its own small process (`python -m services.worker.relay`), not inside a worker, so
@@ -32,13 +34,15 @@ from sqlalchemy.orm import sessionmaker
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
+from shared.reports import deliveries as deliveries_rules
 
 log = logging.getLogger(__name__)
 
 # A queued job not started after this long is published again (duplicates are harmless).
 REPUBLISH_QUEUED_AFTER = timedelta(minutes=10)
-# An attempt still in flight after this long is presumed dead (MLLP/DIMSE timeouts are shorter).
-DELIVERY_ATTEMPT_DEADLINE = timedelta(minutes=2)
+# A delivery published but not claimed by a worker this long after (message lost with a broker)
+# is published again; duplicates are harmless (the claim serialises them).
+REPUBLISH_UNCLAIMED_AFTER = timedelta(minutes=2)
 BATCH = 200
 
 Publisher = Callable[[str, int], None]  # (task kind "draft" | "deliver", row id)
@@ -71,6 +75,38 @@ def _due_draft_jobs(engine: Engine, now: datetime) -> list[tuple[int, str]]:
     return [(row.id, row.state) for row in rows]
 
 
+def _due_deliveries(engine: Engine, now: datetime) -> list[int]:
+    with sessionmaker(engine)() as session:
+        return list(
+            session.scalars(
+                select(Delivery.id)
+                .where(
+                    Delivery.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING]),
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                )
+                # The ORU first: it is what the RIS and the referring clinician read, it is
+                # cheap, and an SR C-STORE to a busy PACS must not hold it up.
+                .order_by(
+                    Delivery.next_attempt_at.nulls_first(),
+                    (Delivery.kind == DeliveryKind.HL7).desc(),
+                    Delivery.id,
+                )
+                .limit(BATCH)
+            ).all()
+        )
+
+
+def _expired_leases(engine: Engine, now: datetime) -> list[int]:
+    with sessionmaker(engine)() as session:
+        return list(
+            session.scalars(
+                select(Delivery.id)
+                .where(Delivery.state == DeliveryState.IN_FLIGHT, Delivery.lease_until < now)
+                .limit(BATCH)
+            ).all()
+        )
+
+
 def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) -> RelayCounts:
     now = now or datetime.now(UTC)
     factory = sessionmaker(engine, expire_on_commit=False)
@@ -90,34 +126,24 @@ def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) 
         publish("draft", job_id)
         drafts += 1
 
-    deliveries = 0
-    with factory() as session:
-        due = session.scalars(
-            select(Delivery.id)
-            .where(
-                Delivery.state.in_(
-                    [DeliveryState.PENDING, DeliveryState.RETRYING, DeliveryState.IN_FLIGHT]
-                ),
-                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            )
-            # The ORU first: it is what the RIS and the referring clinician read, it is cheap,
-            # and an SR C-STORE to a busy PACS must not hold it up.
-            .order_by(
-                Delivery.next_attempt_at.nulls_first(),
-                (Delivery.kind == DeliveryKind.HL7).desc(),
-                Delivery.id,
-            )
-            .limit(BATCH)
-        ).all()
-    for delivery_id in due:
+    for delivery_id in _expired_leases(engine, now):
         if is_locked_elsewhere(engine, LockSpace.DELIVERY, delivery_id):
-            continue
+            continue  # a live worker is still on it
+        with factory.begin() as session:
+            if deliveries_rules.take_back_expired(session, delivery_id, now):
+                log.warning("delivery %s: attempt lease ran out; scheduled again", delivery_id)
+
+    deliveries = 0
+    for delivery_id in _due_deliveries(engine, now):
         with factory.begin() as session:
             delivery = session.get(Delivery, delivery_id, with_for_update=True)
-            if delivery is None or delivery.state == DeliveryState.DELIVERED:
+            if delivery is None or delivery.state not in (
+                DeliveryState.PENDING,
+                DeliveryState.RETRYING,
+            ):
                 continue
-            delivery.state = DeliveryState.IN_FLIGHT
-            delivery.next_attempt_at = now + DELIVERY_ATTEMPT_DEADLINE
+            # Published, not claimed: if no worker claims it by then, publish it again.
+            delivery.next_attempt_at = now + REPUBLISH_UNCLAIMED_AFTER
         publish("deliver", delivery_id)
         deliveries += 1
     if drafts or deliveries:

@@ -137,6 +137,11 @@ class Study(Base):
     new_images_after_signoff: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default="false"
     )
+    # The same SOP Instance UID arrived again with different bytes: both copies are kept (the
+    # first in `instances`, the others in `instance_copies`); someone should look.
+    conflicting_instances: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="false"
+    )
     instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_received_at: Mapped[datetime] = _now()
     last_received_at: Mapped[datetime] = _now()
@@ -193,6 +198,29 @@ class Instance(Base):
     received_at: Mapped[datetime] = _now()
 
     series: Mapped[Series] = relationship(back_populates="instances")
+    copies: Mapped[list[InstanceCopy]] = relationship(back_populates="instance")
+
+
+class InstanceCopy(Base):
+    """A different copy received under an instance's SOP Instance UID, kept beside the first.
+
+    The `instances` row keeps the first copy (what reports reference); rows here and the
+    instance's stored-bytes columns are never updated (trigger, migration 0004).
+    """
+
+    __tablename__ = "instance_copies"
+    __table_args__ = (UniqueConstraint("instance_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    file_path: Mapped[str] = mapped_column(Text)  # relative to the storage directory
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = _now()
+
+    instance: Mapped[Instance] = relationship(back_populates="copies")
 
 
 class DraftJob(Base):

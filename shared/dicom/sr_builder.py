@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from copy import deepcopy
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -49,6 +48,7 @@ from shared.dicom.sr_content import (
 )
 from shared.dicom.uids import derived_uid
 from shared.reports.domain import Language, RegionFindingResult
+from shared.reports.message_ids import sr_uids
 from shared.vocab.loader import Vocab, load_vocab
 
 NORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Normal)
@@ -64,25 +64,6 @@ Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
 )
-
-
-@dataclass(frozen=True)
-class SrUids:
-    series_instance_uid: str
-    sop_instance_uid: str
-
-
-def sr_uids(report_id: str | int, version: int) -> SrUids:
-    """The SR's series and SOP Instance UIDs for one report version (same inputs, same UIDs).
-
-    `report_id` and `version` as stored in the reports table; the pair must identify one
-    version. Also how the caller names a predecessor SR (the draft a signature finalises)
-    without having kept the old dataset.
-    """
-    return SrUids(
-        series_instance_uid=derived_uid("medrega-sr-series", str(report_id), str(version)),
-        sop_instance_uid=derived_uid("medrega-sr-instance", str(report_id), str(version)),
-    )
 
 
 def build_report_sr(

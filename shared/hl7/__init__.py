@@ -4,14 +4,13 @@ shared/delivery_policy.py, shared with the SR delivery.
 
 Typical use in a delivery task:
 
-    data = OruInput.from_db(study, report, sr_sop_instance_uid=sr_uid, signer=signer)
-    # MSH-10 must be the delivery row's message_id (the same derivation: ORU<report>V<version>)
+    data = OruInput.from_report(version, sr_sop_instance_uid=sr_uid)  # a shared.reports domain object
+    # MSH-10 is the delivery row's message_id (shared.reports.message_ids: ORU<report>V<version>)
     ack = send_oru(build_oru(data, delivery.message_id, languages=("en", "zh")))
     # DeliveryError (transient or not) otherwise; see shared.delivery_policy.after_failure
 """
 
 from shared.hl7.ack import Ack, parse_ack
-from shared.hl7.control_id import message_control_id
 from shared.hl7.errors import (
     AckControlIdMismatch,
     AckError,
@@ -39,7 +38,6 @@ __all__ = [
     "RisTimeout",
     "RisUnreachable",
     "build_oru",
-    "message_control_id",
     "parse_ack",
     "read_oru",
     "result_status_for",

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, ValidationError
@@ -36,12 +36,15 @@ from hl7apy.parser import parse_message
 from shared.hl7.errors import InvalidOru
 from shared.hl7.escape import escape
 from shared.hl7.names import dicom_pn_to_xpn, display_name
-from shared.reports.domain import Language, Section
+from shared.reports.domain import (
+    RESULT_STATUS,
+    Language,
+    RegionFindingResult,
+    ReportVersion,
+    ResultStatus,
+    Section,
+)
 
-if TYPE_CHECKING:
-    from shared.db.models import RegionFinding, Report, Study, User
-
-ResultStatus = Literal["P", "F", "C"]
 ProcessingId = Literal["P", "T", "D"]
 AbnormalFlag = Literal["AA", "A", "N"]
 
@@ -60,12 +63,6 @@ DRAFT_NOTE = (
     "AI生成的初步报告草稿，尚未经放射科医生审核。"
 )
 _SEX = {"M": "M", "F": "F", "O": "O"}  # DICOM (0010,0040) → HL7 table 0001; else U
-_REPORT_STATUS: dict[str, ResultStatus] = {
-    "draft": "P",
-    "edited": "P",  # changed by a radiologist but not signed: still preliminary
-    "signed": "F",
-    "corrected": "C",
-}
 
 
 @dataclass(frozen=True)
@@ -107,31 +104,22 @@ class OruInput:
     model: str | None = None  # "name version", for the draft note
 
     @classmethod
-    def from_db(
-        cls,
-        study: Study,
-        report: Report,
-        *,
-        sr_sop_instance_uid: str | None = None,
-        signer: User | None = None,
+    def from_report(
+        cls, version: ReportVersion, *, sr_sop_instance_uid: str | None = None
     ) -> OruInput:
-        """From the stored rows. `report.findings` must be loaded; `signer` is the User whose
-        id is `report.signed_by_user_id` (required for signed/corrected reports to fill OBR-32)."""
-        findings = [f for f in report.findings if f.review != "rejected"]
-        lines = _lines_from_report(report, findings)
-        created = report.created_at or datetime.now(UTC)
-        observation = _dicom_dtm(study.study_date, study.study_time) or _dtm(created)
-        interpreter = None
-        if signer is not None:
-            interpreter = Interpreter(
-                id=signer.username, name_pn=signer.dicom_person_name or signer.full_name
-            )
-        model = " ".join(p for p in (report.model_name, report.model_version) if p) or None
+        """From a report version (shared.reports): its sent findings and sentences only."""
+        if version.status == "superseded":
+            raise InvalidOru("a superseded report version is not sent to the RIS")
+        study = version.study
+        observation = _dicom_dtm(study.study_date, study.study_time) or _dtm(version.created_at)
+        signer = version.signer
+        interpreter = Interpreter(id=signer.username, name_pn=signer.name_pn) if signer else None
+        model = " ".join(p for p in (version.model_name, version.model_version) if p) or None
         return cls(
-            report_id=report.id,
-            report_version=report.version,
-            result_status=result_status_for(report.status),
-            status_changed_at=report.signed_at or created,
+            report_id=version.report_id,
+            report_version=version.version,
+            result_status=version.result_status,
+            status_changed_at=signer.signed_at if signer else version.created_at,
             observation_dtm=observation,
             patient_id=study.patient_id or "",
             patient_name_pn=study.patient_name,
@@ -139,8 +127,8 @@ class OruInput:
             patient_sex=study.patient_sex,
             accession_number=study.accession_number,
             study_instance_uid=study.study_instance_uid,
-            lines=tuple(lines),
-            critical=any(f.critical for f in findings),
+            lines=tuple(_lines_from_report(version)),
+            critical=version.critical,
             sr_sop_instance_uid=sr_sop_instance_uid,
             interpreter=interpreter,
             model=model,
@@ -150,14 +138,17 @@ class OruInput:
 def result_status_for(report_status: str) -> ResultStatus:
     """Report status → OBR-25/OBX-11 (HL7 table 0123)."""
     try:
-        return _REPORT_STATUS[str(report_status)]
+        if report_status == "superseded":
+            raise KeyError(report_status)
+        return RESULT_STATUS[str(report_status)]
     except KeyError:
         raise InvalidOru(f"a {report_status!r} report is not sent to the RIS") from None
 
 
-def _line_flag(ordinals: Iterable[int], findings: Sequence[RegionFinding]) -> AbnormalFlag | None:
-    by_ordinal = {f.ordinal: f for f in findings}
-    linked = [by_ordinal[o] for o in ordinals if o in by_ordinal]
+def _line_flag(
+    ordinals: Iterable[int], findings: Sequence[RegionFindingResult]
+) -> AbnormalFlag | None:
+    linked = [findings[o] for o in ordinals if 0 <= o < len(findings) and not findings[o].rejected]
     if not linked:
         return None
     if any(f.critical for f in linked):
@@ -167,25 +158,16 @@ def _line_flag(ordinals: Iterable[int], findings: Sequence[RegionFinding]) -> Ab
     return "N"
 
 
-def _lines_from_report(report: Report, findings: Sequence[RegionFinding]) -> list[ReportLine]:
-    lines = [
+def _lines_from_report(version: ReportVersion) -> list[ReportLine]:
+    return [
         ReportLine(
-            section="impression" if s.get("section") == "impression" else "findings",
-            en=str(s.get("en") or ""),
-            zh=str(s.get("zh") or ""),
-            abnormal_flag=_line_flag(s.get("finding_ordinals") or [], findings),
+            section=s.section,
+            en=s.en,
+            zh=s.zh,
+            abnormal_flag=_line_flag(s.finding_ordinals, version.findings),
         )
-        for s in (report.sentences or [])
+        for s in version.sent_sentences
     ]
-    if lines:
-        return lines
-    # Older or hand-edited rows may have only the section texts: one line per section.
-    fallback: list[ReportLine] = []
-    for section in ("findings", "impression"):
-        en, zh = getattr(report, f"{section}_en") or "", getattr(report, f"{section}_zh") or ""
-        if en or zh:
-            fallback.append(ReportLine(section=section, en=en, zh=zh))
-    return fallback
 
 
 def _dtm(moment: datetime) -> str:

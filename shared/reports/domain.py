@@ -11,10 +11,16 @@ Boxes are in *source-image pixel* coordinates of the image named by `ImageRef`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 Language = Literal["en", "zh"]
 Section = Literal["findings", "impression"]
+# A version's status (reports.status); the lifecycle (lifecycle.py) says which may follow which.
+ReportState = Literal["draft", "edited", "signed", "corrected", "superseded"]
+# What a message says of its version: HL7 table 0123 (OBR-25, OBX-11); the SR's flags follow.
+ResultStatus = Literal["P", "F", "C"]
+Review = Literal["proposed", "accepted", "rejected", "adjusted"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,11 @@ class RegionFindingResult:
     size_mm: float | None = None
     critical: bool = False
     box_flag: str | None = None  # e.g. "out_of_range", "inverted" from a text parser
+    review: Review = "proposed"  # the radiologist's verdict; a rejected one is never sent
+
+    @property
+    def rejected(self) -> bool:
+        return self.review == "rejected"
 
 
 @dataclass
@@ -74,6 +85,11 @@ class ReportSentence:
     en: str
     zh: str
     finding_ordinals: list[int] = field(default_factory=list)  # indexes into findings
+    stale: Language | None = None  # the language not updated after an edit of the other
+
+    def excluded(self, rejected: set[int]) -> bool:
+        """Grounded on findings that were all rejected: kept in the version, never sent."""
+        return bool(self.finding_ordinals) and all(o in rejected for o in self.finding_ordinals)
 
 
 @dataclass
@@ -96,3 +112,83 @@ class DraftResult:
 
     def section_text(self, section: Section, language: Language) -> str:
         return " ".join(getattr(s, language) for s in self.sentences if s.section == section)
+
+
+@dataclass(frozen=True)
+class StudyHeader:
+    """The study's identity as the PACS gave it (DICOM values; PN as stored)."""
+
+    study_instance_uid: str
+    patient_id: str | None = None
+    patient_name: str | None = None  # DICOM PN; several names joined with "\\"
+    patient_birth_date: str | None = None  # DA
+    patient_sex: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None  # DA
+    study_time: str | None = None  # TM
+
+
+@dataclass(frozen=True)
+class Signer:
+    username: str
+    name_pn: str  # DICOM PN for the SR's Verifying Observer and HL7 OBR-32
+    signed_at: datetime
+
+
+RESULT_STATUS: dict[str, ResultStatus] = {
+    "draft": "P",
+    "edited": "P",  # changed by a radiologist but not signed: still preliminary
+    "superseded": "P",
+    "signed": "F",
+    "corrected": "C",
+}
+
+
+@dataclass
+class ReportVersion:
+    """One stored version of a study's report: what the SR and the ORU are built from.
+
+    `findings[i]` is the finding with ordinal i (rejected ones included, so sentence ordinals
+    stay valid); `sent_findings` and `sent_sentences` are what a message carries.
+    """
+
+    report_id: int
+    version: int
+    status: ReportState
+    study: StudyHeader
+    domain: str
+    model_name: str
+    model_version: str
+    created_at: datetime
+    findings: list[RegionFindingResult] = field(default_factory=list)
+    sentences: list[ReportSentence] = field(default_factory=list)
+    signer: Signer | None = None  # signed and corrected versions only
+
+    @property
+    def result_status(self) -> ResultStatus:
+        return RESULT_STATUS[self.status]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in ("signed", "corrected")
+
+    @property
+    def rejected_ordinals(self) -> set[int]:
+        return {i for i, f in enumerate(self.findings) if f.rejected}
+
+    @property
+    def sent_findings(self) -> list[RegionFindingResult]:
+        return [f for f in self.findings if not f.rejected]
+
+    @property
+    def sent_sentences(self) -> list[ReportSentence]:
+        rejected = self.rejected_ordinals
+        return [s for s in self.sentences if not s.excluded(rejected)]
+
+    @property
+    def critical(self) -> bool:
+        return any(f.critical for f in self.sent_findings)
+
+    def section_text(self, section: Section, language: Language) -> str:
+        parts = (getattr(s, language).strip() for s in self.sent_sentences if s.section == section)
+        return " ".join(p for p in parts if p)

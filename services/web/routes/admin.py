@@ -27,7 +27,6 @@ from services.web.schemas import (
 from shared.db.models import (
     AuditEvent,
     Delivery,
-    DeliveryState,
     DraftJob,
     DraftJobState,
     Report,
@@ -37,6 +36,7 @@ from shared.db.models import (
 )
 from shared.db.outbox import notify_outbox
 from shared.db.session import get_engine
+from shared.reports import deliveries
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
@@ -112,14 +112,13 @@ def retry_delivery(
     delivery = db.get(Delivery, delivery_id, with_for_update=True)
     if delivery is None:
         raise HTTPException(status_code=404, detail="no such delivery")
-    if delivery.state != DeliveryState.FAILED:
-        raise HTTPException(status_code=409, detail=f"delivery is {delivery.state}, not failed")
     report = db.get(Report, delivery.report_id)
     assert report is not None
     previous_attempts = delivery.attempts
-    delivery.state = DeliveryState.PENDING
-    delivery.attempts = 0
-    delivery.next_attempt_at = None
+    try:
+        deliveries.retry_failed(db, delivery)
+    except ValueError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     notify_outbox(db)
     audit.record(
         db,

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
+from services.web import web_settings
 from services.web.deps import SessionDep, UserDep
-from services.web.interactive_client import ModelCouldNotAnswer, WorkerBusy, ask_worker
 from services.web.schemas import Box, IdentifyOut, IdentifyRequest, LocateOut, LocateRequest
 from shared.db.models import Instance
 from shared.vocab import load_vocab
+from shared.worker_client import ModelCouldNotAnswer, WorkerBusy, ask_worker
 
 router = APIRouter(prefix="/api/v1", tags=["region tools"])
 
@@ -34,7 +35,7 @@ def _instance_id(db: SessionDep, study_id: int, uid: str) -> int:
 
 def _ask(task: str, args: list[object]) -> dict[str, object]:
     try:
-        return ask_worker(task, args)
+        return ask_worker(task, args, web_settings.INTERACTIVE_TIMEOUT_S)
     except WorkerBusy:
         raise HTTPException(
             status_code=503, detail="the model is busy or did not answer in time"

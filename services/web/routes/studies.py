@@ -9,8 +9,7 @@ from sqlalchemy import select
 
 from services.web import audit
 from services.web.deps import RadiologistDep, SessionDep, UserDep
-from services.web.report_edits import apply_edits
-from services.web.reports import EditRejected, ReportConflict
+from services.web.report_edits import EditRejected, apply_edits
 from services.web.schemas import (
     EditRequest,
     FindingOption,
@@ -20,9 +19,10 @@ from services.web.schemas import (
     StudyStatus,
     Vocabulary,
 )
-from services.web.signing import sign_report
 from services.web.study_view import study_detail, study_status
 from shared.db.models import Study, User
+from shared.reports import lifecycle
+from shared.reports.lifecycle import LifecycleViolation
 from shared.vocab import load_vocab
 
 router = APIRouter(prefix="/api/v1", tags=["studies"])
@@ -71,7 +71,7 @@ def get_study_status(study_id: int, db: SessionDep, user: UserDep) -> StudyStatu
 
 
 def _edit_or_sign_error(exc: Exception) -> HTTPException:
-    if isinstance(exc, ReportConflict):
+    if isinstance(exc, LifecycleViolation):
         return HTTPException(status_code=409, detail=str(exc))
     return HTTPException(status_code=422, detail=str(exc))
 
@@ -93,10 +93,11 @@ def edit_report(
     """Apply edit operations as one new report version (status `edited`, author = you).
 
     `base_version` must be the current version (optimistic locking: 409 otherwise)."""
-    study = load_study(db, study_id, for_update=True)
+    # No row lock here: the lifecycle takes the study's lock first (one lock order everywhere).
+    study = load_study(db, study_id)
     try:
         report = apply_edits(db, study, user, body.base_version, body.operations)
-    except (ReportConflict, EditRejected) as exc:
+    except (LifecycleViolation, EditRejected) as exc:
         db.rollback()
         raise _edit_or_sign_error(exc) from None
     audit.record(
@@ -129,10 +130,11 @@ def sign(
     Requires `confirm: true` (the UI asks first)."""
     if not body.confirm:
         raise HTTPException(status_code=422, detail="signing needs confirm: true")
-    study = load_study(db, study_id, for_update=True)
+    # No row lock here: the lifecycle takes the study's lock first (one lock order everywhere).
+    study = load_study(db, study_id)
     try:
-        report = sign_report(db, study, user, body.base_version)
-    except ReportConflict as exc:
+        report = lifecycle.sign(db, study, user, body.base_version)
+    except LifecycleViolation as exc:
         db.rollback()
         raise _edit_or_sign_error(exc) from None
     audit.record(

@@ -1,5 +1,8 @@
 """Ask the GPU worker a Locate / Identify question and wait (briefly) for its answer.
 
+A thin client in shared/ so the web needs nothing of the worker's code: it speaks Celery's
+message protocol through its own producer-only Celery app (no tasks, no results backend).
+
 Each call declares an exclusive, auto-deleted reply queue on its own broker connection, sends
 the task with `reply_to` and an expiry equal to the wait, and waits for the message whose
 correlation id is the task id. No answer in time → `WorkerBusy`: the UI says the model is busy.
@@ -7,14 +10,15 @@ correlation id is the task id. No answer in time → `WorkerBusy`: the UI says t
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import Any
 
+from celery import Celery
 from kombu import Connection, Consumer, Message, Queue
 from kombu.exceptions import OperationalError
 
-from services.web import web_settings
 from shared.config import get_settings
 
 
@@ -26,11 +30,17 @@ class ModelCouldNotAnswer(Exception):
     """The worker answered with an error (bad image, frame out of range…)."""
 
 
-def ask_worker(task_name: str, args: list[Any], timeout_s: float | None = None) -> dict[str, Any]:
-    from services.worker.celery_app import app
+@functools.cache
+def _producer_app(broker_url: str) -> Celery:
+    app = Celery("medrega-client", broker=broker_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
+    return app
 
-    wait = web_settings.INTERACTIVE_TIMEOUT_S if timeout_s is None else timeout_s
+
+def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, Any]:
+    wait = timeout_s
     settings = get_settings()
+    app = _producer_app(settings.broker_url)
     # Read now, not at import: the queue prefix is per deployment (and per test run).
     gpu_queue = f"{settings.queue_prefix}gpu"
     task_id = str(uuid.uuid4())
