@@ -186,7 +186,7 @@ def create_app(
             )
         try:
             question = read_question(request.messages)
-            task = classify_prompt(question.text)
+            task = classify_prompt(question.text, answerer.kind_of)
         except (ConversationError, UnknownPrompt) as exc:
             raise ApiError(400, str(exc)) from exc
         if question.image_url is None:

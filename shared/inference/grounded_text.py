@@ -342,3 +342,40 @@ def format_grounded(
         if part:
             parts.append(part)
     return joiner.join(parts)
+
+
+@dataclass(frozen=True)
+class PlainReport:
+    """A report-generation answer: "Findings: … Impression: …" / "影像诊断：… 影像结论：…"."""
+
+    findings: str
+    impression: str
+    language: Language
+    raw: str
+
+
+_FINDINGS_HEADS = ("findings", "finding", "影像诊断", "影像所见", "检查所见")
+_IMPRESSION_HEADS = ("impressions", "impression", "影像结论", "诊断意见", "结论")
+_SECTION_HEAD = re.compile(
+    r"(?:^|(?<=[\s.。;；]))(" + "|".join(_FINDINGS_HEADS + _IMPRESSION_HEADS) + r")\s*[:：]",
+    re.IGNORECASE,
+)
+
+
+def parse_plain_report(answer: str) -> PlainReport:
+    """Split a plain report into its findings and impression (text before any heading, or
+    without headings at all, counts as findings). Never raises on model output."""
+    text = _TAG.sub("", answer).strip()
+    parts: dict[str, list[str]] = {"findings": [], "impression": []}
+    heads = list(_SECTION_HEAD.finditer(text))
+    lead = text[: heads[0].start() if heads else len(text)].strip()
+    if lead:
+        parts["findings"].append(lead)
+    for i, head in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        body = text[head.end() : end].strip()
+        section = "impression" if head.group(1).lower() in _IMPRESSION_HEADS else "findings"
+        if body:
+            parts[section].append(body)
+    findings, impression = (" ".join(parts[k]).strip() for k in ("findings", "impression"))
+    return PlainReport(findings, impression, detect_language(text), answer)

@@ -73,3 +73,25 @@ def mentioned_region(
             if name and name.lower() in lowered and (best is None or len(name) > best[0]):
                 best = (len(name), code)
     return best[1] if best else None
+
+
+def affirmed_in_domain(text: str, language: Language, domain: str, vocab: Vocab) -> list[str]:
+    """Finding codes of the domain an ungrounded text (a plain report) affirms, vocabulary order.
+
+    With no region to go by, a term several findings share ("lesion", "占位") counts only in a
+    clause that names one of the finding's regions ("肝脏占位" is the liver's, not the kidney's)."""
+    findings = vocab.findings_for(domain)
+    owners: dict[str, set[str]] = {}
+    for finding in findings:
+        for term in _terms(finding, language):
+            owners.setdefault(term.casefold(), set()).add(finding.code)
+    found: set[str] = set()
+    for clause in (c for c in _CLAUSE_END.split(text) if c and c.strip()):
+        for finding in findings:
+            terms = [t for t in _terms(finding, language) if _affirmed(clause, t, language)]
+            if not terms:
+                continue
+            specific = any(len(owners[t.casefold()]) == 1 for t in terms)
+            if specific or mentioned_region(clause, language, finding.regions, vocab):
+                found.add(finding.code)
+    return [f.code for f in findings if f.code in found]

@@ -94,6 +94,8 @@ class DomainInfo:
     zh: str
     modalities: tuple[str, ...]
     body_part: str
+    # Region codes in the groups one phrase-grounding prompt names together (a served MedRegA).
+    grounding_groups: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
             zh=d["zh"],
             modalities=tuple(d["modalities"]),
             body_part=d["body_part"],
+            grounding_groups=tuple(tuple(g) for g in d.get("grounding_groups", ())),
         )
         for d in domains_raw["domains"]
     )
@@ -220,6 +223,14 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
         unknown = set(finding.regions) - set(region_codes)
         if unknown:
             raise VocabError(f"{finding.code}: unknown regions {sorted(unknown)}")
+    for domain in domains:
+        grouped = [code for group in domain.grounding_groups for code in group]
+        expected = sorted(r.code for r in regions if domain.code in r.domains)
+        if domain.grounding_groups and sorted(grouped) != expected:
+            raise VocabError(
+                f"{domain.code}: grounding_groups must hold each of its regions once "
+                f"(got {sorted(grouped)}, regions {expected})"
+            )
     return Vocab(
         version=versions.pop(),
         regions=regions,
