@@ -9,7 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.inference.medrega_prompts import identify_prompt, locate_prompt, report_prompt
+from shared.inference.medrega_prompts import (
+    detection_prompt,
+    grounding_prompt,
+    recognition_prompt,
+    report_generation_prompt,
+)
 from tests.medrega_server.conftest import MODEL_NAME, PhantomXray, chat_body
 from tests.support.chat_servers import running_medrega_server
 
@@ -34,7 +39,7 @@ def test_real_http_round_trip(server: str, xray: PhantomXray) -> None:
 
         located = http.post(
             "/v1/chat/completions",
-            json=chat_body(locate_prompt("right lung", "DX", "en"), xray.data_url),
+            json=chat_body(detection_prompt(["right lung"], "DX", "en"), xray.data_url),
         )
         assert located.status_code == 200, located.text
         body = located.json()
@@ -45,19 +50,27 @@ def test_real_http_round_trip(server: str, xray: PhantomXray) -> None:
 
         identified = http.post(
             "/v1/chat/completions",
-            json=chat_body(identify_prompt(box, "DX", "zh"), xray.data_url),  # type: ignore[arg-type]
+            json=chat_body(recognition_prompt(box, "DX", "zh"), xray.data_url),  # type: ignore[arg-type]
         )
         assert identified.json()["choices"][0]["message"]["content"] == "右肺"
 
         report = http.post(
-            "/v1/chat/completions", json=chat_body(report_prompt("DX", "zh"), xray.data_url)
+            "/v1/chat/completions",
+            json=chat_body(report_generation_prompt("DX", "zh"), xray.data_url),
         )
         content = report.json()["choices"][0]["message"]["content"]
-        assert content.startswith("<ref>胸腔积液</ref><box>[[") and "右肺" in content
+        assert content.startswith("影像诊断：") and "影像结论：右肺侧胸腔积液。" in content
+
+        grounded = http.post(
+            "/v1/chat/completions",
+            json=chat_body(grounding_prompt(["右肺", "左肺"], "DX", "zh"), xray.data_url),
+        )
+        content = grounded.json()["choices"][0]["message"]["content"]
+        assert content.startswith("<ref>右肺</ref><box>[[") and "<ref>左肺</ref>" in content
 
         refused = httpx.post(
             f"{server}/v1/chat/completions",
-            json=chat_body(locate_prompt("right lung", "DX", "en"), xray.data_url),
+            json=chat_body(detection_prompt(["right lung"], "DX", "en"), xray.data_url),
             timeout=60,
         )
         assert refused.status_code == 401

@@ -11,11 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from shared.inference.medrega_prompts import locate_prompt, report_prompt
+from shared.inference.medrega_prompts import (
+    detection_prompt,
+    grounding_prompt,
+    report_generation_prompt,
+)
 from shared.inference.onnx_backend import OnnxBackend
 from tests.medrega_server.conftest import MODEL_NAME, PhantomXray, chat_body, make_client
 
-LOCATE = locate_prompt("right lung", "DX", "en")
+LOCATE = detection_prompt(["right lung"], "DX", "en")
 
 
 def png_url(pixels: np.ndarray) -> str:
@@ -51,7 +55,7 @@ def test_completion_has_openai_shape(client: TestClient, xray: PhantomXray) -> N
 def test_string_content_and_image_from_an_earlier_turn(
     client: TestClient, xray: PhantomXray
 ) -> None:
-    body = chat_body(report_prompt("DX", "en"), xray.data_url)
+    body = chat_body(report_generation_prompt("DX", "en"), xray.data_url)
     body["messages"] += [
         {"role": "assistant", "content": "…"},
         {"role": "user", "content": LOCATE},
@@ -63,7 +67,8 @@ def test_string_content_and_image_from_an_earlier_turn(
 
 def test_max_tokens_does_not_cut_the_answer(client: TestClient, xray: PhantomXray) -> None:
     """Answers are structured text: a cut report would lose its boxes."""
-    body = chat_body(report_prompt("DX", "en"), xray.data_url, max_tokens=5)
+    prompt = grounding_prompt(["right lung", "left lung"], "DX", "en")
+    body = chat_body(prompt, xray.data_url, max_tokens=5)
     choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["content"].endswith("unremarkable.")
@@ -81,17 +86,21 @@ def test_models_and_health(client: TestClient) -> None:
 
 def test_out_of_distribution_image_is_refused_in_words(client: TestClient) -> None:
     tiny = png_url(np.full((32, 32), 128, np.uint8))
-    response = client.post("/v1/chat/completions", json=chat_body(report_prompt(None, "en"), tiny))
+    response = client.post(
+        "/v1/chat/completions", json=chat_body(report_generation_prompt(None, "en"), tiny)
+    )
     text = response.json()["choices"][0]["message"]["content"]
     assert "not supported by medrega-ref" in text and "<box>" not in text
-    response = client.post("/v1/chat/completions", json=chat_body(report_prompt(None, "zh"), tiny))
+    response = client.post(
+        "/v1/chat/completions", json=chat_body(report_generation_prompt(None, "zh"), tiny)
+    )
     assert "无法作答" in response.json()["choices"][0]["message"]["content"]
 
 
 @pytest.mark.parametrize(
     ("change", "status", "fragment"),
     [
-        ({"prompt": "Tell me a joke."}, 400, "not a MedRegA region task"),
+        ({"prompt": "Tell me a joke."}, 400, "not a MedRegA task"),
         ({"image": None}, 400, "no image"),
         ({"image": "https://example.org/x.png"}, 400, "not fetched"),
         ({"image": "data:image/png;base64,%%%not-base64%%%"}, 400, "not valid base64"),
