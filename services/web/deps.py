@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.web import sessions
@@ -49,6 +49,8 @@ def get_db() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+# A row id in a URL: a BIGINT, so a larger number is a 422, never a database error.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _session_data(request: Request) -> sessions.SessionData | None:

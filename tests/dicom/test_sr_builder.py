@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from shared.dicom.sr_builder import build_report_sr, sr_uids
+from shared.dicom.sr_builder import build_report_sr
+from shared.reports.message_ids import sr_uids
 from shared.dicom.sr_content import (
     PredecessorRef,
     SrContext,

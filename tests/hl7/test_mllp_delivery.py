@@ -14,7 +14,7 @@ import pytest
 from ops.ris_sink import RisSink
 from shared.delivery_policy import DeliveryError, RetryPolicy, after_failure
 from shared.hl7.ack import Ack
-from shared.hl7.control_id import message_control_id
+from shared.reports.message_ids import hl7_control_id as message_control_id
 from shared.hl7.errors import (
     AckControlIdMismatch,
     AckError,

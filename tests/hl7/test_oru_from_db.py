@@ -1,4 +1,5 @@
-"""OruInput.from_db: the worker's entry point, from (unsaved) ORM rows — no database needed."""
+"""OruInput.from_report on versions mapped from (unsaved) ORM rows, as the delivery worker does —
+no database needed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared.db.models import RegionFinding, Report, Study, User
 from shared.hl7.errors import InvalidOru
 from shared.hl7.oru import OruInput, build_oru, result_status_for
 from shared.hl7.oru_read import read_oru
+from shared.reports.mapping import report_version
 
 
 def _study(**changes: object) -> Study:
@@ -89,8 +91,8 @@ def _report(status: str = "draft", **changes: object) -> Report:
     return report
 
 
-def test_from_db_draft() -> None:
-    data = OruInput.from_db(_study(), _report(), sr_sop_instance_uid="1.2.9")
+def test_from_report_draft() -> None:
+    data = OruInput.from_report(report_version(_study(), _report()), sr_sop_instance_uid="1.2.9")
     assert data.result_status == "P"
     assert data.report_id == 11 and data.report_version == 3
     assert data.observation_dtm == "20261127093015"
@@ -105,16 +107,25 @@ def test_from_db_draft() -> None:
     assert received.lines("zh")[1] == "右侧气胸。"
 
 
-def test_from_db_signed_with_rejected_critical_finding() -> None:
+def test_from_report_signed_with_rejected_critical_finding() -> None:
     report = _report("signed", signed_at=datetime(2026, 11, 27, 12, 30, tzinfo=UTC))
     report.findings[1].review = "rejected"  # the radiologist overruled the pneumothorax
+    report.signed_by_user_id = 5
     signer = User(
-        username="lwei", full_name="Li Wei", dicom_person_name="Li^Wei", password_hash="x"
+        id=5, username="lwei", full_name="Li Wei", dicom_person_name="Li^Wei", password_hash="x"
     )
-    data = OruInput.from_db(_study(accession_number=None, study_date=None), report, signer=signer)
+    data = OruInput.from_report(
+        report_version(_study(accession_number=None, study_date=None), report, signer)
+    )
     assert data.result_status == "F"
     assert data.critical is False
-    assert data.lines[1].abnormal_flag is None
+    # The sentence grounded only on the rejected finding is excluded from what is sent.
+    assert [line.en for line in data.lines] == [
+        "Left pleural effusion.",
+        "Heart normal.",
+        "Effusion.",
+    ]
+    assert [line.abnormal_flag for line in data.lines] == ["A", "N", None]
     assert data.status_changed_at == datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
     assert data.observation_dtm == "20261127100000+0000"  # no study date: report time
     assert data.interpreter is not None and data.interpreter.name_pn == "Li^Wei"
@@ -123,12 +134,12 @@ def test_from_db_signed_with_rejected_critical_finding() -> None:
     assert received.filler_order == "1.2.3.4.5"
 
 
-def test_from_db_falls_back_to_section_texts() -> None:
+def test_from_report_falls_back_to_section_texts() -> None:
     report = _report(
         sentences=[], findings_en="Clear lungs.", findings_zh="双肺清晰。", impression_en="Normal."
     )
     report.findings = []
-    data = OruInput.from_db(_study(), report)
+    data = OruInput.from_report(report_version(_study(), report))
     assert [(line.section, line.en, line.zh) for line in data.lines] == [
         ("findings", "Clear lungs.", "双肺清晰。"),
         ("impression", "Normal.", ""),

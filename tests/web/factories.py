@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from model.phantoms.__main__ import write_phantom_study
 from services.web.passwords import hash_password
 from shared.db.models import (
-    Delivery,
     DeliveryKind,
     DeliveryState,
     DraftJob,
@@ -34,6 +33,7 @@ from shared.db.models import (
     User,
     UserRole,
 )
+from shared.reports.deliveries import create_deliveries
 from shared.vocab import load_vocab
 
 PASSWORD = "correct-horse-battery"
@@ -242,17 +242,19 @@ def make_drafted_study(
     for f in findings:
         f.report_id = report.id
         session.add(f)
-    for kind in (DeliveryKind.SR, DeliveryKind.HL7):
-        session.add(
-            Delivery(
-                report_id=report.id,
-                kind=kind,
-                destination="TEST@127.0.0.1:1" if kind == DeliveryKind.SR else "127.0.0.1:1",
-                message_id=f"{kind}-{report.id}-1",
-                state=DeliveryState.DELIVERED,
-                attempts=1,
-                ack_code="AA" if kind == DeliveryKind.HL7 else "0x0000",
-            )
+    # The draft's SR and ORU went out: claimed (in flight), then acknowledged, as the guard
+    # (migration 0003) lets a delivery become delivered only from in flight.
+    now = datetime.now(UTC)
+    for delivery in create_deliveries(session, report):
+        delivery.state, delivery.lease_until = DeliveryState.IN_FLIGHT, now
+        delivery.attempts = 1
+        session.flush()
+        delivery.state, delivery.lease_until, delivery.delivered_at = (
+            DeliveryState.DELIVERED,
+            None,
+            now,
         )
+        delivery.ack_code = "AA" if delivery.kind == DeliveryKind.HL7 else "0x0000"
+        session.flush()
     session.commit()
     return DraftedStudy(study.id, report.id, study.study_instance_uid, uids, rows, columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -22,6 +23,8 @@ from shared.db.models import (
     StudyState,
     User,
 )
+from shared.hl7.errors import RisUnreachable
+from shared.reports import deliveries
 from tests.web.factories import DraftedStudy, make_drafted_study
 
 
@@ -83,12 +86,23 @@ def test_worklist_orders_critical_first_then_newest_and_filters(
 def test_delivery_failed_is_a_status_and_an_admin_can_retry_it(
     rad_client: TestClient, admin_client: TestClient, drafted: DraftedStudy, db_session: Session
 ) -> None:
-    delivery = db_session.scalar(select(Delivery).where(Delivery.kind == "hl7"))
-    assert delivery is not None
-    delivery.state = DeliveryState.FAILED
-    delivery.attempts = 8
-    delivery.last_error = "connection refused"
+    sent = db_session.scalar(select(Delivery).where(Delivery.kind == "hl7"))
+    assert sent is not None
+    # An ORU for a second RIS that refuses connections, through the real claim/record path.
+    delivery = Delivery(
+        report_id=sent.report_id, study_id=sent.study_id, report_version=sent.report_version,
+        result_status=sent.result_status, kind="hl7", destination="127.0.0.1:9",
+        message_id=sent.message_id, state=DeliveryState.PENDING, attempts=9,
+    )  # fmt: skip
+    db_session.add(delivery)
     db_session.commit()
+    now = datetime.now(UTC)
+    assert deliveries.claim(db_session, delivery.id, now) == "claimed"
+    deliveries.record_outcome(
+        db_session, delivery.id, now, error=RisUnreachable("connection refused")
+    )
+    db_session.commit()
+    assert delivery.state == DeliveryState.FAILED and delivery.error_class == "transient"
     (item,) = rad_client.get("/api/v1/worklist?status=delivery_failed").json()["items"]
     assert item["status"] == "delivery_failed" and item["delivery"] == "failed"
     assert rad_client.post(f"/api/v1/admin/deliveries/{delivery.id}/retry").status_code == 403
@@ -99,7 +113,7 @@ def test_delivery_failed_is_a_status_and_an_admin_can_retry_it(
     assert again.status_code == 409
     assert admin_client.post("/api/v1/admin/deliveries/999999/retry").status_code == 404
     audit = admin_client.get("/api/v1/admin/audit?action=delivery_retry").json()
-    assert audit["total"] == 1 and audit["items"][0]["details"]["previous_attempts"] == 8
+    assert audit["total"] == 1 and audit["items"][0]["details"]["previous_attempts"] == 10
 
 
 def test_an_admin_can_queue_a_failed_draft_again(

@@ -37,10 +37,8 @@ def test_ris_down_while_drafting_then_up_is_delivered_after(
 
     wait_for(hl7_failed_once, TIMEOUT_S, "a failed ORU attempt while the RIS is down")
     delivery = _delivery(pipeline, study.study_instance_uid, DeliveryKind.HL7)
-    assert delivery is not None and delivery.state in (
-        DeliveryState.RETRYING,
-        DeliveryState.IN_FLIGHT,
-    )
+    assert delivery is not None and delivery.state == DeliveryState.RETRYING
+    assert delivery.error_class == "transient"
     assert "connect" in (delivery.last_error or "")
 
     sink = pipeline.start_sink()

@@ -7,9 +7,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
-from services.worker.delivery_jobs import create_deliveries
 from services.worker.relay import relay_once
 from shared.db.models import DeliveryKind, Report, ReportStatus
+from shared.reports.deliveries import create_deliveries
 from tests.support.study_rows import index_files
 from tests.worker.conftest import phantom
 

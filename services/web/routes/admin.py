@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from services.web import audit
-from services.web.deps import AdminDep, SessionDep
+from services.web.deps import AdminDep, RowId, SessionDep
 from services.web.feedback import feedback_lines
 from services.web.passwords import hash_password
 from services.web.schemas import (
@@ -106,7 +106,7 @@ def list_audit(
     responses={404: {"description": "no such delivery"}, 409: {"description": "not failed"}},
 )
 def retry_delivery(
-    request: Request, delivery_id: int, db: SessionDep, admin: AdminDep
+    request: Request, delivery_id: RowId, db: SessionDep, admin: AdminDep
 ) -> DeliveryOut:
     """Send a failed delivery again: back to `pending` with a fresh attempt budget."""
     delivery = db.get(Delivery, delivery_id, with_for_update=True)
@@ -151,7 +151,7 @@ def retry_delivery(
     response_model=JobOut,
     responses={404: {"description": "no such job"}, 409: {"description": "not failed"}},
 )
-def retry_draft(request: Request, job_id: int, db: SessionDep, admin: AdminDep) -> JobOut:
+def retry_draft(request: Request, job_id: RowId, db: SessionDep, admin: AdminDep) -> JobOut:
     """Draft a failed job again (e.g. after the model server is back): back to `pending` with a
     fresh attempt budget; the relay publishes it."""
     job = db.get(DraftJob, job_id, with_for_update=True)
@@ -236,7 +236,7 @@ def create_user(
 @router.post("/users/{user_id}/active", response_model=UserOut, responses={404: {}, 409: {}})
 def set_active(
     request: Request,
-    user_id: int,
+    user_id: RowId,
     db: SessionDep,
     admin: AdminDep,
     active: Annotated[bool, Query()],

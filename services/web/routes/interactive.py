@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from services.web import web_settings
-from services.web.deps import SessionDep, UserDep
+from services.web.deps import RowId, SessionDep, UserDep
 from services.web.schemas import Box, IdentifyOut, IdentifyRequest, LocateOut, LocateRequest
 from shared.db.models import Instance
 from shared.vocab import load_vocab
@@ -23,7 +23,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _instance_id(db: SessionDep, study_id: int, uid: str) -> int:
+def _instance_id(db: SessionDep, study_id: RowId, uid: str) -> int:
     instance_id = db.scalar(
         select(Instance.id).where(Instance.study_id == study_id, Instance.sop_instance_uid == uid)
     )
@@ -45,7 +45,7 @@ def _ask(task: str, args: list[object]) -> dict[str, object]:
 
 
 @router.post("/studies/{study_id}/locate", response_model=LocateOut, responses=RESPONSES)
-def locate(study_id: int, body: LocateRequest, db: SessionDep, _: UserDep) -> LocateOut:
+def locate(study_id: RowId, body: LocateRequest, db: SessionDep, _: UserDep) -> LocateOut:
     """Where is the named structure (English or Chinese name or synonym) on this image?"""
     instance_id = _instance_id(db, study_id, body.sop_instance_uid)
     answer = _ask("medrega.locate", [instance_id, body.frame, body.query])
@@ -65,7 +65,7 @@ def locate(study_id: int, body: LocateRequest, db: SessionDep, _: UserDep) -> Lo
 
 
 @router.post("/studies/{study_id}/identify", response_model=IdentifyOut, responses=RESPONSES)
-def identify(study_id: int, body: IdentifyRequest, db: SessionDep, _: UserDep) -> IdentifyOut:
+def identify(study_id: RowId, body: IdentifyRequest, db: SessionDep, _: UserDep) -> IdentifyOut:
     """Which structure is in this box?"""
     instance_id = _instance_id(db, study_id, body.sop_instance_uid)
     box = [body.box.x1, body.box.y1, body.box.x2, body.box.y2]

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from services.web import audit
-from services.web.deps import AdminDep, SessionDep, UserDep
+from services.web.deps import AdminDep, RowId, SessionDep, UserDep
 from services.web.passwords import hash_password
 from services.web.routes.admin import audit_page
 from services.web.routes.studies import load_study
@@ -69,7 +69,7 @@ def worklist_page(
 
 
 @router.get("/studies/{study_id}")
-def review_page(request: Request, study_id: int, db: SessionDep, user: UserDep) -> Response:
+def review_page(request: Request, study_id: RowId, db: SessionDep, user: UserDep) -> Response:
     study = load_study(db, study_id)
     detail = study_detail(db, study, user)
     audit.record(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
 
 from services.web import audit
-from services.web.deps import RadiologistDep, SessionDep, UserDep
+from services.web.deps import RadiologistDep, RowId, SessionDep, UserDep
 from services.web.report_edits import EditRejected, apply_edits
 from services.web.schemas import (
     EditRequest,
@@ -30,7 +30,7 @@ router = APIRouter(prefix="/api/v1", tags=["studies"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such study"}}
 
 
-def load_study(db: SessionDep, study_id: int, *, for_update: bool = False) -> Study:
+def load_study(db: SessionDep, study_id: RowId, *, for_update: bool = False) -> Study:
     study = db.scalar(
         select(Study).where(Study.id == study_id).with_for_update(of=Study)
         if for_update
@@ -42,7 +42,7 @@ def load_study(db: SessionDep, study_id: int, *, for_update: bool = False) -> St
 
 
 @router.get("/studies/{study_id}", response_model=StudyDetail, responses=NOT_FOUND)
-def get_study(request: Request, study_id: int, db: SessionDep, user: UserDep) -> StudyDetail:
+def get_study(request: Request, study_id: RowId, db: SessionDep, user: UserDep) -> StudyDetail:
     """Study, current report (sentences + grounded findings), images, versions, deliveries.
 
     Audited as a view."""
@@ -63,7 +63,7 @@ def get_study(request: Request, study_id: int, db: SessionDep, user: UserDep) ->
 
 
 @router.get("/studies/{study_id}/status", response_model=StudyStatus, responses=NOT_FOUND)
-def get_study_status(study_id: int, db: SessionDep, user: UserDep) -> StudyStatus:
+def get_study_status(study_id: RowId, db: SessionDep, user: UserDep) -> StudyStatus:
     """State, current version and deliveries only (no patient data): what the page polls."""
     study = load_study(db, study_id)
     detail = study_status(db, study)
@@ -88,7 +88,7 @@ def _after_change(request: Request, db: SessionDep, study: Study, user: User) ->
     responses={**NOT_FOUND, 409: {"description": "stale base_version"}},
 )
 def edit_report(
-    request: Request, study_id: int, body: EditRequest, db: SessionDep, user: RadiologistDep
+    request: Request, study_id: RowId, body: EditRequest, db: SessionDep, user: RadiologistDep
 ) -> StudyDetail:
     """Apply edit operations as one new report version (status `edited`, author = you).
 
@@ -123,7 +123,7 @@ def edit_report(
     responses={**NOT_FOUND, 409: {"description": "stale version or already signed"}},
 )
 def sign(
-    request: Request, study_id: int, body: SignRequest, db: SessionDep, user: RadiologistDep
+    request: Request, study_id: RowId, body: SignRequest, db: SessionDep, user: RadiologistDep
 ) -> StudyDetail:
     """Sign the current version: a `signed` (or `corrected`) version and its SR + ORU deliveries.
 
