@@ -25,6 +25,7 @@ No probabilities are invented: MedRegA gives none, so every finding's probabilit
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -271,8 +272,7 @@ class MllmBackend:
         planned = self.requests(plan, images)
         pngs = [self._render(image) for image in images]
         workers = max(1, min(self.settings.mllm_concurrency, len(planned)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            answers = list(pool.map(lambda r: self.client.ask(r.prompt, *pngs[r.image]), planned))
+        answers = self._ask_all(planned, pngs, workers)
 
         readings = [_ImageReading() for _ in images]
         languages: list[Language] = []
@@ -313,6 +313,32 @@ class MllmBackend:
         result.notes = self._notes(readings, languages, domain, plain, result)
         result.timings_ms = {**timings, "compose_ms": (time.perf_counter() - t0) * 1000}
         return result
+
+    def _ask_all(
+        self,
+        planned: list[PlannedRequest],
+        pngs: list[tuple[bytes, dict[str, object] | None]],
+        workers: int,
+    ) -> list[str]:
+        """Every planned request's answer, in order. One refused or unreachable request decides
+        the draft: after it no further request is sent (those in flight finish)."""
+        failed = threading.Event()
+
+        def ask(request: PlannedRequest) -> str | None:
+            if failed.is_set():
+                return None
+            try:
+                return self.client.ask(request.prompt, *pngs[request.image])
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(ask, r) for r in planned]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+        return [f.result() or "" for f in futures]
 
     def _not_applicable(self, reason: str, timings: dict[str, float]) -> DraftResult:
         return DraftResult(

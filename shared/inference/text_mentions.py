@@ -35,7 +35,9 @@ def _affirmed(clause: str, term: str, language: Language) -> bool:
         negation = _NEGATION_ZH
     else:
         positions = [
-            m.start() for m in re.finditer(rf"\b{re.escape(term)}\b", clause, re.IGNORECASE)
+            # English plurals count too ("bilateral effusions").
+            m.start()
+            for m in re.finditer(rf"\b{re.escape(term)}(?:s|es)?\b", clause, re.IGNORECASE)
         ]
         negation = _NEGATION_EN
     return any(not negation.search(clause[:start]) for start in positions)

@@ -144,8 +144,11 @@ def test_a_refused_request_fails_without_retrying(clean_db: Engine, tmp_path: Pa
     study_id, job_id = _study(clean_db, tmp_path)
     error = '{"error": {"message": "image too large", "type": "invalid_request_error"}}'
     with ScriptedChatServer(lambda body: (400, error, 0.0)) as server:
-        run_draft_job(clean_db, job_id, _backend(server.url), tmp_path / "storage")
-        assert len(server.requests) == 1
+        backend = _backend(server.url, mllm_concurrency=2)
+        run_draft_job(clean_db, job_id, backend, tmp_path / "storage")
+        # Not retried, and the rest of the study's plan is not sent: at most the requests
+        # already in flight when the first refusal came back.
+        assert 1 <= len(server.requests) <= 2 < backend.plan("DX", None).cost(1)
     job = _job_row(clean_db, job_id)
     assert job.state == DraftJobState.FAILED and "image too large" in (job.reason or "")
 
@@ -158,7 +161,7 @@ def test_an_answer_in_the_wrong_language_is_kept_and_noted(
     with ScriptedChatServer(lambda body: (200, EFFUSION_EN, 0.0)) as server:
         backend = _backend(server.url, mllm_language="zh")
         outcome = run_draft_job(clean_db, job_id, backend, tmp_path / "storage")
-        assert "请定位并描述" in prompt_of(server.requests[0])  # asked in Chinese
+        assert all("你是一个医疗助手" in prompt_of(r) for r in server.requests)  # asked in Chinese
     assert outcome.state == DraftJobState.DONE
     job = _job_row(clean_db, job_id)
     assert job.reason and "answered in English when asked for Chinese" in job.reason
@@ -217,14 +220,87 @@ def test_unknown_names_and_bad_boxes_are_kept_as_text_and_noted(tmp_path: Path) 
     assert texts == ["The right lung is clear.", "Partly seen.", "The left lung is clear."]
     assert result.sentences[-1].section == "impression"
     assert any("right mandible" in n for n in result.notes)
-    assert any("1 box(es)" in n for n in result.notes)
+    # The inverted box is in every grounded answer (the scripted server answers every prompt
+    # alike): once per phrase-grounding and disease-localisation request.
+    grounded = int(result.timings_ms["requests"]) - 1  # the plain report has no boxes
+    assert f"{grounded} box(es) in the answer could not be used" in " ".join(result.notes)
 
 
 def test_ct_slices_sent_to_the_model_are_thinned_to_the_limit(tmp_path: Path) -> None:
     answer = "<ref>liver</ref><box>[[100, 200, 500, 600]]</box>: The liver is unremarkable."
     written = phantom("abd_ct", tmp_path / "in", abnormal=False, slices=8, max_side=128)
     with ScriptedChatServer(lambda body: (200, answer, 0.0)) as server:
-        result = _backend(server.url, mllm_max_slices=3).draft(study_input(written.files))
-        assert len(server.requests) == 3  # first, centre and last of the 8 slices
+        backend = _backend(server.url, mllm_max_slices=3)
+        result = backend.draft(study_input(written.files))
+        # first, centre and last of the 8 slices; per slice one phrase-grounding request per
+        # abdominal region group and one disease localisation per abdominal finding; one report
+        plan = backend.plan("CT", "ABDOMEN")
+        assert (len(plan.groups), len(plan.findings)) == (4, 3)
+        assert len(server.requests) == 3 * 7 + 1 == result.timings_ms["requests"]
     assert result.applicable and result.timings_ms["images"] == 3
     assert [f.region_code for f in result.findings] == ["liver"]
+
+
+def test_the_request_budget_thins_slices_further(tmp_path: Path) -> None:
+    answer = "<ref>liver</ref><box>[[100, 200, 500, 600]]</box>: The liver is unremarkable."
+    written = phantom("abd_ct", tmp_path / "in", abnormal=False, slices=8, max_side=128)
+    with ScriptedChatServer(lambda body: (200, answer, 0.0)) as server:
+        backend = _backend(server.url, mllm_max_requests=25)
+        result = backend.draft(study_input(written.files))
+        # 8 slices would cost 8 * 7 + 1; the evenly spaced thinning (centre included) that fits
+        # keeps first, centre and last.
+        assert len(server.requests) == 3 * 7 + 1 <= 25
+    assert result.timings_ms["images"] == 3
+
+
+def test_the_plan_follows_the_body_part_and_the_settings() -> None:
+    backend = _backend("http://127.0.0.1:9/v1")
+    cxr = backend.plan("DX", None)
+    assert cxr.groups[0] == ("right_lung", "left_lung")  # MedRegA's own pairing
+    assert cxr.cost(1) == len(cxr.groups) + len(cxr.findings) + 1
+    # CT without a body part: both CT domains' groups and findings, the answers decide.
+    unknown = backend.plan("CT", None)
+    assert {d.code for d in unknown.domains} == {"chest_ct", "abd_ct"}
+    assert backend.plan("CT", "chest").domains[0].code == "chest_ct"
+    lean = _backend(
+        "http://127.0.0.1:9/v1", mllm_disease_prompts=False, mllm_report_generation=False
+    )
+    assert lean.plan("DX", None).cost(1) == len(cxr.groups)
+    with pytest.raises(ValueError, match="MEDREGA_MLLM_MAX_REQUESTS=5"):
+        _backend("http://127.0.0.1:9/v1", mllm_max_requests=5)
+
+
+def test_several_boxes_for_one_name_are_one_finding_each(tmp_path: Path) -> None:
+    """Bilateral effusions in one answer: two findings, each on its lung, one box each."""
+
+    def script(body: dict[str, Any]) -> tuple[int, str, float]:
+        prompt = prompt_of(body)
+        if "disease localization" in prompt and "pleural effusion" in prompt:
+            return (
+                200,
+                "<ref>pleural effusion</ref><box>[[150, 700, 420, 880], [580, 720, 860, 890]]"
+                "</box>: Bilateral pleural effusions.",
+                0.0,
+            )
+        if "disease localization" in prompt:
+            return (200, "No such lesion is seen in this image.", 0.0)
+        if "report generation" in prompt:
+            return (200, "Findings: Bilateral effusions. Impression: Bilateral effusions.", 0.0)
+        return (200, MEDREGA_NORMAL, 0.0)
+
+    written = phantom("cxr", tmp_path / "in", abnormal=False, max_side=512)
+    with ScriptedChatServer(script) as server:
+        result = _backend(server.url).draft(study_input(written.files))
+    effusions = [f for f in result.findings if f.finding_code == "pleural_effusion"]
+    assert sorted(f.region_code for f in effusions) == ["left_lung", "right_lung"]
+    assert all(f.box is not None for f in effusions) and effusions[0].box != effusions[1].box
+    # Both lungs are abnormal: no normal-lung finding is left beside them.
+    assert not [f for f in result.findings if f.finding_code is None and "lung" in f.region_code]
+    # "Bilateral effusions." affirms what the draft holds: the model's impression is used.
+    (impression,) = [s for s in result.sentences if s.section == "impression"]
+    assert impression.en == "Bilateral effusions."
+    assert sorted(impression.finding_ordinals) == sorted(
+        result.findings.index(f) for f in effusions
+    )
+    assert "胸腔积液" in impression.zh  # the other language from the vocabulary
+    assert result.notes == []
