@@ -143,18 +143,3 @@ def test_late_instances_supersede_the_job_and_a_redraft_supersedes_the_draft(
             (2, ReportStatus.DRAFT),
         ]
         assert session.scalar(select(func.count()).select_from(Delivery)) == 4
-
-
-def test_signed_study_is_never_redrafted(
-    clean_db: Engine, tmp_path: Path, backend: OnnxBackend
-) -> None:
-    written = phantom("cxr", tmp_path / "in", abnormal=False)
-    factory = sessionmaker(clean_db, expire_on_commit=False)
-    with factory.begin() as session:
-        study = index_files(session, tmp_path / "storage", written.files)
-        study.state = StudyState.SIGNED
-        job = draft_job_for(session, study)
-    outcome = run_draft_job(clean_db, job.id, backend, tmp_path / "storage")
-    assert outcome.state == DraftJobState.SUPERSEDED
-    with factory() as session:
-        assert session.scalar(select(func.count()).select_from(Report)) == 0
