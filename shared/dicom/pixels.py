@@ -2,7 +2,9 @@
 
 Applies the modality LUT (rescale slope/intercept: HU for CT), reads the VOI window (or derives a
 sensible one), turns MONOCHROME1 into the MONOCHROME2 sense (higher = brighter) and splits
-multi-frame images into frames. Compressed transfer syntaxes decode through pydicom's pixel
+multi-frame images into frames. An image whose VOI is a LUT (VOI LUT Sequence, the non-linear
+tone curve a for-presentation X-ray may carry) and no window has that LUT applied with pydicom's
+`apply_voi_lut`, as the standard says: its values are then the LUT's output. Compressed transfer syntaxes decode through pydicom's pixel
 handlers (pylibjpeg, openjpeg, RLE). Anything that cannot become a grey-level image raises
 `PixelDataUnsupported` with a reason a radiologist or PACS admin can read; the worker records it
 as the study's 'not applicable' reason instead of crashing.
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import apply_rescale, apply_voi_lut
 
 # Percentiles that make a default window when the instance carries none.
 DEFAULT_WINDOW_PERCENTILES = (1.0, 99.0)
@@ -76,6 +78,20 @@ def _default_window(pixels: np.ndarray) -> tuple[float, float]:
     return float((low + high) / 2.0), float(max(high - low, 1.0))
 
 
+def _voi_lut_max(ds: Dataset) -> int | None:
+    """The output maximum of the first VOI LUT (None when there is no usable one)."""
+    seq = ds.get("VOILUTSequence")
+    if not seq:
+        return None
+    try:
+        descriptor = seq[0].LUTDescriptor
+        bits = int(descriptor[2])
+        len(seq[0].LUTData)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    return (1 << bits) - 1 if 8 <= bits <= 16 else None
+
+
 def frames_from_dataset(ds: Dataset) -> list[DecodedFrame]:
     """Every frame of one instance, decoded to physical values (see module docstring)."""
     samples = int(ds.get("SamplesPerPixel", 1))
@@ -99,15 +115,23 @@ def frames_from_dataset(ds: Dataset) -> list[DecodedFrame]:
     if "WindowCenter" in ds and "WindowWidth" in ds:
         window = (_first(ds.WindowCenter), max(_first(ds.WindowWidth), 1.0))
 
+    voi_lut_max = _voi_lut_max(ds) if window is None and samples == 1 else None
+    if voi_lut_max is not None:
+        physical = np.asarray(apply_voi_lut(physical, ds, prefer_lut=True), np.float32)
+        window = ((voi_lut_max + 1) / 2.0, float(voi_lut_max + 1))
+
     if photometric == "MONOCHROME1":
         # Display inverts: move to the MONOCHROME2 sense so the model sees one convention.
-        # The stored range's maximum, pushed through the modality LUT, is the mirror point.
+        # The stored range's maximum, pushed through the modality LUT, is the mirror point
+        # (the LUT's output maximum once a VOI LUT has been applied).
         bits = int(ds.get("BitsStored", 16))
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         stored_max = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         mirror = stored_max * slope + intercept
+        if voi_lut_max is not None:
+            mirror, slope = float(voi_lut_max), 1.0
         physical = (mirror - physical).astype(np.float32)
         if window is not None:
             window = (mirror + slope - window[0], window[1])
