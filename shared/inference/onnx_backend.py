@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
-from shared.reports.domain import DraftResult, ImageRef, PixelBox
 from shared.inference.grounded_text import region_code
 from shared.inference.onnx_session import create_session
 from shared.inference.reference_onnx import (
@@ -40,6 +39,7 @@ from shared.inference.study_images import (
     read_images,
     select_images,
 )
+from shared.reports.domain import DraftResult, ImageRef, PixelBox
 from shared.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,10 @@ class OnnxBackend:
         for start in range(0, len(images), BATCH_SIZE):
             chunk = images[start : start + BATCH_SIZE]
             t0 = time.perf_counter()
-            prepared = [model.preprocess(im.frame.pixels, *im.frame.window) for im in chunk]
+            prepared = [
+                model.preprocess(im.frame.pixels, *im.frame.window, im.instance.modality)
+                for im in chunk
+            ]
             batch = np.stack([x for x, _ in prepared])[:, None]
             t1 = time.perf_counter()
             predictions.extend(model.predict_preprocessed(batch, [t for _, t in prepared]))
@@ -216,7 +219,7 @@ class OnnxBackend:
         ref = ImageRef(image.sop_instance_uid, image.sop_class_uid, frame)
         if code is None:
             return LocateAnswer(None, ref, [], None)
-        (prediction,) = self.model.predict([(decoded.pixels, *decoded.window)])
+        (prediction,) = self.model.predict([(decoded.pixels, *decoded.window, image.modality)])
         region = next((r for r in prediction.all_regions if r.code == code), None)
         if region is None or region.box[2] <= region.box[0] or region.box[3] <= region.box[1]:
             return LocateAnswer(code, ref, [], None)
@@ -225,7 +228,8 @@ class OnnxBackend:
     def identify(self, image: InstanceInput, frame: int, box: PixelBox) -> IdentifyAnswer:
         decoded = read_frame(image, frame).frame
         (prediction,) = self.model.predict(
-            [(decoded.pixels, *decoded.window)], queries=[[(box.x1, box.y1, box.x2, box.y2)]]
+            [(decoded.pixels, *decoded.window, image.modality)],
+            queries=[[(box.x1, box.y1, box.x2, box.y2)]],
         )
         if not prediction.queries:
             return IdentifyAnswer(None, "", "", None)

@@ -1,8 +1,17 @@
 """The one preprocessing function shared by training and serving.
 
-physical pixels (HU, MR signal, X-ray display values; MONOCHROME1 already inverted by the
-reader) → window (center, width) → [0, 1] → resize keeping the aspect ratio → centred in a
-square letterbox of the model's input size, padded with 0 (the window's black).
+physical pixels (HU, MR signal, X-ray values; MONOCHROME1 already inverted by the reader) →
+[0, 1] by the modality's own rule (`normalise`) → resize keeping the aspect ratio → centred in
+a square letterbox of the model's input size, padded with 0.
+
+What a site happens to put in the header must not change what the model sees, so the header's
+window is only used where the standard makes it part of the image (X-ray's VOI LUT):
+- CT: Hounsfield units through the model's own fixed windows (a lung window and a soft-tissue
+  window blended into one channel); the header window is ignored.
+- MR: the image's own robust percentiles; the header window is ignored.
+- X-ray and anything else (a rendered PNG, unknown modality): the VOI window the header gives
+  (what the modality means to be shown), then stretched between the image's own robust
+  percentiles, so a shifted or narrower window changes contrast and clipping, not the level.
 
 `LetterboxTransform` is the exact affine map between source pixel coordinates and model-frame
 coordinates. Coordinates are continuous pixel *edges*: (0, 0) is the top-left corner of the
@@ -22,9 +31,22 @@ from PIL import Image
 
 DEFAULT_INPUT_SIZE = 256
 PAD_VALUE = 0.0
+# CT: the model's own windows (center, width, weight), blended into one channel.
+CT_WINDOWS = ((-600.0, 1500.0, 0.4), (40.0, 400.0, 0.6))
+# Robust range of an image: these percentiles map to 0 and 1.
+PERCENTILES = (1.0, 99.0)
+CT_MODALITIES = frozenset({"CT"})
+MR_MODALITIES = frozenset({"MR"})
+# What the exported model's metadata names (preprocessing.normalisation) for this rule; models
+# exported before it (medrega-ref ≤ 1.1.0) name none and get the header window only.
+NORMALISATION = "modality-v2"
+LEGACY_NORMALISATION = "header-window-v1"
 POLICY = (
-    "window(center,width)->clip[0,1]; resize keep-aspect (PIL bilinear, antialiased, "
-    "edge-aligned) so the long side = size; centre in size x size letterbox padded with 0"
+    "normalise by modality: CT = 0.4*window(-600,1500) + 0.6*window(40,400) on HU (header "
+    "window ignored); MR = stretch p1..p99 of the image (header window ignored); X-ray/other = "
+    "header VOI window, then stretch p1..p99 of the windowed image; clip [0,1]; resize "
+    "keep-aspect (PIL bilinear, antialiased, edge-aligned) so the long side = size; centre in "
+    "size x size letterbox padded with 0"
 )
 
 
@@ -103,16 +125,73 @@ def apply_window(pixels: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def ct_curve(hu: np.ndarray) -> np.ndarray:
+    """Hounsfield units → [0, 1] through the model's fixed CT windows."""
+    hu = np.asarray(hu, dtype=np.float32)
+    out = np.zeros(hu.shape, np.float32)
+    for center, width, weight in CT_WINDOWS:
+        out += np.float32(weight) * apply_window(hu, center, width)
+    return out
+
+
+def robust_range(values: np.ndarray) -> tuple[float, float]:
+    """The image's own (low, high): percentiles on a subsample (fast on 3000² X-rays)."""
+    flat = np.asarray(values, dtype=np.float32).ravel()
+    step = max(1, flat.size // 65536)
+    sample = flat[::step]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(sample, PERCENTILES)
+    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+        lo, hi = float(sample.min()), float(sample.max())
+    return float(lo), float(hi)
+
+
+def stretch(values: np.ndarray) -> np.ndarray:
+    """Linear map of the image's robust range to [0, 1], clipped (a flat image → zeros)."""
+    lo, hi = robust_range(values)
+    arr = np.asarray(values, dtype=np.float32)
+    if hi - lo <= 0:
+        return np.zeros(arr.shape, np.float32)
+    out = (arr - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def normalise(
+    pixels: np.ndarray, center: float, width: float, modality: str | None = None
+) -> np.ndarray:
+    """Physical pixels → [0, 1] float32 by the modality's rule (see the module docstring)."""
+    kind = (modality or "").upper()
+    if kind in CT_MODALITIES:
+        return ct_curve(pixels)
+    if kind in MR_MODALITIES:
+        return stretch(pixels)
+    return stretch(apply_window(pixels, center, width))
+
+
 def preprocess(
-    pixels: np.ndarray, center: float, width: float, size: int = DEFAULT_INPUT_SIZE
+    pixels: np.ndarray,
+    center: float,
+    width: float,
+    size: int = DEFAULT_INPUT_SIZE,
+    modality: str | None = None,
+    normalisation: str = NORMALISATION,
 ) -> tuple[np.ndarray, LetterboxTransform]:
-    """One 2D image → (size, size) float32 model input and its exact transform."""
+    """One 2D image → (size, size) float32 model input and its exact transform. `modality` is
+    the DICOM Modality (CT, MR, DX, CR, ...); None means display values (a rendered PNG).
+    `normalisation` is the rule the model was trained with (its ONNX metadata says which)."""
     arr = np.asarray(pixels)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {arr.shape}")
     rows, cols = arr.shape
     t = letterbox_transform(rows, cols, size)
-    windowed = apply_window(arr, center, width)
+    if normalisation == LEGACY_NORMALISATION:
+        windowed = apply_window(arr, center, width)
+    elif normalisation == NORMALISATION:
+        windowed = normalise(arr, center, width, modality)
+    else:
+        raise ValueError(f"unknown normalisation {normalisation!r}")
     new_w = round(t.scale_x * cols)
     new_h = round(t.scale_y * rows)
     if (new_w, new_h) == (cols, rows):
@@ -128,12 +207,16 @@ def preprocess(
 
 
 def preprocess_batch(
-    images: list[tuple[np.ndarray, float, float]], size: int = DEFAULT_INPUT_SIZE
+    images: list[tuple[np.ndarray, float, float]] | list[tuple[np.ndarray, float, float, str]],
+    size: int = DEFAULT_INPUT_SIZE,
 ) -> tuple[np.ndarray, list[LetterboxTransform]]:
-    """[(pixels, center, width), ...] → (N, 1, size, size) float32 and one transform each."""
+    """[(pixels, center, width[, modality]), ...] → (N, 1, size, size) float32 and one
+    transform each."""
     batch = np.empty((len(images), 1, size, size), dtype=np.float32)
     transforms = []
-    for i, (pixels, center, width) in enumerate(images):
-        batch[i, 0], t = preprocess(pixels, center, width, size)
+    for i, item in enumerate(images):
+        pixels, center, width = item[0], float(item[1]), float(item[2])
+        modality = str(item[3]) if len(item) > 3 else None
+        batch[i, 0], t = preprocess(np.asarray(pixels), center, width, size, modality)
         transforms.append(t)
     return batch, transforms

@@ -5,7 +5,10 @@ No torch here: the worker imports this. The contract (input size, label orders, 
 calibration) is read from the ONNX file's metadata_props, never hard-coded.
 
     model = ReferenceModel.load(path)                       # CPU by default
-    preds = model.predict([(pixels, wc, ww)], queries=[[(x1, y1, x2, y2)]])
+    preds = model.predict([(pixels, wc, ww, "CT")], queries=[[(x1, y1, x2, y2)]])
+
+Each image is (physical pixels, window center, window width[, DICOM Modality]); without a
+modality the pixels are taken as display values (see shared.inference.preprocess).
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.inference.preprocess import LetterboxTransform, preprocess
+from shared.inference.preprocess import (
+    LEGACY_NORMALISATION,
+    NORMALISATION,
+    LetterboxTransform,
+    preprocess,
+)
 from shared.vocab import load_vocab
 
 SourceBox = tuple[float, float, float, float]
+ImageInput = tuple[np.ndarray, float, float] | tuple[np.ndarray, float, float, str | None]
 UNSUPPORTED = "unsupported"
 # Below this many pixels on a side an image carries no anatomy worth drafting from (icons,
 # dose grids, thumbnails): refused before the network is asked.
@@ -135,6 +144,11 @@ class ReferenceModel:
             d.code: {f.code for f in vocab.findings_for(d.code)} for d in vocab.domains
         }
         self._finding_regions = {f.code: f.regions for f in vocab.findings}
+        # the intensity rule the model was trained with; older files name none
+        rule = str(self.info.preprocessing.get("normalisation", LEGACY_NORMALISATION))
+        if rule not in (NORMALISATION, LEGACY_NORMALISATION):
+            raise ModelContractError(f"model wants preprocessing {rule!r}, unknown here")
+        self.normalisation = rule
 
     @classmethod
     def load(
@@ -154,9 +168,9 @@ class ReferenceModel:
 
     # -- raw ---------------------------------------------------------------------------------
     def preprocess(
-        self, pixels: np.ndarray, center: float, width: float
+        self, pixels: np.ndarray, center: float, width: float, modality: str | None = None
     ) -> tuple[np.ndarray, LetterboxTransform]:
-        return preprocess(pixels, center, width, self.info.input_size)
+        return preprocess(pixels, center, width, self.info.input_size, modality, self.normalisation)
 
     def run_raw(
         self, batch: np.ndarray, query_boxes: np.ndarray | None = None
@@ -178,19 +192,21 @@ class ReferenceModel:
     # -- decoded -----------------------------------------------------------------------------
     def predict(
         self,
-        images: Sequence[tuple[np.ndarray, float, float]],
+        images: Sequence[ImageInput],
         queries: Sequence[Sequence[SourceBox]] | None = None,
     ) -> list[ImagePrediction]:
-        """[(physical pixels, window center, window width)] → decoded predictions. `queries`
-        holds Region→Text boxes in source pixels, per image (may be empty lists)."""
+        """[(physical pixels, window center, window width[, modality])] → decoded predictions.
+        `queries` holds Region→Text boxes in source pixels, per image (may be empty lists)."""
         results: list[ImagePrediction | None] = [None] * len(images)
         batch, transforms, keep = [], [], []
-        for i, (pixels, center, width) in enumerate(images):
+        for i, item in enumerate(images):
+            pixels, center, width = item[0], item[1], item[2]
+            modality = item[3] if len(item) > 3 else None
             rows, cols = np.asarray(pixels).shape[:2]
             if min(rows, cols) < MIN_SOURCE_PIXELS:
                 results[i] = _refused(f"matrix {rows}x{cols} below {MIN_SOURCE_PIXELS} px")
                 continue
-            x, t = self.preprocess(pixels, center, width)
+            x, t = self.preprocess(pixels, center, width, modality)
             batch.append(x)
             transforms.append(t)
             keep.append(i)

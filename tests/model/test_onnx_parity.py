@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from model.augment import MODALITY
 from model.export import load_weights
 from model.network import OUTPUT_NAMES
 from model.phantoms.generator import generate_image
@@ -18,7 +19,7 @@ def _inputs(size: int) -> tuple[np.ndarray, np.ndarray]:
     images, queries = [], []
     for domain, seed in (("cxr", 2_000_021), ("abd_ct", 2_000_022), ("brain_mr", 2_000_023)):
         img = generate_image(domain, seed)
-        x, t = preprocess(img.pixels, *img.window, size)
+        x, t = preprocess(img.pixels, *img.window, size, MODALITY[domain])
         images.append(x)
         boxes = [r.box for r in img.regions[:2]] or [(0, 0, 10, 10)] * 2
         boxes = (boxes * 2)[:2]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from shared.inference.preprocess import (
     DEFAULT_INPUT_SIZE,
     apply_window,
+    ct_curve,
     letterbox_transform,
     preprocess,
     preprocess_batch,
@@ -35,7 +36,8 @@ def test_box_round_trip(rows: int, cols: int, size: int, box: tuple[float, ...])
 
 @pytest.mark.parametrize("rows,cols", [(256, 256), (300, 211), (211, 300), (2999, 1501), (7, 5)])
 def test_image_lands_in_the_letterbox(rows: int, cols: int) -> None:
-    x, t = preprocess(np.ones((rows, cols), np.float32), 0.5, 1.0)
+    # 1000 HU is white through the model's CT windows: the geometry is what is tested here
+    x, t = preprocess(np.full((rows, cols), 1000.0, np.float32), 0.5, 1.0, modality="CT")
     assert x.shape == (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
     x1, y1, x2, y2 = t.content_box
     assert max(x2 - x1, y2 - y1) == pytest.approx(DEFAULT_INPUT_SIZE)  # long side fills it
@@ -60,9 +62,9 @@ def test_image_lands_in_the_letterbox(rows: int, cols: int) -> None:
 def test_rectangle_centroid_and_area_follow_the_transform(
     rows: int, cols: int, box: tuple[int, int, int, int]
 ) -> None:
-    img = np.zeros((rows, cols), np.float32)
-    img[box[1] : box[3], box[0] : box[2]] = 1.0
-    x, t = preprocess(img, 0.5, 1.0)
+    img = np.full((rows, cols), -2000.0, np.float32)  # black through the model's CT windows
+    img[box[1] : box[3], box[0] : box[2]] = 1000.0  # white
+    x, t = preprocess(img, 0.5, 1.0, modality="CT")
     m = t.to_model(np.array(box, float))
     yy, xx = np.mgrid[0 : x.shape[0], 0 : x.shape[1]]
     mass = x.sum()
@@ -85,3 +87,61 @@ def test_window_and_batch() -> None:
 def test_rejects_non_2d() -> None:
     with pytest.raises(ValueError):
         preprocess(np.zeros((3, 4, 4)), 0, 1)
+
+
+# -- intensity: what the header says must not change what the model sees ----------------------
+
+
+def _phantom_like(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:300, 0:240] / 300.0
+    body = ((xx - 0.4) / 0.35) ** 2 + ((yy - 0.5) / 0.45) ** 2 < 1
+    img = np.where(body, lo + (hi - lo) * (0.4 + 0.5 * yy), lo)
+    return (img + rng.normal(0, (hi - lo) * 0.01, img.shape)).astype(np.float32)
+
+
+def test_ct_ignores_the_header_window() -> None:
+    hu = _phantom_like(np.random.default_rng(0), -1000.0, 300.0)
+    a, _ = preprocess(hu, 40, 400, modality="CT")
+    b, _ = preprocess(hu, -600, 1500, modality="CT")
+    np.testing.assert_array_equal(a, b)
+    # and it is the model's fixed curve: soft tissue and lung both keep contrast
+    np.testing.assert_allclose(ct_curve(np.array([-1350.0, 240.0])), [0.0, 1.0], atol=1e-6)
+    mid = ct_curve(np.array([-800.0, -700.0, 30.0, 60.0]))
+    assert mid[1] - mid[0] > 0.02 and mid[3] - mid[2] > 0.04
+
+
+def test_mr_is_normalised_from_the_image() -> None:
+    mr = _phantom_like(np.random.default_rng(1), 0.0, 900.0)
+    a, _ = preprocess(mr, 450, 900, modality="MR")
+    b, _ = preprocess(mr * 3.0 + 50.0, 100, 50, modality="MR")  # another gain, another window
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert a.max() == pytest.approx(1.0) and a.min() == 0.0
+
+
+def test_xray_applies_its_voi_window_then_its_own_range() -> None:
+    xr = _phantom_like(np.random.default_rng(2), 100.0, 3500.0)
+    a, _ = preprocess(xr, 1800, 3600, modality="DX")
+    # the same picture at another exposure, windowed the same way by the modality: same input
+    b, _ = preprocess(xr * 0.5 + 10, 1800 * 0.5 + 10, 3600 * 0.5, modality="DX")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # a narrower window clips more (the VOI LUT is part of an X-ray), the range is re-stretched
+    c, _ = preprocess(xr, 1800, 1800, modality="CR")
+    assert c.max() == pytest.approx(1.0) and (c == 1.0).mean() > (a == 1.0).mean()
+
+
+def test_a_rendered_png_reads_like_its_dicom() -> None:
+    """The MedRegA-protocol server gets an 8-bit rendering (window applied) and no modality."""
+    xr = _phantom_like(np.random.default_rng(3), 100.0, 3500.0)
+    center, width = 1900.0, 3000.0
+    png = np.rint(apply_window(xr, center, width) * 255).astype(np.float32)
+    a, _ = preprocess(xr, center, width, modality="DX")
+    b, _ = preprocess(png, 127.5, 255.0)
+    assert np.abs(a - b).max() < 3 / 255
+
+
+def test_batch_takes_a_modality() -> None:
+    hu = _phantom_like(np.random.default_rng(4), -1000.0, 300.0)
+    batch, _ = preprocess_batch([(hu, 40, 400, "CT"), (hu, -600, 1500, "CT")], size=64)
+    np.testing.assert_array_equal(batch[0], batch[1])
+    flat, _ = preprocess(np.full((80, 80), 7.0, np.float32), 7, 10, modality="MR")
+    assert not flat.any()  # nothing to stretch: black, not noise blown up
