@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
+from shared.db.instance_inputs import instance_input
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
     DraftJob,
@@ -35,7 +36,6 @@ from shared.db.models import (
 )
 from shared.delivery_policy import RetryPolicy, after_failure
 from shared.inference.backend import (
-    InstanceInput,
     ModelAnswerInvalid,
     ModelBackend,
     ModelServerUnavailable,
@@ -74,20 +74,7 @@ def _study_input(session: Session, study: Study, storage_dir: Path) -> StudyInpu
     ).all()
     return StudyInput(
         study_instance_uid=study.study_instance_uid,
-        instances=[
-            InstanceInput(
-                path=storage_dir / instance.file_path,
-                sop_instance_uid=instance.sop_instance_uid,
-                sop_class_uid=instance.sop_class_uid,
-                series_instance_uid=series.series_instance_uid,
-                modality=series.modality,
-                series_number=series.series_number,
-                instance_number=instance.instance_number,
-                body_part_examined=series.body_part_examined,
-                series_description=series.series_description,
-            )
-            for instance, series in rows
-        ],
+        instances=[instance_input(instance, series, storage_dir) for instance, series in rows],
     )
 
 

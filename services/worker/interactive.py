@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from services.worker.celery_app import GPU_QUEUE, app
 from shared.config import get_settings
+from shared.db.instance_inputs import instance_input
 from shared.db.models import Instance, Series
 from shared.db.session import session_scope
 from shared.inference.backend import InstanceInput, ModelAnswerInvalid, ModelServerUnavailable
@@ -36,17 +37,7 @@ def _instance_input(instance_id: int) -> InstanceInput:
         if row is None:
             raise LookupError(f"instance {instance_id} does not exist")
         instance, series = row
-        return InstanceInput(
-            path=get_settings().storage_dir / instance.file_path,
-            sop_instance_uid=instance.sop_instance_uid,
-            sop_class_uid=instance.sop_class_uid,
-            series_instance_uid=series.series_instance_uid,
-            modality=series.modality,
-            series_number=series.series_number,
-            instance_number=instance.instance_number,
-            body_part_examined=series.body_part_examined,
-            series_description=series.series_description,
-        )
+        return instance_input(instance, series, get_settings().storage_dir)
 
 
 def _reply(task: Task, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,22 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
+# Every task takes one row id: at-least-once (acked after it ran, given back if the worker dies),
+# retried only while the database is unreachable; everything else is recorded on the row.
+ROW_TASK_OPTIONS: dict[str, Any] = dict(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_DB_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=5,
+)
+
+
+def _is_row_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 @lru_cache(maxsize=1)
 def model_backend() -> ModelBackend:
@@ -35,19 +51,9 @@ def model_backend() -> ModelBackend:
     return create_backend(get_settings())
 
 
-@app.task(
-    name="medrega.draft_study",
-    queue=GPU_QUEUE,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_DB_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=5,
-)
+@app.task(name="medrega.draft_study", queue=GPU_QUEUE, **ROW_TASK_OPTIONS)
 def draft_study(job_id: int) -> dict[str, Any]:
-    if not isinstance(job_id, int) or isinstance(job_id, bool):
+    if not _is_row_id(job_id):
         log.error("draft_study got a non-integer job id; dropped")
         return {"state": "rejected"}
     engine = get_engine()
@@ -66,21 +72,11 @@ def draft_study(job_id: int) -> dict[str, Any]:
     return {"job_id": outcome.job_id, "state": outcome.state, "report_id": outcome.report_id}
 
 
-@app.task(
-    name="medrega.deliver",
-    queue=IO_QUEUE,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_DB_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=5,
-)
+@app.task(name="medrega.deliver", queue=IO_QUEUE, **ROW_TASK_OPTIONS)
 def deliver(delivery_id: int) -> dict[str, Any]:
     from services.worker.delivery import attempt_delivery
 
-    if not isinstance(delivery_id, int) or isinstance(delivery_id, bool):
+    if not _is_row_id(delivery_id):
         log.error("deliver got a non-integer delivery id; dropped")
         return {"state": "rejected"}
     state = attempt_delivery(get_engine(), delivery_id)
