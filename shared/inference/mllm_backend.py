@@ -294,6 +294,7 @@ class MllmBackend:
         except NotApplicable as exc:
             return self._not_applicable(str(exc), timings)
         plain: PlainReport | None = None
+        seen_there: set[str] = set()  # findings grounded on the plain report's image
         if plan.report_generation:
             # After the grounded answers, on the image that shows the most: a plain report of a
             # slice without the lesion would contradict the draft.
@@ -301,6 +302,7 @@ class MllmBackend:
             modality = images[index].instance.modality
             prompt = report_generation_prompt(modality, self.language, placeholder=self.placeholder)
             plain = parse_plain_report(self.client.ask(prompt, *pngs[index]))
+            seen_there = {i.finding_code for i in items if i.index == index and i.finding_code}
             planned.append(PlannedRequest("report_generation", index, prompt))
             if plain.findings or plain.impression:
                 languages.append(plain.language)
@@ -310,7 +312,7 @@ class MllmBackend:
         t0 = time.perf_counter()
         written = Counter(languages).most_common(1)[0][0] if languages else self.language
         result = self._compose(domain, images, items, readings, written, plain)
-        result.notes = self._notes(readings, languages, domain, plain, result)
+        result.notes = self._notes(readings, languages, domain, plain, seen_there, result)
         result.timings_ms = {**timings, "compose_ms": (time.perf_counter() - t0) * 1000}
         return result
 
@@ -619,6 +621,7 @@ class MllmBackend:
         languages: list[Language],
         domain: str,
         plain: PlainReport | None,
+        seen_there: set[str],
         result: DraftResult,
     ) -> list[str]:
         notes: list[str] = []
@@ -646,10 +649,16 @@ class MllmBackend:
                     f"{self.model_name}'s plain report mentions {', '.join(missing)}, which no "
                     "grounded answer located (no box in the draft): check the image"
                 )
-            if plain.impression and not self._agrees(plain, domain, result.findings):
+            # The impression of one image disagreeing with what was grounded on that image is the
+            # model contradicting itself; one that leaves out lesions of other slices is not (it
+            # is then simply not used: both languages must say the same).
+            impression = set(
+                affirmed_in_domain(plain.impression, plain.language, domain, self.vocab)
+            )
+            if plain.impression and impression != seen_there:
                 notes.append(
-                    f"{self.model_name}'s own impression disagrees with its grounded findings and "
-                    f"was not used: {plain.impression[:300]!r}"
+                    f"{self.model_name}'s own impression disagrees with its grounded findings on "
+                    f"the same image and was not used: {plain.impression[:300]!r}"
                 )
         return notes
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from shared.config import get_settings
 from shared.db.models import DraftJob, RegionFinding, Study
-from shared.reports.domain import RegionFindingResult
 from shared.inference.onnx_backend import OnnxBackend
+from shared.reports.domain import RegionFindingResult
 from tests.support.chat_servers import running_medrega_server
 from tests.support.study_rows import study_input
 from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
@@ -56,6 +56,12 @@ def test_mllm_backend_drafts_and_delivers_like_the_onnx_backend(
                 f"{study.study_instance_uid} drafted through mllm and delivered\n"
                 + pipeline.diagnostics(),
             )
+
+    # Drafted with MedRegA's own prompt forms (the server logs each request's task, no content).
+    logged = (tmp_path / "medrega-server.log").read_text()
+    for task in ("grounding", "disease", "report_generation"):
+        assert f"task={task} language=zh" in logged, task
+    assert "task=locate" not in logged and "task=identify" not in logged
 
     onnx = OnnxBackend(get_settings().model_path)
     for study in (cxr, ct):
