@@ -11,11 +11,20 @@ a crash could lose. (The reverse can happen: a file whose row failed to commit w
 0xA700; it is an orphan until the sender's retry overwrites it and records it.)
 
 Duplicates (same SOP Instance UID received again):
-- same bytes: success, nothing written (the rename put identical bytes in place);
-- different bytes: the newest copy wins. The file was already replaced on disk; the row gets the
-  new sha256/size/path/transfer syntax and the study is marked `needs_redraft` (unless it is
-  still receiving or already signed), because a corrected instance may change what the model
-  would say. Nothing the sender gave us last is lost, and the sender's retry is idempotent.
+- same bytes: success, nothing written (storage.py found the same bytes under the name);
+- different bytes: the first copy stands. Reports reference it, so its row and its file never
+  change (a trigger refuses any update of an instance's stored bytes). The new copy, stored
+  durably beside it by storage.py, gets an `instance_copies` row (once per distinct copy: a
+  re-send of the same copy is idempotent), the study is flagged `conflicting_instances` and an
+  `audit_log` row ("instance_conflict", both sha256) records the event; the C-STORE is answered
+  0x0000, as the copy is durable. No re-draft: the draft is made from the first copy. These are
+  rare and take the slow path, one instance at a time, inside the batch's transaction.
+
+Late input: new input instances re-draft a study that already has a draft job (`needs_redraft`),
+unless it is signed or has a signed/corrected report. Then the signed report stands, the new
+instances are recorded, and the study is flagged `new_images_after_signoff` for the radiologist,
+with one `audit_log` row when the flag goes up (slow path, the study row already locked by the
+batch). Our own output (an SR back from the PACS) is not input.
 
 Lock order: every batch inserts studies, then series, then instances (in UID order), then updates
 studies; concurrent batches of several processes may still deadlock on study rows in rare cases,
@@ -34,11 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy.engine import make_url
 
 from services.listener.dataset_header import InstanceHeader
 from services.listener.storage import StoredFile
-from shared.db.models import StudyState
+from shared.db.models import ReportStatus, StudyState
+from shared.log_safety import printable
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +63,7 @@ TRANSIENT_RETRIES = 3
 class IndexOutcome(enum.StrEnum):
     STORED = "stored"  # a new instance
     DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changed
-    REPLACED = "replaced"  # same SOP Instance UID, different bytes: newest copy recorded
+    CONFLICT = "conflict"  # same SOP Instance UID, different bytes: kept beside the first
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +109,8 @@ _BATCH_COLUMNS = (
     "series_id", "study_id", "uid", "sop_class_uid", "transfer_syntax_uid", "instance_number",
     "rows", "columns", "number_of_frames", "file_path", "size_bytes", "sha256", "calling_ae_title",
 )  # fmt: skip
-# Late input re-drafts a study that already has a draft job, except a signed one (the signed
-# report stands; the new instances are recorded and visible). Our own output is not input.
+# The per-study part of the batch: instance counts, arrival time, the re-draft mark (never under a
+# signed report) and, among studies with a final report, those whose flag must go up (returned).
 _INSERT_BATCH = """
 WITH incoming AS (
     SELECT * FROM unnest(
@@ -125,7 +136,9 @@ inserted AS (
     RETURNING sop_instance_uid, study_id
 ),
 per_study AS (
-    SELECT i.study_id, count(*) AS new_instances, bool_or(u.is_input) AS new_input
+    SELECT i.study_id, count(*) AS new_instances, bool_or(u.is_input) AS new_input,
+        EXISTS (SELECT 1 FROM reports r WHERE r.study_id = i.study_id
+                AND r.status = ANY(%(final_statuses)s::text[])) AS has_final
     FROM inserted i
     JOIN (SELECT sop_instance_uid, bool_or(is_input) AS is_input FROM incoming GROUP BY 1) u
         USING (sop_instance_uid)
@@ -136,35 +149,49 @@ touched AS (
         instance_count = s.instance_count + p.new_instances,
         last_received_at = CASE WHEN p.new_input THEN now() ELSE s.last_received_at END,
         needs_redraft = s.needs_redraft
-            OR (p.new_input AND s.state NOT IN (%(receiving)s, %(signed)s)),
+            OR (p.new_input AND s.state NOT IN (%(receiving)s, %(signed)s) AND NOT p.has_final),
         updated_at = now()
     FROM per_study p
     WHERE s.id = p.study_id
-    RETURNING s.id
+    RETURNING s.id,
+        p.new_input AND NOT s.new_images_after_signoff
+            AND (s.state = %(signed)s OR p.has_final) AS after_signoff
 )
-SELECT sop_instance_uid FROM inserted
+SELECT sop_instance_uid, NULL::bigint FROM inserted
+UNION ALL
+SELECT NULL, id FROM touched WHERE after_signoff
 """
-_SELECT_INSTANCE_FOR_UPDATE = """
-SELECT id, sha256 FROM instances WHERE sop_instance_uid = %(uid)s FOR UPDATE
+# Re-checked here, on a fresh snapshot, with the study row locked by the batch's UPDATE: exactly
+# one transaction raises the flag, and only that one writes the audit row.
+_FLAG_NEW_IMAGES_AFTER_SIGNOFF = """
+UPDATE studies s SET new_images_after_signoff = true, updated_at = now()
+WHERE s.id = %(id)s AND NOT s.new_images_after_signoff
+  AND (s.state = %(signed)s OR EXISTS (SELECT 1 FROM reports r WHERE r.study_id = s.id
+                                       AND r.status = ANY(%(final_statuses)s::text[])))
+RETURNING s.id
 """
-_REPLACE_INSTANCE = """
-UPDATE instances SET
-    series_id = %(series_id)s, study_id = %(study_id)s, sop_class_uid = %(sop_class_uid)s,
-    transfer_syntax_uid = %(transfer_syntax_uid)s, instance_number = %(instance_number)s,
-    rows = %(rows)s, columns = %(columns)s, number_of_frames = %(number_of_frames)s,
-    file_path = %(file_path)s, size_bytes = %(size_bytes)s, sha256 = %(sha256)s,
-    calling_ae_title = %(calling_ae_title)s, received_at = now()
-WHERE id = %(id)s
+_SELECT_INSTANCE = """
+SELECT id, sha256, study_id FROM instances WHERE sop_instance_uid = %(uid)s
 """
-# The same rule for a replaced instance (new content under a known SOP Instance UID).
-_UPDATE_STUDY_AFTER_INPUT = """
-UPDATE studies SET
-    instance_count = instance_count + %(new_instances)s,
-    last_received_at = CASE WHEN %(new_input)s THEN now() ELSE last_received_at END,
-    needs_redraft = needs_redraft OR (%(new_input)s AND state NOT IN (%(receiving)s, %(signed)s)),
-    updated_at = now()
-WHERE id = %(id)s
+# A re-send of a copy already kept is idempotent (unique instance_id, sha256).
+_INSERT_COPY = """
+INSERT INTO instance_copies (
+    instance_id, file_path, size_bytes, sha256, transfer_syntax_uid, calling_ae_title, received_at)
+VALUES (%(instance_id)s, %(file_path)s, %(size_bytes)s, %(sha256)s, %(transfer_syntax_uid)s,
+    %(calling_ae_title)s, now())
+ON CONFLICT (instance_id, sha256) DO NOTHING
+RETURNING id
 """
+_FLAG_CONFLICTING = """
+UPDATE studies SET conflicting_instances = true, updated_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND NOT conflicting_instances
+"""
+# Machine-made audit rows (no user); details carry UIDs and digests only, never PHI.
+_INSERT_AUDIT = """
+INSERT INTO audit_log (at, action, object_type, object_id, study_id, details)
+VALUES (now(), %(action)s, %(object_type)s, %(object_id)s, %(study_id)s, %(details)s)
+"""
+_FINAL_STATUSES = [ReportStatus.SIGNED.value, ReportStatus.CORRECTED.value]
 
 
 # Studies and series are created once and then looked up for each of their instances; the ids
@@ -228,23 +255,27 @@ class BatchIndexer:
             for i in order
         ]
         # One round trip inserts every new instance and updates its study; duplicates (conflicts)
-        # are left out and handled one by one below (rare).
+        # are left out and handled one by one below (rare), as are studies signed off (rarer).
         columns = {key: [p[key] for p in params] for key in _BATCH_COLUMNS}
         columns["is_input"] = [not records[i].header.is_own_output for i in order]
-        inserted_uids = {
-            row[0]
-            for row in cursor.execute(
-                _INSERT_BATCH,
-                {
-                    **columns,
-                    "receiving": StudyState.RECEIVING.value,
-                    "signed": StudyState.SIGNED.value,
-                },
-            ).fetchall()
-        }
+        inserted_uids: set[str] = set()
+        signed_off: list[int] = []
+        for uid, study_id in cursor.execute(
+            _INSERT_BATCH,
+            {
+                **columns,
+                "receiving": StudyState.RECEIVING.value,
+                "signed": StudyState.SIGNED.value,
+                "final_statuses": _FINAL_STATUSES,
+            },
+        ).fetchall():
+            if uid is not None:
+                inserted_uids.add(uid)
+            else:
+                signed_off.append(int(study_id))
 
         outcomes: dict[int, IndexOutcome] = {}
-        replaced_input_studies: set[int] = set()
+        conflicting_studies: set[int] = set()
         for position, instance_params in zip(order, params, strict=True):
             record = records[position]
             uid = record.header.sop_instance_uid
@@ -252,22 +283,13 @@ class BatchIndexer:
                 inserted_uids.discard(uid)  # a second copy in this batch is a duplicate
                 outcomes[position] = IndexOutcome.STORED
                 continue
-            outcome = self._record_duplicate(cursor, record, instance_params)
-            outcomes[position] = outcome
-            if outcome is IndexOutcome.REPLACED and not record.header.is_own_output:
-                replaced_input_studies.add(instance_params["study_id"])
-
-        for study_id in sorted(replaced_input_studies):
-            cursor.execute(
-                _UPDATE_STUDY_AFTER_INPUT,
-                {
-                    "id": study_id,
-                    "new_instances": 0,
-                    "new_input": True,
-                    "receiving": StudyState.RECEIVING.value,
-                    "signed": StudyState.SIGNED.value,
-                },
+            outcomes[position] = self._record_duplicate(
+                cursor, record, instance_params, conflicting_studies
             )
+        if conflicting_studies:
+            cursor.execute(_FLAG_CONFLICTING, {"ids": sorted(conflicting_studies)})
+        for study_id in sorted(signed_off):
+            self._flag_new_images_after_signoff(cursor, study_id)
         return [outcomes[i] for i in range(len(records))]
 
     def _ensure_study(self, cursor: psycopg.Cursor[Any], header: InstanceHeader) -> int:
@@ -347,18 +369,69 @@ class BatchIndexer:
         }
 
     def _record_duplicate(
-        self, cursor: psycopg.Cursor[Any], record: InstanceRecord, params: dict[str, Any]
+        self,
+        cursor: psycopg.Cursor[Any],
+        record: InstanceRecord,
+        params: dict[str, Any],
+        conflicting_studies: set[int],
     ) -> IndexOutcome:
-        existing = cursor.execute(_SELECT_INSTANCE_FOR_UPDATE, params).fetchone()
+        """A SOP Instance UID we have: the same bytes change nothing; different bytes are kept
+        as a copy beside the first (whose row and file stay as they are), flagged and audited."""
+        existing = cursor.execute(_SELECT_INSTANCE, params).fetchone()
         assert existing is not None
-        if existing[1] == record.stored.sha256:
+        instance_id, first_sha256, study_id = int(existing[0]), existing[1], int(existing[2])
+        if first_sha256 == record.stored.sha256:
             return IndexOutcome.DUPLICATE
-        cursor.execute(_REPLACE_INSTANCE, {**params, "id": existing[0]})
-        logger.warning(
-            "instance %s received again with different content; newest copy recorded",
-            record.header.sop_instance_uid,
+        copy = cursor.execute(_INSERT_COPY, {**params, "instance_id": instance_id}).fetchone()
+        if copy is None:
+            return IndexOutcome.DUPLICATE  # this very copy is already kept
+        conflicting_studies.add(study_id)
+        details: dict[str, Any] = {
+            "first_sha256": first_sha256,
+            "copy_sha256": record.stored.sha256,
+            "copy_file_path": record.stored.relative_path,
+            "calling_ae_title": record.calling_ae_title,
+        }
+        if params["study_id"] != study_id:  # the copy names another study (and series)
+            conflicting_studies.add(params["study_id"])
+            details["copy_study_id"] = params["study_id"]
+        cursor.execute(
+            _INSERT_AUDIT,
+            {
+                "action": "instance_conflict",
+                "object_type": "instance",
+                "object_id": record.header.sop_instance_uid,
+                "study_id": study_id,
+                "details": Jsonb(details),
+            },
         )
-        return IndexOutcome.REPLACED
+        logger.warning(
+            "instance %s received again with different content: first copy kept, this one stored "
+            "beside it as %s",
+            printable(record.header.sop_instance_uid),
+            printable(record.stored.relative_path),
+        )
+        return IndexOutcome.CONFLICT
+
+    @staticmethod
+    def _flag_new_images_after_signoff(cursor: psycopg.Cursor[Any], study_id: int) -> None:
+        flagged = cursor.execute(
+            _FLAG_NEW_IMAGES_AFTER_SIGNOFF,
+            {"id": study_id, "signed": StudyState.SIGNED.value, "final_statuses": _FINAL_STATUSES},
+        ).fetchone()
+        if flagged is None:
+            return
+        cursor.execute(
+            _INSERT_AUDIT,
+            {
+                "action": "new_images_after_signoff",
+                "object_type": "study",
+                "object_id": str(study_id),
+                "study_id": study_id,
+                "details": Jsonb({"source": "listener"}),
+            },
+        )
+        logger.info("study %d: new images after sign-off, flagged for the radiologist", study_id)
 
 
 @dataclass(slots=True)
@@ -434,7 +507,8 @@ class IndexWriter:
                     (outcome,) = self._commit_with_retries([pending.record])
                 except Exception as exc:
                     logger.exception(
-                        "indexing instance %s failed", pending.record.header.sop_instance_uid
+                        "indexing instance %s failed",
+                        printable(pending.record.header.sop_instance_uid),
                     )
                     pending.future.set_exception(exc)
                 else:

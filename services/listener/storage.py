@@ -1,10 +1,21 @@
 """Durable content storage for received instances: `<root>/<Study>/<Series>/<SOPInstance>.dcm`.
 
-A file is written as a hidden `.part` file next to its final name, fsynced, renamed into place,
-and its directory fsynced: a reader never sees a half-written instance, and the file survives a
-crash before its row is committed (indexer.py). Each association thread does its own fsyncs:
-concurrent fsyncs share the filesystem's journal commits, so they cost far less than the same
-fsyncs made one after another by a single thread.
+A file is written as a hidden `.part` file next to its final name, fsynced, hard-linked to its
+final name (never renamed over it), the temp name unlinked and the directory fsynced: a reader
+never sees a half-written instance, and the file survives a crash before its row is committed
+(indexer.py). Each association thread does its own fsyncs: concurrent fsyncs share the
+filesystem's journal commits, so they cost far less than the same fsyncs made one after another
+by a single thread.
+
+Bytes once under a final name are never overwritten or deleted here (invariant: an acknowledged
+instance is never lost or silently replaced). `os.link` fails when the name exists, so a second
+arrival of the same SOP Instance UID cannot replace the first even in a race:
+- same bytes: nothing is written; the existing name is returned (its directory fsynced again,
+  in case another thread linked it a moment ago and has not yet made that durable);
+- different bytes: the copy is stored beside it as `<SOPInstance>.<first 16 hex of its
+  sha256>.dcm`, made durable the same way; the indexer records it as an instance copy.
+A crash at any point leaves at most an unreferenced `.part` file or an unreferenced (durable)
+final file, never a changed one.
 """
 
 from __future__ import annotations
@@ -58,28 +69,33 @@ class ContentStore:
     def write(
         self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes
     ) -> StoredFile:
-        """Write `data` durably: file fsynced, renamed into place, directory fsynced.
-        Raises OSError on any storage failure, leaving no temp file."""
+        """Write `data` durably under its instance's name, or beside the different bytes already
+        there (see the module docstring). Raises OSError on any storage failure, leaving no temp
+        file and nothing changed under a final name."""
         relative = self.relative_path(study_uid, series_uid, sop_instance_uid)
         final_path = self.root / relative
+        sha256 = hashlib.sha256(data).hexdigest()
         self._ensure_directory(final_path.parent)
         try:
-            self._write_and_rename(final_path, data)
+            name = self._write_new(final_path, data, sha256)
         except FileNotFoundError:
             # The series directory was removed behind our back (clean-up): recreate, retry once.
             with self._known_dirs_lock:
                 self._known_dirs.pop(final_path.parent, None)
             self._ensure_directory(final_path.parent)
-            self._write_and_rename(final_path, data)
+            name = self._write_new(final_path, data, sha256)
+        if name != final_path.name:
+            relative = str(Path(relative).with_name(name))
         return StoredFile(
             relative_path=relative,
             size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
         )
 
     @staticmethod
-    def _write_and_rename(final_path: Path, data: bytes) -> None:
-        # The temp file lives next to its final name: the rename stays inside one directory (one
+    def _write_new(final_path: Path, data: bytes, sha256: str) -> str:
+        """The file name (in `final_path`'s directory) that now holds `data` durably."""
+        # The temp file lives next to its final name: the link stays inside one directory (one
         # directory fsync covers it) and no shared scratch directory serialises every writer.
         # pid + thread id make the name unique among concurrent writers of the same instance.
         temp_path = final_path.with_name(
@@ -94,8 +110,11 @@ class ContentStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp_path, final_path)
-            fsync_directory(final_path.parent)  # the rename itself must survive a crash
+            name = _link_beside(temp_path, final_path, data, sha256)
+            os.unlink(temp_path)
+            # The link (or the existing name we answer with) and the unlink must survive a crash.
+            fsync_directory(final_path.parent)
+            return name
         except BaseException:
             try:
                 os.unlink(temp_path)
@@ -138,3 +157,19 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _link_beside(temp_path: Path, final_path: Path, data: bytes, sha256: str) -> str:
+    """Give the durable `temp_path` (holding `data`) a final name and return it: the instance's
+    own name if free or already holding `data`, else a name of this copy's own (16 hex digits of
+    its sha256; the full digest should two copies ever share those). Never replaces a file."""
+    stem = final_path.name.removesuffix(".dcm")
+    for name in (final_path.name, f"{stem}.{sha256[:16]}.dcm", f"{stem}.{sha256}.dcm"):
+        target = final_path.with_name(name)
+        try:
+            os.link(temp_path, target)
+            return name
+        except FileExistsError:
+            if target.read_bytes() == data:
+                return name
+    raise FileExistsError(f"{final_path.name}: every name is taken by different bytes")

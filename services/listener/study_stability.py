@@ -1,16 +1,16 @@
 """Study stability: a study idle for `stable_age_s` gets one durable draft job per instance set.
 
-A study qualifies when it is 'receiving', or when late input marked it `needs_redraft` (and it is
-not signed), and no new non-own instance arrived for `stable_age_s`. The sweep then, in one
-transaction per batch:
+A study qualifies when it is 'receiving', or when late input marked it `needs_redraft`, and no
+new non-own instance arrived for `stable_age_s`, and it has input instances, and it is neither
+signed nor has a signed/corrected report (a signed report is final: late images only flag the
+study, see indexer.py). The sweep then, in one transaction per batch:
 - inserts a `draft_jobs` row (pending) for the sha256 of its sorted non-own SOP Instance UIDs —
   idempotent through the unique (study_id, instance_set_sha256) constraint;
 - marks older pending/queued jobs of the study 'superseded' (their instance set is outdated);
 - sets the study 'stable', `stable_at`, and clears `needs_redraft`.
 
-If the instance set did not change but an instance's bytes did (a duplicate SOP Instance UID with
-new content, see indexer.py), the existing job for that set is re-opened (state pending) rather
-than duplicated: the unique constraint says one job per set, and the content must be re-drafted.
+An instance's content never changes under its row (a different copy is kept beside it, see
+indexer.py), so the same instance set never needs a second job.
 
 Several listener processes (or hosts) may run the sweep: a transaction-level advisory lock lets
 one sweep at a time, and `FOR NO KEY UPDATE SKIP LOCKED` keeps the study rows consistent even
@@ -34,7 +34,7 @@ import psycopg
 from services.listener.indexer import libpq_url
 from shared.config import get_settings
 from shared.db.instance_sets import instance_set_sha256
-from shared.db.models import DraftJobState, StudyState
+from shared.db.models import DraftJobState, ReportStatus, StudyState
 from shared.db.outbox import notify_outbox_psycopg
 
 logger = logging.getLogger(__name__)
@@ -44,10 +44,13 @@ SWEEP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"medrega.study_stability").diges
 SWEEP_BATCH = 100
 
 _CLAIM_IDLE_STUDIES = """
-SELECT s.id, s.needs_redraft FROM studies s
+SELECT s.id FROM studies s
 WHERE (s.state = %(receiving)s OR (s.needs_redraft AND s.state <> %(signed)s))
   AND s.last_received_at < now() - make_interval(secs => %(stable_age_s)s)
-  AND EXISTS (SELECT 1 FROM series se WHERE se.study_id = s.id AND NOT se.is_own_output)
+  AND EXISTS (SELECT 1 FROM instances i JOIN series se ON se.id = i.series_id
+              WHERE i.study_id = s.id AND NOT se.is_own_output)
+  AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.study_id = s.id
+                  AND r.status = ANY(%(final_statuses)s::text[]))
 ORDER BY s.last_received_at
 LIMIT %(limit)s
 FOR NO KEY UPDATE OF s SKIP LOCKED
@@ -63,13 +66,7 @@ ON CONFLICT ON CONSTRAINT uq_draft_jobs_instance_set DO NOTHING
 RETURNING id
 """
 _EXISTING_JOB = """
-SELECT id, state FROM draft_jobs WHERE study_id = %(study_id)s AND instance_set_sha256 = %(sha)s
-"""
-# The same instance set, but an instance's content changed: the finished job must run again.
-_REOPEN_JOB = """
-UPDATE draft_jobs SET state = %(pending)s, reason = 'instance content changed',
-    published_at = NULL, started_at = NULL, finished_at = NULL
-WHERE id = %(id)s
+SELECT id FROM draft_jobs WHERE study_id = %(study_id)s AND instance_set_sha256 = %(sha)s
 """
 _SUPERSEDE_OLDER_JOBS = """
 UPDATE draft_jobs SET state = %(superseded)s
@@ -79,8 +76,7 @@ _MARK_STABLE = """
 UPDATE studies SET state = %(stable)s, stable_at = now(), needs_redraft = false, updated_at = now()
 WHERE id = %(study_id)s
 """
-# Jobs still waiting for or in a worker: re-opening them is pointless.
-_ACTIVE_JOB_STATES = {DraftJobState.PENDING, DraftJobState.QUEUED, DraftJobState.RUNNING}
+_FINAL_STATUSES = [ReportStatus.SIGNED.value, ReportStatus.CORRECTED.value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +88,7 @@ class DraftJobCreated:
 
 
 def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list[DraftJobCreated]:
-    """One sweep; commits. Returns the jobs created (or re-opened) by this sweep."""
+    """One sweep; commits. Returns the jobs created by this sweep."""
     created: list[DraftJobCreated] = []
     with connection.transaction():
         cursor = connection.cursor()
@@ -105,12 +101,13 @@ def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list
             {
                 "receiving": StudyState.RECEIVING.value,
                 "signed": StudyState.SIGNED.value,
+                "final_statuses": _FINAL_STATUSES,
                 "stable_age_s": stable_age_s,
                 "limit": SWEEP_BATCH,
             },
         ).fetchall()
-        for study_id, needs_redraft in studies:
-            job = _stabilise(cursor, study_id, needs_redraft)
+        for (study_id,) in studies:
+            job = _stabilise(cursor, study_id)
             if job is not None:
                 created.append(job)
         if created:
@@ -125,9 +122,7 @@ def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list
     return created
 
 
-def _stabilise(
-    cursor: psycopg.Cursor[Any], study_id: int, needs_redraft: bool
-) -> DraftJobCreated | None:
+def _stabilise(cursor: psycopg.Cursor[Any], study_id: int) -> DraftJobCreated | None:
     uids = [r[0] for r in cursor.execute(_INSTANCE_SET, {"study_id": study_id}).fetchall()]
     sha = instance_set_sha256(uids)
     params = {"study_id": study_id, "sha": sha, "count": len(uids)}
@@ -142,9 +137,6 @@ def _stabilise(
         existing = cursor.execute(_EXISTING_JOB, params).fetchone()
         assert existing is not None
         job_id = int(existing[0])
-        if needs_redraft and existing[1] not in _ACTIVE_JOB_STATES:
-            cursor.execute(_REOPEN_JOB, {"id": job_id, "pending": DraftJobState.PENDING.value})
-            job = DraftJobCreated(study_id, job_id, len(uids), sha)
     cursor.execute(
         _SUPERSEDE_OLDER_JOBS,
         {

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
 from sqlalchemy import Engine, text
 
 from tests.support.listener_process import RunningListener, listener_process
@@ -51,6 +53,25 @@ def storescu(
     )
 
 
+def c_store(
+    listener: RunningListener, files: Sequence[Path], calling_ae: str = "MEDREGA_TEST"
+) -> list[int]:
+    """CT files over one pynetdicom association; the DIMSE status of each C-STORE."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    association = ae.associate(listener.host, listener.port, ae_title=listener.ae_title)
+    assert association.is_established
+    try:
+        statuses = []
+        for path in files:
+            status = association.send_c_store(path)
+            assert status, "no response"
+            statuses.append(int(status.Status))
+        return statuses
+    finally:
+        association.release()
+
+
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.execute(text(sql), params).all())
@@ -80,7 +101,8 @@ def draft_jobs(engine: Engine, study_uid: str) -> list[Any]:
 def study_row(engine: Engine, study_uid: str) -> Any:
     found = rows(
         engine,
-        "SELECT id, state, needs_redraft, instance_count, last_received_at "
+        "SELECT id, state, needs_redraft, instance_count, last_received_at, "
+        "new_images_after_signoff, conflicting_instances "
         "FROM studies WHERE study_instance_uid = :uid",
         uid=study_uid,
     )
@@ -97,3 +119,12 @@ def dataset_bytes(path: Path) -> bytes:
         read_preamble(handle, False)
         _read_file_meta_info(handle)
         return handle.read()
+
+
+def audit_rows(engine: Engine, action: str) -> list[Any]:
+    return rows(
+        engine,
+        "SELECT object_type, object_id, study_id, details FROM audit_log WHERE action = :action "
+        "ORDER BY id",
+        action=action,
+    )

@@ -14,6 +14,7 @@ from shared.config import REPO_ROOT
 from shared.dicom.uids import derived_uid, new_uid
 from tests.listener.conftest import (
     STABLE_AGE_S,
+    audit_rows,
     dataset_bytes,
     draft_jobs,
     rows,
@@ -126,7 +127,7 @@ def test_study_is_stored_indexed_and_drafted_once_then_redrafted_on_late_input(
     assert len(draft_jobs(clean_db, study.study_uid)) == 2
 
 
-def test_signed_study_records_late_instances_without_redraft(
+def test_signed_study_records_late_instances_flags_them_without_redraft(
     listener: RunningListener, clean_db: Engine, tmp_path: Path
 ) -> None:
     study = write_ct_study(tmp_path / "in", count=3)
@@ -142,6 +143,64 @@ def test_signed_study_records_late_instances_without_redraft(
     assert storescu(listener, late.files).returncode == 0
     after = study_row(clean_db, study.study_uid)
     assert after.instance_count == 5 and after.state == "signed" and not after.needs_redraft
+    assert after.new_images_after_signoff
+    (audit,) = audit_rows(clean_db, "new_images_after_signoff")
+    assert (audit.object_type, audit.study_id) == ("study", after.id)
+
+    # More images while the flag is up: recorded, no second audit row, still no draft.
+    more = write_ct_study(
+        tmp_path / "more", count=1, study_uid=study.study_uid, series_uid=study.series_uid
+    )
+    assert storescu(listener, more.files).returncode == 0
+    assert study_row(clean_db, study.study_uid).instance_count == 6
+    assert len(audit_rows(clean_db, "new_images_after_signoff")) == 1
+    wait_for(lambda: False, timeout_s=STABLE_AGE_S * 2.5)
+    assert [j.state for j in draft_jobs(clean_db, study.study_uid)] == ["done"]
+
+
+def sign_report(engine: Engine, study_uid: str) -> None:
+    """A signed report version, as shared/reports writes it, for a study the listener holds."""
+    with engine.begin() as connection:
+        user_id = connection.execute(
+            text(
+                "INSERT INTO users (username, password_hash, full_name, role, active, created_at) "
+                "VALUES ('rad', 'x', 'Rad', 'radiologist', true, now()) RETURNING id"
+            )
+        ).scalar_one()
+        connection.execute(
+            text(
+                "INSERT INTO reports (study_id, version, status, findings_en, findings_zh, "
+                "impression_en, impression_zh, sentences, signed_at, signed_by_user_id, "
+                "author_user_id, created_at) "
+                "SELECT id, 1, 'signed', '', '', 'Normal.', '', '[]', now(), :user, :user, now() "
+                "FROM studies WHERE study_instance_uid = :uid"
+            ),
+            {"user": user_id, "uid": study_uid},
+        )
+
+
+def test_study_with_a_signed_report_is_never_redrafted_whatever_its_state(
+    listener: RunningListener, clean_db: Engine, tmp_path: Path
+) -> None:
+    """The signed report, not the study's state column, is what makes a study final."""
+    study = write_ct_study(tmp_path / "in", count=2)
+    assert storescu(listener, study.files).returncode == 0
+    assert wait_for(lambda: len(draft_jobs(clean_db, study.study_uid)) == 1)
+    sign_report(clean_db, study.study_uid)
+    with clean_db.begin() as connection:  # e.g. a state another component set later
+        connection.execute(text("UPDATE studies SET state = 'drafted'"))
+        connection.execute(text("UPDATE draft_jobs SET state = 'done'"))
+
+    late = write_ct_study(
+        tmp_path / "late", count=1, study_uid=study.study_uid, series_uid=study.series_uid
+    )
+    assert storescu(listener, late.files).returncode == 0
+    after = study_row(clean_db, study.study_uid)
+    assert after.new_images_after_signoff and not after.needs_redraft
+    assert len(audit_rows(clean_db, "new_images_after_signoff")) == 1
+    # Even marked for re-draft (by a bug, or a second writer), the sweep leaves it alone.
+    with clean_db.begin() as connection:
+        connection.execute(text("UPDATE studies SET needs_redraft = true"))
     wait_for(lambda: False, timeout_s=STABLE_AGE_S * 2.5)
     assert [j.state for j in draft_jobs(clean_db, study.study_uid)] == ["done"]
 
