@@ -8,6 +8,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from shared.dicom.uids import is_own_uid, is_valid_uid
 
@@ -124,10 +125,17 @@ def _extract(dataset: Dataset) -> InstanceHeader:
 
 
 def _text(dataset: Dataset, keyword: str, max_length: int) -> str | None:
+    """An attribute as text; several values (a `\\` in the element, e.g. two Patient Names)
+    as DICOM writes them, joined by `\\`, never as Python's list repr "['A^B', 'C^D']". Kept
+    exactly as received otherwise: `^` and `=` are PN's own separators, and HL7 delimiters
+    (`|^~\\&`) mean nothing here (the ORU builder escapes them)."""
     value = dataset.get(keyword)
     if value is None or value == "":
         return None
-    text = str(value).strip()
+    if isinstance(value, MultiValue):
+        text = "\\".join(str(item).strip() for item in value).strip()
+    else:
+        text = str(value).strip()
     # Columns are sized to the DICOM VR maximum; a non-conformant sender must not fail the store.
     return text[:max_length] or None
 

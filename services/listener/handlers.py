@@ -1,8 +1,10 @@
 """pynetdicom event handlers: one `handle_<event>` per event, each returns a DICOM answer.
 
 Handlers never raise into the association (pynetdicom would answer 0xC211 and log the traceback
-with whatever it holds): they catch, log UIDs only (no PHI) and return a status. The C-STORE
-handler stays thin: parse the header, write the bytes, hand the row to the index writer, wait.
+with whatever it holds): they catch, log UIDs only (no PHI) and return a status. Whatever the
+peer chose (AE title, UIDs) is logged through `printable`, so it cannot forge a log line. The
+C-STORE handler stays thin: parse the header, write the bytes, hand the row to the index writer,
+wait.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from services.listener.dataset_header import (
 )
 from services.listener.indexer import IndexWriter, InstanceRecord
 from services.listener.storage import ContentStore
+from shared.log_safety import printable
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +56,15 @@ def handle_requested(event: events.Event, context: ListenerContext) -> None:
         request = event.assoc.requestor.primitive
         calling_ae = request.calling_ae_title.strip() if request is not None else ""
         if calling_ae not in context.allowed_calling_aes:
-            logger.warning("association from calling AE %r refused: not whitelisted", calling_ae)
+            logger.warning(
+                "association from calling AE '%s' refused: not whitelisted", printable(calling_ae)
+            )
             _reject(event, REJECT_CALLING_AE_NOT_RECOGNISED)
             return
         if not context.store.has_free_space():
             logger.error(
-                "association from %r refused: storage below its free-space watermark", calling_ae
+                "association from '%s' refused: storage below its free-space watermark",
+                printable(calling_ae),
             )
             _reject(event, REJECT_LOCAL_LIMIT_EXCEEDED)
     except Exception:
@@ -93,18 +99,19 @@ def handle_store(event: events.Event, context: ListenerContext) -> int:
 def _store(event: events.Event, context: ListenerContext) -> int:
     request = cast(C_STORE, event.request)
     requested_instance = str(request.AffectedSOPInstanceUID)
+    logged_instance = printable(requested_instance)  # chosen by the peer
     if not context.store.has_free_space():
-        logger.error("C-STORE %s refused: storage below its watermark", requested_instance)
+        logger.error("C-STORE %s refused: storage below its watermark", logged_instance)
         return STATUS_OUT_OF_RESOURCES
 
     data = event.encoded_dataset(include_meta=True)  # as received: no decode, no re-encode
     try:
         header = read_header(data)
     except UndecodableDatasetError as exc:
-        logger.warning("C-STORE %s: undecodable dataset (%s)", requested_instance, exc)
+        logger.warning("C-STORE %s: undecodable dataset (%s)", logged_instance, printable(exc))
         return STATUS_CANNOT_DECODE
     except IncompleteDatasetError as exc:
-        logger.warning("C-STORE %s: %s", requested_instance, exc)
+        logger.warning("C-STORE %s: %s", logged_instance, printable(exc))
         return STATUS_CANNOT_UNDERSTAND
 
     if (
@@ -113,10 +120,10 @@ def _store(event: events.Event, context: ListenerContext) -> int:
     ):
         logger.warning(
             "C-STORE %s: dataset SOP Class/Instance (%s/%s) disagree with the request (%s)",
-            requested_instance,
-            header.sop_class_uid,
-            header.sop_instance_uid,
-            request.AffectedSOPClassUID,
+            logged_instance,
+            printable(header.sop_class_uid),
+            printable(header.sop_instance_uid),
+            printable(request.AffectedSOPClassUID),
         )
         return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
 
@@ -125,7 +132,7 @@ def _store(event: events.Event, context: ListenerContext) -> int:
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, data
         )
     except OSError:
-        logger.exception("C-STORE %s: writing to storage failed", requested_instance)
+        logger.exception("C-STORE %s: writing to storage failed", logged_instance)
         return STATUS_OUT_OF_RESOURCES
 
     record = InstanceRecord(
@@ -138,10 +145,10 @@ def _store(event: events.Event, context: ListenerContext) -> int:
         outcome = context.index_writer.submit(record).result(timeout=context.index_timeout_s)
     except FutureTimeoutError:
         # The row may still commit later; the sender's retry is then a harmless duplicate.
-        logger.error("C-STORE %s: index write timed out", requested_instance)
+        logger.error("C-STORE %s: index write timed out", logged_instance)
         return STATUS_OUT_OF_RESOURCES
     except Exception:
-        logger.exception("C-STORE %s: index write failed", requested_instance)
+        logger.exception("C-STORE %s: index write failed", logged_instance)
         return STATUS_OUT_OF_RESOURCES
-    logger.debug("C-STORE %s: %s", requested_instance, outcome)
+    logger.debug("C-STORE %s: %s", logged_instance, outcome)
     return STATUS_SUCCESS

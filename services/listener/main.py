@@ -57,6 +57,7 @@ from services.listener.indexer import IndexWriter
 from services.listener.storage import ContentStore
 from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
+from shared.log_safety import EscapingFormatter
 
 logger = logging.getLogger("services.listener")
 
@@ -291,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings().model_copy(update=overrides)
     processes = args.processes if args.processes is not None else settings.listener_processes
 
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    log_handler = logging.StreamHandler()
+    # One record, one line: pynetdicom quotes the invalid UIDs and AE titles it receives as they
+    # are; our own calls escape peer values themselves (shared.log_safety.printable).
+    log_handler.setFormatter(
+        EscapingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=settings.log_level, handlers=[log_handler])
     # pynetdicom logs every PDU/DIMSE message at INFO/DEBUG: costly at our rates, and its dataset
     # dumps could carry PHI. Our own handlers log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
