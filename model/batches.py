@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from model import ood_negatives
-from model.labels import UNSUPPORTED
+from model.augment import Sample, augment
+from model.labels import DOMAIN_OUTPUTS, UNSUPPORTED
 
 
 def make_batch(
@@ -15,11 +16,28 @@ def make_batch(
     rng: np.random.Generator,
     neg_fraction: float,
     n_queries: int,
+    augment_fraction: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     images = data["image"][idx].astype(np.float32) / 255.0
-    out = {k: data[k][idx].copy() for k in data if k != "image"}
+    out = {k: data[k][idx].copy() for k in data if k not in ("image", "content")}
     n_neg = int(round(len(idx) * neg_fraction))
     s = images.shape[-1]
+    for j in range(len(idx)):
+        if j < n_neg or rng.random() >= augment_fraction:
+            continue
+        sample = Sample(
+            images[j],
+            out["region_boxes"][j],
+            out["region_present"][j],
+            out["lesion_boxes"][j],
+            out["lesion_classes"][j],
+            tuple(int(v) for v in data["content"][idx[j]]),  # type: ignore[arg-type]
+        )
+        augment(sample, DOMAIN_OUTPUTS[int(out["domain"][j])], rng)
+        images[j] = sample.image
+        out["region_boxes"][j] = sample.region_boxes
+        out["region_present"][j] = sample.region_present
+        out["lesion_boxes"][j] = sample.lesion_boxes
     for j in range(n_neg):
         if rng.random() < 0.55:
             images[j] = ood_negatives.synthetic(rng, s)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from model import ood_negatives
-from model.labels import UNSUPPORTED
+from model.augment import Sample, augment
+from model.labels import DOMAIN_OUTPUTS, UNSUPPORTED
 from model.metrics import ece_binary, f1, match
 from model.network import RegionNet
 
@@ -135,9 +136,29 @@ def collect(model: RegionNet, images: np.ndarray, data: dict[str, np.ndarray]) -
     return out_np
 
 
+def shifted_copies(val: dict[str, np.ndarray], seed: int = 2024) -> np.ndarray:
+    """Every validation image once more with site variations (model.augment, always on): the
+    OOD gate must answer these, not reject them."""
+    rng = np.random.default_rng(seed)
+    images = val["image"].astype(np.float32) / 255.0
+    out = np.empty_like(images)
+    for i in range(len(images)):
+        sample = Sample(
+            images[i].copy(),
+            val["region_boxes"][i].copy(),
+            val["region_present"][i].copy(),
+            val["lesion_boxes"][i].copy(),
+            val["lesion_classes"][i].copy(),
+            tuple(int(v) for v in val["content"][i]),  # type: ignore[arg-type]
+        )
+        out[i] = augment(sample, DOMAIN_OUTPUTS[int(val["domain"][i])], rng, strength=1.25).image
+    return out
+
+
 def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
     rng = np.random.default_rng(12345)
     images = val["image"].astype(np.float32) / 255.0
+    shifted = shifted_copies(val) if "content" in val else images[:0]
     n_neg = max(len(images) // 4, 8)
     s = images.shape[-1]
     negs = np.stack(
@@ -151,7 +172,7 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
         ]
     )
     c = collect(model, images, val)
-    neg_dom = []
+    neg_dom, shift_dom = [], []
     with torch.no_grad():
         for start in range(0, n_neg, 64):
             neg_dom.append(
@@ -159,8 +180,17 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
                     "domain"
                 ].numpy()
             )
-    dom_logits = np.concatenate([c["domain"], *neg_dom])
-    dom_labels = np.concatenate([val["domain"], np.full(n_neg, UNSUPPORTED)])
+        for start in range(0, len(shifted), 64):
+            shift_dom.append(
+                model.features(torch.from_numpy(shifted[start : start + 64]).unsqueeze(1))[
+                    "domain"
+                ].numpy()
+            )
+    # in-domain = the clean split and its shifted copies; out-of-domain = the negatives
+    dom_logits = np.concatenate([c["domain"], *shift_dom, *neg_dom])
+    dom_labels = np.concatenate(
+        [val["domain"], val["domain"][: len(shifted)], np.full(n_neg, UNSUPPORTED)]
+    )
     temps = {
         "domain": _fit_multiclass(dom_logits, dom_labels),
         "presence": _fit_binary(c["presence"], val["region_present"]),
@@ -196,6 +226,11 @@ def calibrate(model: RegionNet, val: dict[str, np.ndarray], log=print) -> dict:
         "val_lesion_f1": best_f1,
         "val_ood_reject_negatives": float(rejects[~in_dist].mean()),
         "val_ood_false_reject": float(rejects[in_dist].mean()),
+        "val_ood_false_reject_shifted": float(
+            rejects[len(images) : len(images) + len(shifted)].mean()
+        )
+        if len(shifted)
+        else 0.0,
         "val_r2t_acc": float((c["r2t"].argmax(1) == c["r2t_y"]).mean()),
         "val_domain_acc": float((probs[in_dist].argmax(1) == dom_labels[in_dist]).mean()),
     }

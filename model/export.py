@@ -15,11 +15,17 @@ import onnx
 import torch
 
 from model.network import OUTPUT_NAMES, NetConfig, RegionNet
-from shared.inference.preprocess import PAD_VALUE, POLICY
+from shared.inference.preprocess import (
+    CT_WINDOWS,
+    NORMALISATION,
+    PAD_VALUE,
+    PERCENTILES,
+    POLICY,
+)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
-MODEL_VERSION = "medrega-ref-1.1.0"
+MODEL_VERSION = "medrega-ref-1.2.0"
 OPSET = 17
 
 OUTPUT_DOC = {
@@ -69,8 +75,14 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "input_size": model.cfg.input_size,
         "pad_value": PAD_VALUE,
         "value_range": [0.0, 1.0],
-        "window": "DICOM WindowCenter/WindowWidth (first value) after rescale slope/intercept",
-        "monochrome1": "invert to MONOCHROME2 before windowing",
+        "normalisation": NORMALISATION,
+        "modality": "DICOM Modality picks the intensity rule: CT, MR, anything else (X-ray, "
+        "or display values such as a rendered PNG when no modality is given)",
+        "ct_windows": [list(w) for w in CT_WINDOWS],
+        "percentiles": list(PERCENTILES),
+        "window": "X-ray/other: DICOM WindowCenter/WindowWidth (first value) after rescale "
+        "slope/intercept, then the image's own percentiles; CT and MR: not used",
+        "monochrome1": "invert to MONOCHROME2 before anything else",
     }
     return {
         "model_version": MODEL_VERSION,

@@ -73,3 +73,38 @@ def draw_grid(
         grid.paste(t, ((k % cols) * TILE, (k // cols) * (TILE + 16)))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+
+
+def draw_shift_grid(
+    examples: dict[str, list[tuple[PhantomStudy, PhantomImage, ImagePrediction]]],
+    path: Path,
+    tile: int = 240,
+) -> None:
+    """One row per variation (clean first), one column per domain: the same abnormal test image
+    in every row, shown through its own (shifted) header window, with true boxes green,
+    predicted regions red, predicted lesions orange."""
+    rows = []
+    for variant, items in examples.items():
+        row = []
+        for domain in DOMAINS:
+            mine = [e for e in items if e[0].domain == domain]
+            pick = next((e for e in mine if e[1].findings), mine[0] if mine else None)
+            if pick is None:
+                blank = Image.new("RGB", (TILE, TILE + 16), (20, 20, 20))
+                ImageDraw.Draw(blank).text((4, 4), f"{variant}: n/a for {domain}", fill="white")
+                row.append(blank)
+                continue
+            study, img, pred = pick
+            gt = ",".join(f.code for f in img.findings) or "normal"
+            row.append(
+                _tile(img, pred, f"{variant} | {domain} {study.seed}: {gt} -> {pred.domain}")
+            )
+        rows.append(row)
+    f = tile / TILE
+    th = int((TILE + 16) * f)
+    grid = Image.new("RGB", (len(DOMAINS) * tile, len(rows) * th), (20, 20, 20))
+    for r, row in enumerate(rows):
+        for c, t in enumerate(row):
+            grid.paste(t.resize((tile, th)), (c * tile, r * th))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)

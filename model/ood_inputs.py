@@ -29,12 +29,18 @@ def _window(ds, arr: np.ndarray) -> tuple[float, float]:
 def pydicom_images() -> list[OodImage]:
     """Every distinct 2D image (first frame, luminance for colour) among pydicom's bundled
     test files. Duplicates (the same pixels in another transfer syntax) are counted once."""
+    return [(name, arr, c, w) for name, arr, c, w, _ in pydicom_images_with_modality()]
+
+
+def pydicom_images_with_modality() -> list[tuple[str, np.ndarray, float, float, str | None]]:
+    """`pydicom_images` with each file's Modality (None when it has none): the worker hands
+    the runtime that modality, so the OOD gate is tried on the path each file would take."""
     import pydicom
     from pydicom.pixels import apply_rescale
 
     root = Path(pydicom.__file__).parent / "data" / "test_files"
     seen: set[str] = set()
-    out: list[OodImage] = []
+    out: list[tuple[str, np.ndarray, float, float, str | None]] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:
             with warnings.catch_warnings():
@@ -63,7 +69,8 @@ def pydicom_images() -> list[OodImage]:
         if ds.get("PhotometricInterpretation") == "MONOCHROME1":
             phys = phys.max() + phys.min() - phys
         c, w = _window(ds, phys)
-        out.append((str(path.relative_to(root)), phys, c, w))
+        modality = str(ds.get("Modality", "") or "") or None
+        out.append((str(path.relative_to(root)), phys, c, w, modality))
     return out
 
 

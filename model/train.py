@@ -46,10 +46,12 @@ class Recipe:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     neg_fraction: float = 0.15
+    augment_fraction: float = 0.7  # share of in-domain images given site variations
     n_queries: int = 8
     threads: int = 2
     seed: int = 0
     calibrate: bool = True
+    init: str | None = None  # torch weights to start from (model/artifacts/*.pt format)
 
 
 SMOKE = Recipe(
@@ -115,16 +117,34 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _init_from(model: RegionNet, path: Path, log) -> None:
+    """Start from earlier weights (same architecture); calibration buffers go back to identity
+    because the new run is calibrated afresh."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if tuple(blob["net"]["widths"]) != model.cfg.widths or blob["net"]["input_size"] != (
+        model.cfg.input_size
+    ):
+        raise ValueError(f"{path}: network {blob['net']} differs from {model.cfg}")
+    state = dict(blob["state_dict"])
+    for name in ("domain", "presence", "abnormal", "finding", "lesion", "r2t"):
+        state[f"t_{name}"] = torch.ones(())
+    state["b_lesion"] = torch.zeros(())
+    model.load_state_dict(state)
+    log(f"initialised from {path}")
+
+
 def train(recipe: Recipe, log=print) -> dict:
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    workers = 1 if recipe.per_domain < 50 else 2
+    workers = 1 if recipe.per_domain < 50 or recipe.threads < 2 else 2
     data = load_or_build("train", recipe.per_domain, recipe.input_size, recipe.max_side, workers)
     cfg = NetConfig(
         input_size=recipe.input_size, n_regions=len(REGION_CODES), n_findings=len(FINDING_CODES)
     )
     model = RegionNet(cfg)
+    if recipe.init:
+        _init_from(model, Path(recipe.init), log)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     n = len(data["image"])
     budget = recipe.minutes * 60
@@ -146,7 +166,9 @@ def train(recipe: Recipe, log=print) -> dict:
             order, pos = rng.permutation(n), 0
         idx = np.sort(order[pos : pos + recipe.batch])
         pos += recipe.batch
-        batch = make_batch(data, idx, rng, recipe.neg_fraction, recipe.n_queries)
+        batch = make_batch(
+            data, idx, rng, recipe.neg_fraction, recipe.n_queries, recipe.augment_fraction
+        )
         losses = compute_losses(model, batch)
         total = sum(LOSS_WEIGHTS[k] * v for k, v in losses.items())
         opt.zero_grad(set_to_none=True)
@@ -176,7 +198,9 @@ def train(recipe: Recipe, log=print) -> dict:
         "domain_outputs": list(DOMAIN_OUTPUTS),
     }
     if recipe.calibrate:
-        val = load_or_build("val", recipe.val_per_domain, recipe.input_size, recipe.max_side)
+        val = load_or_build(
+            "val", recipe.val_per_domain, recipe.input_size, recipe.max_side, workers
+        )
         result["calibration"] = calibrate(model, val, log=log)
     out_dir = RUNS / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, help="wall-clock training budget")
     ap.add_argument("--per-domain", type=int, help="training images per domain")
     ap.add_argument("--name", help="run folder under model/runs/")
+    ap.add_argument("--threads", type=int, help="torch threads (and 1 cache-building process)")
+    ap.add_argument("--init", help="start from these torch weights (fine-tuning)")
+    ap.add_argument("--lr", type=float, help="peak learning rate")
     args = ap.parse_args(argv)
     recipe = SMOKE if args.smoke else Recipe()
     if args.minutes is not None:
@@ -203,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe.per_domain = args.per_domain
     if args.name:
         recipe.name = args.name
+    if args.threads is not None:
+        recipe.threads = args.threads
+    if args.init:
+        recipe.init = args.init
+    if args.lr is not None:
+        recipe.lr = args.lr
     result = train(recipe, log=lambda s: print(s, flush=True))
     fell = result["loss_last"] < result["loss_first"]
     print(

@@ -1,7 +1,8 @@
 """Pre-rendered phantom images in model-input space, cached under model/runs/cache/ (git-ignored).
 
 Each phantom goes through the *serving* preprocessing (shared.inference.preprocess) with the
-window the DICOM writer stores, so training sees exactly what the worker will feed the model.
+window the DICOM writer stores and its domain's modality, so training sees exactly what the
+worker will feed the model; site variations are added per batch (model.augment).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.augment import MODALITY
 from model.labels import FINDING_INDEX, REGION_CODES, REGION_INDEX
 from model.phantoms.generator import generate_image
 from model.phantoms.splits import Split, seeds
@@ -33,10 +35,12 @@ class Encoded:
     lesion_classes: np.ndarray  # (L,) int16, -1 = none
     abnormal: np.ndarray  # (R,) bool
     findings: np.ndarray  # (F,) bool
+    content: np.ndarray  # (4,) int16 x1, y1, x2, y2: where the image sits in the letterbox
 
 
 def encode(img: PhantomImage, domain_index: int, size: int) -> Encoded:
-    x, t = preprocess(img.pixels, img.window[0], img.window[1], size)
+    modality = MODALITY[DOMAINS[domain_index]]
+    x, t = preprocess(img.pixels, img.window[0], img.window[1], size, modality)
     return encode_targets(img, domain_index, (x * 255 + 0.5).astype(np.uint8), t)
 
 
@@ -59,7 +63,11 @@ def encode_targets(
         lcls[j] = FINDING_INDEX[f.code]
         abnormal[REGION_INDEX[f.region_code]] = True
         findings[FINDING_INDEX[f.code]] = True
-    return Encoded(image_u8, domain_index, boxes, present, lboxes, lcls, abnormal, findings)
+    x1, y1, x2, y2 = t.content_box
+    content = np.array([round(x1), round(y1), round(x2), round(y2)], np.int16)
+    return Encoded(
+        image_u8, domain_index, boxes, present, lboxes, lcls, abnormal, findings, content
+    )
 
 
 def _work(args: tuple[int, int, int, int]) -> Encoded:
@@ -88,13 +96,15 @@ def build(
         "lesion_classes": np.stack([e.lesion_classes for e in items]).astype(np.int64),
         "abnormal": np.stack([e.abnormal for e in items]),
         "findings": np.stack([e.findings for e in items]),
+        "content": np.stack([e.content for e in items]),
     }
 
 
 def load_or_build(
     split: Split, per_domain: int, size: int, max_side: int = 384, workers: int = 2
 ) -> dict[str, np.ndarray]:
-    path = CACHE_DIR / f"{split}-{per_domain}-{size}-{max_side}.npz"
+    # v2: modality-aware preprocessing and content boxes (older caches are not reused)
+    path = CACHE_DIR / f"v2-{split}-{per_domain}-{size}-{max_side}.npz"
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
