@@ -155,7 +155,7 @@ def sample_abdomen(rng: np.random.Generator, abnormal: bool) -> CtScene:
             code = str(code)
             if code == "liver_lesion":
                 r = float(rng.uniform(6, 25))
-                x, y, z = point_in_solid(rng, organs["liver"][0], r + 8, 0.55)
+                x, y, z = _liver_lesion_centre(rng, organs, a, r)
                 lesions.append(Sphere(code, "liver", x, y, z, r))
             elif code == "kidney_lesion":
                 side = "right_kidney" if rng.random() < 0.5 else "left_kidney"
@@ -187,6 +187,26 @@ def sample_abdomen(rng: np.random.Generator, abnormal: bool) -> CtScene:
         window=(40.0 + float(rng.uniform(-15, 15)), 400.0 + float(rng.uniform(-40, 60))),
         bowel=bowel,
     )
+
+
+def _liver_lesion_centre(
+    rng: np.random.Generator, organs: dict[str, list[Solid]], a: float, r: float
+) -> tuple[float, float, float]:
+    """A liver lesion lies in the liver that is *shown*: left of the liver's clip line and
+    clear of the pancreas, which is drawn over the liver's medial tip. (Before, a sphere there
+    was painted across the pancreas and labelled 'liver': the test split's abdominal CT read
+    such lesions as pancreatic masses.) Lesions near the pancreas stay common, just not on it."""
+    liver, pancreas = organs["liver"][0], organs["pancreas"][0]
+    th = math.radians(pancreas.angle)
+    x, y, z = point_in_solid(rng, liver, r + 8, 0.55)
+    for _ in range(60):
+        u = (x - pancreas.cx) * math.cos(th) + (y - pancreas.cy) * math.sin(th)
+        v = -(x - pancreas.cx) * math.sin(th) + (y - pancreas.cy) * math.cos(th)
+        clear = (u / (pancreas.rx + r + 4)) ** 2 + (v / (pancreas.ry + r + 4)) ** 2 > 1
+        if clear and x + r < 0.12 * a - 4:
+            break
+        x, y, z = point_in_solid(rng, liver, r + 8, 0.55)
+    return x, y, z
 
 
 def _body(cv: Canvas, scene: CtScene) -> None:
