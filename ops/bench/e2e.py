@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,18 +29,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
 from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.dicom_writer import WrittenStudy
 from model.phantoms.splits import seeds
+from ops.bench import harness
 from ops.ris_sink import RisSink
 from services.pacs.local_orthanc import running_orthanc
-from shared.config import REPO_ROOT, Settings
+from shared.config import Settings
 from shared.db.models import (
     Delivery,
     DeliveryKind,
@@ -54,7 +51,6 @@ from shared.db.models import (
 from tests.support.listener_process import listener_process
 from tests.support.worker_process import delete_test_queues, start_relay, start_worker
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = f"medrega_bench_e2e_{os.getpid()}"
 
 
@@ -66,29 +62,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def scratch_database() -> str:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.attributes["url"] = url
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
-    return url
-
-
-def drop_database() -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-
-
 def send(study: WrittenStudy, port: int, ae_title: str) -> None:
-    subprocess.run(
-        ["storescu", "-aet", "STORESCU", "-aec", ae_title, "127.0.0.1", str(port)]
-        + [str(f) for f in study.files],
-        check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"},
-    )  # fmt: skip
+    harness.storescu(study.files, port, ae_title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
 
-    url = scratch_database()
+    url = harness.scratch_database(DB_NAME)
     os.environ["MEDREGA_DATABASE_URL"] = url
     prefix = f"bench{os.getpid()}-"
     work = Path(tempfile.mkdtemp(prefix="medrega-bench-e2e-"))
@@ -198,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.stop()
         delete_test_queues(prefix)
-        drop_database()
+        harness.drop_database(DB_NAME)
     cxr = [r for r in rows if r[0] == "cxr"]
     ct = [r for r in rows if r[0] != "cxr"]
     span = (max(r[4] for r in cxr) - min(r[3] for r in cxr)).total_seconds() if cxr else 0.0
