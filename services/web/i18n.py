@@ -38,6 +38,8 @@ LABELS: dict[str, dict[str, str]] = {
     "status": {"en": "Status", "zh": "状态"},
     "priority": {"en": "Priority", "zh": "优先级"},
     "critical": {"en": "Critical", "zh": "危急"},
+    "new_images_after_signoff": {"en": "New images after sign-off", "zh": "签发后有新图像"},
+    "conflicting_instances": {"en": "Conflicting image copies", "zh": "图像副本不一致"},
     "no_studies": {"en": "No studies match.", "zh": "没有符合条件的检查。"},
     "previous": {"en": "Previous", "zh": "上一页"},
     "next": {"en": "Next", "zh": "下一页"},

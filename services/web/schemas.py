@@ -134,6 +134,10 @@ class WorklistItem(BaseModel):
     state: str
     status: str  # display status: receiving, drafting, draft_ready, in_review, signed, …
     critical: bool
+    # Images arrived that the signed report does not cover: the radiologist decides (no draft).
+    new_images_after_signoff: bool = False
+    # An instance was received again with different bytes (both copies kept).
+    conflicting_instances: bool = False
     report_version: int | None
     report_status: str | None
     delivery: str | None  # delivered, pending, failed (current report's messages)
@@ -263,6 +267,8 @@ class StudyOut(BaseModel):
     state: str
     status: str
     critical: bool
+    new_images_after_signoff: bool = False
+    conflicting_instances: bool = False
     received_at: datetime
 
 

@@ -156,6 +156,8 @@ def study_out(study: Study, report_status: str | None, delivery_failed: bool) ->
         state=study.state,
         status=display_status(study.state, report_status, delivery_failed),
         critical=study.critical,
+        new_images_after_signoff=study.new_images_after_signoff,
+        conflicting_instances=study.conflicting_instances,
         received_at=study.first_received_at,
     )
 

@@ -18,13 +18,17 @@ templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
 
 
 def person_name(value: str | None) -> str:
-    """DICOM PN for display: "Family^Given=表意^名" → "Family Given 表意名"."""
-    groups = (value or "").split("=")
-    parts = [
-        " ".join(g.replace("^", " ").split()) if i == 0 else g.replace("^", "").strip()
-        for i, g in enumerate(groups)
-    ]
-    return " ".join(p for p in parts if p)
+    """DICOM PN for display: "Family^Given=表意^名" → "Family Given 表意名"; several names
+    (DICOM's `\\` between values) are shown joined with "; "."""
+    names = []
+    for name in (value or "").split("\\"):
+        groups = name.split("=")
+        parts = [
+            " ".join(g.replace("^", " ").split()) if i == 0 else g.replace("^", "").strip()
+            for i, g in enumerate(groups)
+        ]
+        names.append(" ".join(p for p in parts if p))
+    return "; ".join(n for n in names if n)
 
 
 def dicom_date(value: str | None) -> str:

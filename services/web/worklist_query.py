@@ -192,6 +192,8 @@ def load_worklist(db: Session, f: WorklistFilter) -> Worklist:
                     study.state, report[2] if report else None, study.id in failed
                 ),
                 critical=study.critical,
+                new_images_after_signoff=study.new_images_after_signoff,
+                conflicting_instances=study.conflicting_instances,
                 report_version=report[1] if report else None,
                 report_status=report[2] if report else None,
                 delivery=delivery,

@@ -24,18 +24,21 @@ def _pn_components(group: str) -> list[str]:
 
 
 def dicom_pn_to_xpn(pn: str | None) -> list[str]:
-    """ER7 XPN repetitions (already escaped), one per non-empty PN group.
+    """ER7 XPN repetitions (already escaped), one per non-empty PN group of each name.
 
-    An empty name still yields one repetition with name type `U` (unspecified): PID-5 is
-    required, and an empty-but-typed name says "unknown" rather than dropping the field.
+    A multi-valued PN (names separated by DICOM's `\\`) gives the repetitions of every name in
+    turn, so no name ends up inside another's components. An empty name still yields one
+    repetition with name type `U` (unspecified): PID-5 is required, and an empty-but-typed name
+    says "unknown" rather than dropping the field.
     """
     repetitions: list[str] = []
-    for group, representation in zip((pn or "").split("=")[:3], REPRESENTATIONS, strict=False):
-        family, given, middle, prefix, suffix = (c.strip() for c in _pn_components(group))
-        if not any((family, given, middle, prefix, suffix)):
-            continue
-        xpn = [escape(family), escape(given), escape(middle), escape(suffix), escape(prefix)]
-        repetitions.append("^".join([*xpn, "", LEGAL_NAME, representation]))
+    for name in (pn or "").split("\\"):
+        for group, representation in zip(name.split("=")[:3], REPRESENTATIONS, strict=False):
+            family, given, middle, prefix, suffix = (c.strip() for c in _pn_components(group))
+            if not any((family, given, middle, prefix, suffix)):
+                continue
+            xpn = [escape(family), escape(given), escape(middle), escape(suffix), escape(prefix)]
+            repetitions.append("^".join([*xpn, "", LEGAL_NAME, representation]))
     return repetitions or [f"^^^^^^{UNSPECIFIED_NAME}"]
 
 
@@ -58,7 +61,7 @@ def xpn_to_dicom_pn(repetitions: Sequence[Sequence[str]]) -> str:
 
 def display_name(pn: str | None) -> str:
     """`Family^Given` of the first non-empty group, for single-valued HL7 name slots (XCN/CNN)."""
-    for group in (pn or "").split("="):
+    for group in (pn or "").split("\\")[0].split("="):
         family, given, *_ = _pn_components(group)
         if family or given:
             return "^".join((family, given)).rstrip("^")

@@ -14,7 +14,6 @@ import pytest
 from ops.ris_sink import RisSink
 from shared.delivery_policy import DeliveryError, RetryPolicy, after_failure
 from shared.hl7.ack import Ack
-from shared.reports.message_ids import hl7_control_id as message_control_id
 from shared.hl7.errors import (
     AckControlIdMismatch,
     AckError,
@@ -26,6 +25,7 @@ from shared.hl7.errors import (
 from shared.hl7.mllp import send_message
 from shared.hl7.oru import build_oru
 from shared.hl7.oru_read import read_oru
+from shared.reports.message_ids import hl7_control_id as message_control_id
 from tests.hl7.conftest import CHINESE_PN, make_input
 
 SinkFactory = Callable[..., RisSink]

@@ -83,3 +83,15 @@ def test_control_id_rejects_bad_input() -> None:
         message_control_id(1, 1, "a|b")
     with pytest.raises(ValueError):
         message_control_id(1, 1, "A1")  # a digit would make A1+23 read like A+123
+
+
+def test_several_names_become_one_xpn_each_and_survive_delimiters() -> None:
+    """A multi-valued PN (as the listener stores it, DICOM's backslash between names) with HL7
+    delimiters inside: every name is its own PID-5 repetition, nothing leaks between them."""
+    pn = "Doe^John\\O|Brien^Mary~Ann&Co=奥^玛丽"
+    xpns = dicom_pn_to_xpn(pn)
+    assert len(xpns) == 3
+    assert xpns[0].startswith("Doe^John^")
+    assert xpns[1].startswith("O\\F\\Brien^Mary\\R\\Ann\\T\\Co^")
+    assert xpns[2].startswith("奥^玛丽^") and xpns[2].endswith("^I")
+    assert display_name(pn) == "Doe^John"

@@ -158,3 +158,11 @@ def test_result_status_mapping(status: str, expected: str) -> None:
 def test_superseded_reports_are_not_sent() -> None:
     with pytest.raises(InvalidOru):
         result_status_for("superseded")
+
+
+def test_a_patient_with_several_names_and_hl7_delimiters_gets_a_valid_oru() -> None:
+    study = _study(patient_name="Doe^John\\O|Brien^Mary~Ann&Co")
+    message = build_oru(OruInput.from_report(report_version(study, _report())), "ORU11V3")
+    pid = next(seg for seg in message.split("\r") if seg.startswith("PID|"))
+    assert pid.split("|")[5] == "Doe^John^^^^^L^A~O\\F\\Brien^Mary\\R\\Ann\\T\\Co^^^^^L^A"
+    assert read_oru(message).patient_name_pn.startswith("Doe^John")

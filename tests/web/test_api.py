@@ -24,7 +24,8 @@ from shared.db.models import (
     User,
 )
 from shared.hl7.errors import RisUnreachable
-from shared.reports import deliveries
+from shared.reports import deliveries, lifecycle
+from tests.reports.world import model_result
 from tests.web.factories import DraftedStudy, make_drafted_study
 
 
@@ -416,3 +417,27 @@ def test_metrics_in_prometheus_text_format(client: TestClient, drafted: DraftedS
     assert "medrega_broker_up" in body
     for line in body.splitlines():
         assert line.startswith("#") or " " in line, line
+
+
+def test_a_redraft_landing_after_sign_off_shows_as_new_images_not_as_a_draft(
+    rad_client: TestClient, drafted: DraftedStudy, db_session: Session
+) -> None:
+    """The worker finishes a re-draft (late images) after the radiologist signed: the worklist
+    keeps 'signed' and shows the badge; the study page says so; no draft version appears."""
+    sid = drafted.study_id
+    signed = rad_client.post(
+        f"/api/v1/studies/{sid}/report/sign", json={"base_version": 1, "confirm": True}
+    )
+    assert signed.status_code == 200, signed.text
+    job = DraftJob(study_id=sid, instance_set_sha256="f" * 64, instance_count=4, state="running")
+    db_session.add(job)
+    db_session.flush()
+    assert lifecycle.store_draft(db_session, job, model_result()) is None
+    db_session.commit()
+    (item,) = rad_client.get("/api/v1/worklist").json()["items"]
+    assert item["status"] == "signed" and item["new_images_after_signoff"] is True
+    detail = rad_client.get(f"/api/v1/studies/{sid}").json()
+    assert detail["study"]["new_images_after_signoff"] is True
+    assert [v["status"] for v in detail["versions"]] == ["signed", "draft"]
+    page = rad_client.get("/worklist")
+    assert "New images after sign-off" in page.text

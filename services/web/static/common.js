@@ -101,11 +101,11 @@ const Medrega = (() => {
 
   // DICOM PN: "Family^Given=表意^名" → "Family Given 表意名" (ideographic parts join tight).
   function personName(dicomName) {
-    const groups = (dicomName || "").split("=");
-    return groups
+    // Several names (DICOM's "\\" between values) are shown joined with "; ".
+    return (dicomName || "").split("\\").map((name) => name.split("=")
       .map((g, i) => (i === 0 ? g.replace(/\^+/g, " ") : g.replace(/\^+/g, "")).trim())
       .filter(Boolean)
-      .join(" ");
+      .join(" ")).filter(Boolean).join("; ");
   }
 
   function dicomDate(value) {

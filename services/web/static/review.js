@@ -437,6 +437,8 @@
     status.className = "pill st-" + s.status;
     status.textContent = t("st_" + s.status);
     document.getElementById("study-critical").classList.toggle("hidden", !s.critical);
+    document.getElementById("study-new-images").classList.toggle("hidden", !s.new_images_after_signoff);
+    document.getElementById("study-conflicts").classList.toggle("hidden", !s.conflicting_instances);
     const banner = document.getElementById("banner");
     const final = r && r.final;
     banner.className = "banner " + (final ? "banner-final" : "banner-draft");

@@ -37,6 +37,8 @@
       el("td", { class: "mono", text: fmtTime(s.received_at) }),
       el("td", {},
         el("span", { class: "pill st-" + s.status, text: t("st_" + s.status) }),
+        s.new_images_after_signoff ? el("span", { class: "badge badge-warn", text: t("new_images_after_signoff") }) : null,
+        s.conflicting_instances ? el("span", { class: "badge badge-warn", text: t("conflicting_instances") }) : null,
         s.delivery ? el("span", { class: "deliv deliv-" + s.delivery, title: s.delivery }) : null),
     );
     return tr;
