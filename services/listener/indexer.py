@@ -44,11 +44,11 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy.engine import make_url
 
 from services.listener.dataset_header import InstanceHeader
 from services.listener.storage import StoredFile
 from shared.db.models import ReportStatus, StudyState
+from shared.db.session import libpq_url
 from shared.log_safety import printable
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ class InstanceRecord:
     stored: StoredFile
     transfer_syntax_uid: str
     calling_ae_title: str | None
-
-
-def libpq_url(database_url: str) -> str:
-    """Our settings hold a SQLAlchemy URL (`postgresql+psycopg://`); psycopg wants plain libpq."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 _SELECT_STUDY = "SELECT id FROM studies WHERE study_instance_uid = %(uid)s"

@@ -31,11 +31,11 @@ from typing import Any
 
 import psycopg
 
-from services.listener.indexer import libpq_url
 from shared.config import get_settings
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import DraftJobState, ReportStatus, StudyState
 from shared.db.outbox import notify_outbox_psycopg
+from shared.db.session import libpq_url
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from sqlalchemy import Exists, Select, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -25,7 +26,8 @@ from shared.db.models import (
 )
 from shared.vocab import load_vocab
 
-STATUSES = (
+# The one status vocabulary a radiologist sees (display_status); the API's filter is typed by it.
+DisplayStatus = Literal[
     "receiving",
     "drafting",
     "draft_ready",
@@ -34,7 +36,8 @@ STATUSES = (
     "signed",
     "failed",
     "delivery_failed",
-)
+]
+STATUSES: tuple[str, ...] = get_args(DisplayStatus)
 MAX_PAGE_SIZE = 200
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import sessionmaker
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
+from shared.db.session import libpq_url
 from shared.reports import deliveries as deliveries_rules
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,9 @@ def celery_publisher() -> Publisher:
 
 def _listen(engine: Engine) -> psycopg.Connection[Any]:
     """A plain psycopg connection LISTENing on the outbox channel."""
-    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = psycopg.connect(dsn, autocommit=True)
+    connection = psycopg.connect(
+        libpq_url(engine.url.render_as_string(hide_password=False)), autocommit=True
+    )
     connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
     return connection
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
@@ -38,3 +38,9 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def libpq_url(database_url: str) -> str:
+    """Our settings hold a SQLAlchemy URL (`postgresql+psycopg://`); plain psycopg connections
+    (the listener's writers, the relay's LISTEN) want the libpq form."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from services.web.deps import SessionDep, UserDep
 from services.web.schemas import Worklist
-from services.web.worklist_query import MAX_PAGE_SIZE, WorklistFilter, load_worklist
+from services.web.worklist_query import (
+    MAX_PAGE_SIZE,
+    DisplayStatus,
+    WorklistFilter,
+    load_worklist,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["worklist"])
-
-StatusFilter = Literal[
-    "receiving",
-    "drafting",
-    "draft_ready",
-    "in_review",
-    "not_applicable",
-    "signed",
-    "failed",
-    "delivery_failed",
-]
 
 
 @router.get("/worklist", response_model=Worklist)
 def worklist(
     db: SessionDep,
     _: UserDep,
-    status: StatusFilter | None = None,
+    status: DisplayStatus | None = None,
     modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z]{2,4}$")] = None,
     domain: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$")] = None,
     q: Annotated[
