@@ -17,7 +17,6 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from shared.dicom.sr_builder import build_report_sr
-from shared.reports.message_ids import sr_uids
 from shared.dicom.sr_content import (
     PredecessorRef,
     SrContext,
@@ -33,6 +32,7 @@ from shared.reports.domain import (
     RegionFindingResult,
     ReportSentence,
 )
+from shared.reports.message_ids import sr_uids
 from shared.vocab.loader import load_vocab
 from tests.dicom.sr_sources import read_header, write_ct_series, write_dx
 

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.reports.domain import PixelBox
 from shared.inference.grounded_text import (
     DEFAULT_SCALE,
     GroundedAnswer,
@@ -21,6 +20,7 @@ from shared.inference.grounded_text import (
     to_pixel_box,
     to_text_box,
 )
+from shared.reports.domain import PixelBox
 from shared.vocab import load_vocab
 
 VOCAB = load_vocab()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.reports.domain import ImageRef, PixelBox
 from shared.inference.report_composer import LocatedFinding, LocatedRegion, compose_report
+from shared.reports.domain import ImageRef, PixelBox
 from shared.vocab import load_vocab
 
 IMAGE = ImageRef("1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1", 1)

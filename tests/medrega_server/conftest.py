@@ -22,8 +22,8 @@ from shared.config import get_settings
 from shared.dicom.pixels import read_frames
 from shared.dicom.render import render_frame
 from shared.inference.backend import InstanceInput, StudyInput
-from shared.reports.domain import DraftResult
 from shared.inference.onnx_backend import OnnxBackend
+from shared.reports.domain import DraftResult
 
 MODEL_NAME = "medrega-ref"
 
