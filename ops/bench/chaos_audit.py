@@ -308,15 +308,17 @@ def _db_snapshot(
         )
     }
     by_id = {s.id: s for s in studies.values()}
-    for study_id, uid in db.rows(
-        "SELECT i.study_id, i.sop_instance_uid FROM instances i JOIN series se "
-        "ON se.id = i.series_id WHERE NOT se.is_own_output"
+    for study_id, uid, received in db.rows(
+        "SELECT i.study_id, i.sop_instance_uid, extract(epoch FROM i.received_at)::float8 "
+        "FROM instances i JOIN series se ON se.id = i.series_id WHERE NOT se.is_own_output"
     ):
         by_id[study_id].instance_uids.add(uid)
+        by_id[study_id].received_at[uid] = float(received)
     reports = [
-        counts.DbReport(row[0], row[1], row[2], row[3], row[4] is None, row[5])
+        counts.DbReport(*row[:4], row[4] is None, row[5], row[6])
         for row in db.rows(
-            "SELECT r.id, r.study_id, r.version, r.status, r.author_user_id, j.instance_count "
+            "SELECT r.id, r.study_id, r.version, r.status, r.author_user_id, j.instance_count, "
+            "extract(epoch FROM r.signed_at)::float8 "
             "FROM reports r LEFT JOIN draft_jobs j ON j.id = r.draft_job_id ORDER BY r.id"
         )
     ]

@@ -67,6 +67,7 @@ class DbReport:
     status: str
     model_authored: bool  # author_user_id IS NULL
     covered_instances: int | None  # its draft job's instance count
+    signed_at: float | None = None  # epoch seconds, final versions only
 
 
 @dataclass
@@ -76,6 +77,7 @@ class DbStudy:
     state: str
     new_images_after_signoff: bool
     instance_uids: set[str] = field(default_factory=set)
+    received_at: dict[str, float] = field(default_factory=dict)  # SOP UID -> epoch seconds
 
 
 def parse_sink_log(text: str) -> list[RisRecord]:
@@ -257,7 +259,8 @@ def lost_reasons(
 
     The study's outcome is its highest final (signed/corrected) version, or without one its
     highest model draft; that version's SR and ORU must be delivered and held by the PACS and
-    the RIS, and it must cover every instance sent unless the study is flagged "new images
+    the RIS. A draft must cover every instance sent; a final version covers what the study held
+    when it was signed, and instances received later must have the study flagged "new images
     after sign-off". Every delivery the database calls delivered must be at its receiver."""
     if study is None:
         return ["study not in the database"]
@@ -283,13 +286,20 @@ def lost_reasons(
             held = ris_accepted if d.kind == "hl7" else pacs_uids
             if d.message_id not in held:
                 reasons.append(f"{d.kind} {d.message_id} delivered but not at the receiver")
-    covered = outcome.covered_instances
-    if covered is not None and covered < len(sent_uids):
-        if not (outcome.status in FINAL_REPORT_STATUSES and study.new_images_after_signoff):
+    if outcome.status in FINAL_REPORT_STATUSES and outcome.signed_at is not None:
+        # A signature covers the images the study had when it was signed (the viewer showed
+        # them); anything later must be flagged for the radiologist.
+        later = [u for u in sent_uids if study.received_at.get(u, 0.0) > outcome.signed_at]
+        if later and not study.new_images_after_signoff:
             reasons.append(
-                f"v{outcome.version} ({outcome.status}) covers {covered} of {len(sent_uids)} "
-                "instances, and the study is not flagged"
+                f"{len(later)} instance(s) arrived after v{outcome.version} was signed, "
+                "and the study is not flagged"
             )
+    elif outcome.covered_instances is not None and outcome.covered_instances < len(sent_uids):
+        reasons.append(
+            f"v{outcome.version} ({outcome.status}) covers {outcome.covered_instances} of "
+            f"{len(sent_uids)} instances"
+        )
     return reasons
 
 

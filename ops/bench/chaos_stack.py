@@ -212,7 +212,10 @@ class ChaosStack:
             self.services[name].start()
 
     def stop_all(self) -> None:
-        """Stop everything this run started, each on its own (one failure stops no other)."""
+        """Stop everything this run started, each on its own (one failure stops no other).
+
+        The scratch stack's state is thrown away, so workers, relay and listener are SIGKILLed
+        (no waiting for a warm shutdown); Orthanc, the sink and the web app get SIGTERM."""
         for name in ("web", "relay", "gpu", "io", "ris", "orthanc", "listener"):
             service = self.services[name]
             try:
@@ -220,6 +223,9 @@ class ChaosStack:
                     assert service.process is not None
                     terminate(service.process.pid)
                     service.process.wait(timeout=10)
+                elif name in ("relay", "gpu", "io", "listener"):
+                    if service.running():
+                        service.kill()
                 else:
                     service.stop()
             except Exception as exc:  # keep stopping the others

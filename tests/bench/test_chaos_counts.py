@@ -76,15 +76,19 @@ def test_lost_and_covered() -> None:
     assert c.lost_reasons({"a", "b"}, None, [], [], ris, pacs) == ["study not in the database"]
     partial = c.DbReport(101, 7, 1, "draft", True, 1)  # the draft saw one of the two images
     assert c.lost_reasons({"a", "b"}, study, [partial], delivered, ris, pacs)
-    signed = c.DbReport(102, 7, 2, "signed", False, 1)
+    signed = c.DbReport(102, 7, 2, "signed", False, 1, signed_at=100.0)
     final = [_delivery(3, 7, 2, "F"), _delivery(4, 7, 2, "F", kind="sr")]
-    flagged = c.DbStudy(7, "1.9", "signed", True, {"a", "b"})
     ris_pacs = ({"ORU101V1", "ORU102V2"}, {"1.2.3.1", "1.2.3.2"})
-    assert (
-        c.lost_reasons({"a", "b"}, flagged, [partial, signed], delivered + final, *ris_pacs) == []
-    )
-    unflagged = c.DbStudy(7, "1.9", "signed", False, {"a", "b"})
-    assert c.lost_reasons({"a", "b"}, unflagged, [partial, signed], delivered + final, *ris_pacs)
+    both = delivered + final
+    # b arrived before the signature: the radiologist signed with it in the viewer.
+    seen = c.DbStudy(7, "1.9", "signed", False, {"a", "b"}, {"a": 10.0, "b": 90.0})
+    assert c.lost_reasons({"a", "b"}, seen, [partial, signed], both, *ris_pacs) == []
+    # b arrived after it: the study must be flagged "new images after sign-off".
+    late = {"a": 10.0, "b": 110.0}
+    flagged = c.DbStudy(7, "1.9", "signed", True, {"a", "b"}, late)
+    assert c.lost_reasons({"a", "b"}, flagged, [partial, signed], both, *ris_pacs) == []
+    unflagged = c.DbStudy(7, "1.9", "signed", False, {"a", "b"}, late)
+    assert c.lost_reasons({"a", "b"}, unflagged, [partial, signed], both, *ris_pacs)
     refused = c.DbStudy(8, "1.8", "not_applicable", False, {"a"})
     assert c.refused_by_model({"a"}, refused, []) and not c.refused_by_model(
         {"a", "b"}, refused, []
