@@ -72,6 +72,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -370,7 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ct-slices", type=int, default=None, help="default 24")
     parser.add_argument("--cxr-max-side", type=int, default=1024)
     parser.add_argument("--settle-s", type=float, default=150.0,
-                        help="after the last fault and action: longer than the delivery lease")  # fmt: skip
+                        help="after the last fault and action; longer than a delivery's "
+                             "2-minute attempt lease (a worker killed mid-send holds it)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work dir and database")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else {
@@ -460,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         status = 130
+    except Exception as exc:  # the bench itself failed (a service would not start): say so
+        traceback.print_exc()
+        result = {"error": repr(exc)[:500], "seed": args.seed,
+                  "elapsed_s": round(time.monotonic() - started, 1)}  # fmt: skip
+        status = 2
     finally:
         if stack is not None:
             stack.stop_all()

@@ -284,7 +284,8 @@ def settled(db: Database, studies: list[BenchStudy]) -> bool:
     ):
         return False
     undelivered = db.value(
-        "SELECT count(*) FROM studies s WHERE s.study_instance_uid = ANY(%s) AND NOT EXISTS ("
+        "SELECT count(*) FROM studies s WHERE s.study_instance_uid = ANY(%s) "
+        "AND s.state <> 'not_applicable' AND NOT EXISTS ("
         " SELECT 1 FROM deliveries d WHERE d.study_id = s.id AND d.kind = 'hl7'"
         " AND d.state = 'delivered')",
         ([s.study_uid for s in studies],),

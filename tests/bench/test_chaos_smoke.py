@@ -1,7 +1,8 @@
 """The chaos benchmark's quick smoke (6 studies, 4 kills, both outages) on the real stack.
 
-It takes longer than `make test` should wait (about 80 s when everything settles at once, plus
-the settle timeout when something is stuck), so it runs only when asked:
+It takes longer than `make test` should wait: measured 80-210 s on the 2-core machine (a delivery
+worker SIGKILLed mid-send holds its row until the 2-minute attempt lease runs out, and a stuck
+row costs the whole settle timeout), so it runs only when asked:
 
     MEDREGA_BENCH_CHAOS=1 .venv/bin/python -m pytest -q tests/bench/test_chaos_smoke.py
 """
