@@ -39,6 +39,7 @@ LABELS: dict[str, dict[str, str]] = {
     "priority": {"en": "Priority", "zh": "优先级"},
     "critical": {"en": "Critical", "zh": "危急"},
     "new_images_after_signoff": {"en": "New images after sign-off", "zh": "签发后有新图像"},
+    "acknowledge_new_images": {"en": "Seen: dismiss", "zh": "已查看：忽略"},
     "conflicting_instances": {"en": "Conflicting image copies", "zh": "图像副本不一致"},
     "no_studies": {"en": "No studies match.", "zh": "没有符合条件的检查。"},
     "previous": {"en": "Previous", "zh": "上一页"},

@@ -325,6 +325,18 @@ def sign(session: Session, study: Study, user: User, base_version: int) -> Repor
     )
     study.state = StudyState.SIGNED
     study.critical = any(f.critical for f in findings)
-    study.new_images_after_signoff = False  # the radiologist has now signed what is there
+    # `new_images_after_signoff` stays up: a signature does not say the new images were looked at
+    # (they may have arrived while the page was open); the radiologist acknowledges them.
     study.needs_redraft = False
     return report
+
+
+def acknowledge_new_images(session: Session, study: Study) -> bool:
+    """The radiologist has looked at the images that arrived after sign-off (and amended the
+    report or decided not to). False when there was nothing to acknowledge."""
+    lock_study(session, study.id)
+    session.refresh(study, with_for_update=True)
+    if not study.new_images_after_signoff:
+        return False
+    study.new_images_after_signoff = False
+    return True

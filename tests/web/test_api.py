@@ -441,3 +441,10 @@ def test_a_redraft_landing_after_sign_off_shows_as_new_images_not_as_a_draft(
     assert [v["status"] for v in detail["versions"]] == ["signed", "draft"]
     page = rad_client.get("/worklist")
     assert "New images after sign-off" in page.text
+    # Signing an amendment does not say the images were looked at; acknowledging does (audited).
+    ack = f"/api/v1/studies/{sid}/new-images/acknowledge"
+    assert rad_client.post(ack).json()["study"]["new_images_after_signoff"] is False
+    assert rad_client.post(ack).status_code == 409
+    assert db_session.scalar(
+        select(AuditEvent).where(AuditEvent.action == "acknowledge_new_images")
+    )

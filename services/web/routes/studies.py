@@ -150,6 +150,25 @@ def sign(
     return _after_change(request, db, study, user)
 
 
+@router.post(
+    "/studies/{study_id}/new-images/acknowledge",
+    response_model=StudyDetail,
+    responses={**NOT_FOUND, 409: {"description": "no new images to acknowledge"}},
+)
+def acknowledge_new_images(
+    request: Request, study_id: RowId, db: SessionDep, user: RadiologistDep
+) -> StudyDetail:
+    """The images that arrived after sign-off were looked at: the badge goes (audited). Amend
+    the report first if they change it; no draft is ever made for them."""
+    study = load_study(db, study_id)
+    if not lifecycle.acknowledge_new_images(db, study):
+        db.rollback()
+        raise HTTPException(status_code=409, detail="no new images after sign-off to acknowledge")
+    audit.record(db, request, user, "acknowledge_new_images", object_type="study",
+                 object_id=study.id, study_id=study.id)  # fmt: skip
+    return _after_change(request, db, study, user)
+
+
 @router.get("/vocabulary", response_model=Vocabulary, tags=["vocabulary"])
 def vocabulary(_: UserDep) -> Vocabulary:
     """Region and finding names (EN + ZH) for the Locate picker and the relabel menu."""

@@ -438,6 +438,9 @@
     status.textContent = t("st_" + s.status);
     document.getElementById("study-critical").classList.toggle("hidden", !s.critical);
     document.getElementById("study-new-images").classList.toggle("hidden", !s.new_images_after_signoff);
+    const ack = document.getElementById("ack-new-images");
+    ack.classList.toggle("hidden", !(s.new_images_after_signoff && detail.permissions.edit));
+    ack.onclick = () => acknowledgeNewImages();
     document.getElementById("study-conflicts").classList.toggle("hidden", !s.conflicting_instances);
     const banner = document.getElementById("banner");
     const final = r && r.final;
@@ -526,6 +529,15 @@
   async function retryDraft(id) {
     try {
       await api("POST", `/api/v1/admin/draft-jobs/${id}/retry`);
+      await reload();
+    } catch (err) {
+      toast(`${t("error")}: ${err.message}`, "error");
+    }
+  }
+
+  async function acknowledgeNewImages() {
+    try {
+      await api("POST", `/api/v1/studies/${detail.study.id}/new-images/acknowledge`);
       await reload();
     } catch (err) {
       toast(`${t("error")}: ${err.message}`, "error");
