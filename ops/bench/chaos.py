@@ -53,6 +53,11 @@ Counts (per study sent unless said otherwise; each study counted once per count)
                          every second during the run, and at the end) or a worklist status
                          other than signed/delivery_failed (the web API, at the end).
 
+Reported apart (not goals): `not_applicable` (above), `signed_uncovered_unflagged` (the latest
+final version was signed on a draft that did not cover instances the study already held when it
+was signed, and the study is not flagged), `ris_resends`, `ris_accepted`, `pacs_srs`,
+`late_resent`, `signed`, `amended`, `bench_errors` (the bench's own failed steps).
+
 Last line JSON: {"kills", "studies", "drafted", "lost", "duplicate_deliveries", "stuck",
 "order_violations", "signed_overwritten", "seed", "elapsed_s", ...}; the goal is the last five
 counts at 0 on every seed. Exit status 0 when they are, 1 when not, 2 when the bench failed.
@@ -453,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in fault_log:
             print(f"fault {line}", file=sys.stderr)
         for key in ("lost", "duplicate_deliveries", "stuck", "order_violations",
-                    "signed_overwritten", "not_applicable", "bench_errors"):  # fmt: skip
+                    "signed_overwritten", "not_applicable", "signed_uncovered_unflagged",
+                    "bench_errors"):  # fmt: skip
             for problem in details.get(key, []):  # type: ignore[attr-defined]
                 print(f"{key}: {problem}", file=sys.stderr)
         counts = [result[k] for k in ("lost", "duplicate_deliveries", "stuck",

@@ -356,7 +356,7 @@ def audit(
     for delivery in deliveries:
         deliveries_of[delivery.study_id].append(delivery)
 
-    lost, overwritten, bench_errors, refused = [], [], [], []
+    lost, overwritten, bench_errors, refused, uncovered = [], [], [], [], []
     drafted = 0
     for study in studies:
         row = db_studies.get(study.study_uid)
@@ -374,6 +374,8 @@ def audit(
             study.all_uids, row, mine, deliveries_of.get(row.id, []) if row else [],
             ris_accepted, pacs_uids,
         )  # fmt: skip
+        if counts.signed_uncovered(study.all_uids, row, mine):
+            uncovered.append(f"{study.domain} #{study.index} {study.study_uid}")
         if reasons:
             lost.append(f"{study.domain} #{study.index} {study.study_uid}: {'; '.join(reasons)}")
         if row is not None:
@@ -403,6 +405,7 @@ def audit(
         "order_violations": len(ordered),
         "signed_overwritten": len(overwritten),
         "not_applicable": len(refused),
+        "signed_uncovered_unflagged": len(uncovered),
         "late_resent": sum(1 for s in studies if s.late),
         "signed": sum(1 for s in studies if s.signed_version is not None),
         "amended": sum(
@@ -423,6 +426,7 @@ def audit(
         "order_violations": ordered,
         "signed_overwritten": overwritten,
         "not_applicable": refused,
+        "signed_uncovered_unflagged": uncovered,
         "bench_errors": bench_errors + [f"RIS took unknown control ID {c}" for c in unknown],
         "api_calls": dict(run.api.calls),
         "delivery_states": _tally(d.state for d in deliveries),

@@ -303,6 +303,19 @@ def lost_reasons(
     return reasons
 
 
+def signed_uncovered(sent_uids: set[str], study: DbStudy | None, reports: list[DbReport]) -> bool:
+    """Reported apart, not a goal count: the latest final version was signed on a draft that did
+    not cover instances the study already held, and the study is not flagged (the radiologist
+    may not have seen them: the re-draft they would have caused was dropped by the signature)."""
+    finals = [r for r in reports if r.status in FINAL_REPORT_STATUSES and r.signed_at is not None]
+    if study is None or not finals or study.new_images_after_signoff:
+        return False
+    outcome = max(finals, key=lambda r: r.version)
+    assert outcome.signed_at is not None
+    held = sum(1 for u in sent_uids if study.received_at.get(u, 1e300) <= outcome.signed_at)
+    return outcome.covered_instances is not None and outcome.covered_instances < held
+
+
 def signed_overwritten(
     study: DbStudy, reports: list[DbReport], display_status: str | None, seen_unsigned: bool
 ) -> list[str]:

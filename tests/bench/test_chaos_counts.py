@@ -89,6 +89,11 @@ def test_lost_and_covered() -> None:
     assert c.lost_reasons({"a", "b"}, flagged, [partial, signed], both, *ris_pacs) == []
     unflagged = c.DbStudy(7, "1.9", "signed", False, {"a", "b"}, late)
     assert c.lost_reasons({"a", "b"}, unflagged, [partial, signed], both, *ris_pacs)
+    # Signed on a draft that saw only a, while b was already in: reported apart.
+    assert c.signed_uncovered({"a", "b"}, seen, [partial, signed])
+    assert not c.signed_uncovered({"a", "b"}, unflagged, [partial, signed])  # b came later
+    covering = c.DbReport(102, 7, 2, "signed", False, 2, signed_at=100.0)
+    assert not c.signed_uncovered({"a", "b"}, seen, [partial, covering])
     refused = c.DbStudy(8, "1.8", "not_applicable", False, {"a"})
     assert c.refused_by_model({"a"}, refused, []) and not c.refused_by_model(
         {"a", "b"}, refused, []
