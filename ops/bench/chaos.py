@@ -73,14 +73,19 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+import pydicom
+from pydicom.uid import generate_uid
 
 from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.splits import seeds
@@ -107,6 +112,7 @@ class BenchStudy:
     sign: bool = False
     sign_mode: str = ""  # "at_once" | "during_redraft"
     amend: bool = False
+    amend_delay_s: float = 0.0
     study_id: int | None = None
     events: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -124,9 +130,6 @@ class Fault:
 
 def late_image(path: Path, out_dir: Path, salt: str) -> tuple[Path, str]:
     """A further image of the same study and series, with its own derived SOP Instance UID."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
     ds = pydicom.dcmread(path)
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), salt])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -182,12 +185,11 @@ def prepare_studies(args: argparse.Namespace, rng: random.Random, out: Path) -> 
     signed = [s for s in late if s.sign]
     for study in rng.sample(signed, max(1, round(len(signed) / 3))):
         study.amend = True
+        study.amend_delay_s = rng.uniform(0.0, 3.0)
     return studies
 
 
 def _sop_uid(path: Path) -> str:
-    import pydicom
-
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
@@ -229,10 +231,12 @@ class Run:
         with self.lock:
             self.last_action = time.monotonic()
 
-    def wait_until(self, predicate: object, timeout_s: float, step_s: float = 0.5) -> bool:
+    def wait_until(
+        self, predicate: Callable[[], object], timeout_s: float, step_s: float = 0.5
+    ) -> bool:
         end = min(time.monotonic() + timeout_s, self.deadline)
         while not self.stop.is_set() and time.monotonic() < end:
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return True
             time.sleep(step_s)
         return False
@@ -252,8 +256,8 @@ def send(run: Run, study: BenchStudy, files: list[Path], what: str) -> bool:
                 study.events.append(f"{run.elapsed():.1f}s {what} sent ({attempts} tries)")
                 run.acted()
                 return True
-            except Exception:  # refused while the PACS is down, or cut off mid-association
-                pass
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                pass  # refused while the PACS is down, or cut off mid-association
         time.sleep(2.0)
     study.errors.append(f"{what} never sent")
     return False
@@ -302,7 +306,7 @@ def lifecycle(run: Run, study: BenchStudy) -> None:
         with run.lock:
             run.signed_ids.add(study.study_id)
         if study.amend:
-            time.sleep(random.uniform(0.0, 3.0))
+            time.sleep(study.amend_delay_s)
             if run.api.amend(study.study_id, study.events) is None:
                 study.errors.append("amend failed")
             run.acted()

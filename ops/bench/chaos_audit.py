@@ -316,7 +316,7 @@ def _db_snapshot(
         by_id[study_id].instance_uids.add(uid)
         by_id[study_id].received_at[uid] = float(received)
     reports = [
-        counts.DbReport(*row[:4], row[4] is None, row[5], row[6])
+        counts.DbReport(row[0], row[1], row[2], row[3], row[4] is None, row[5], row[6])
         for row in db.rows(
             "SELECT r.id, r.study_id, r.version, r.status, r.author_user_id, j.instance_count, "
             "extract(epoch FROM r.signed_at)::float8 "
