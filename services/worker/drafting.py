@@ -87,11 +87,12 @@ def _claim(
         raise LookupError(f"draft job {job_id} does not exist")
     if job.state in FINISHED_JOB_STATES:
         return None
+    lifecycle.lock_study(session, job.study_id)  # before the study row: one lock order everywhere
     study = session.get(Study, job.study_id, with_for_update=True)
     assert study is not None
     if lifecycle.final_exists(session, study.id):
         # A signed report is never replaced by the model; late images are the radiologist's call.
-        _finish(job, DraftJobState.SUPERSEDED, "study already signed")
+        lifecycle.drop_job_after_signoff(session, job, study, "study already signed")
         return None
     study_input = _study_input(session, study, storage_dir)
     current_set = instance_set_sha256(i.sop_instance_uid for i in study_input.instances)

@@ -27,12 +27,15 @@ from sqlalchemy import exists, func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from shared.db.advisory_locks import LockSpace
+from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
     AuditEvent,
     DraftJob,
     DraftJobState,
+    Instance,
     Report,
     ReportStatus,
+    Series,
     Study,
     StudyState,
     User,
@@ -177,19 +180,9 @@ def store_draft(session: Session, job: DraftJob, result: DraftResult) -> Report 
     assert study is not None
     job.finished_at = datetime.now(UTC)
     if final_exists(session, study.id):
-        job.state = DraftJobState.SUPERSEDED
-        job.reason = "the study was signed while this draft was made"
-        signed = session.scalar(
-            select(Report)
-            .where(Report.study_id == study.id, Report.status.in_(list(FINAL)))
-            .order_by(Report.version.desc())
-            .limit(1)
+        drop_job_after_signoff(
+            session, job, study, "the study was signed while this draft was made"
         )
-        signed_job = (
-            session.get(DraftJob, signed.draft_job_id) if signed and signed.draft_job_id else None
-        )
-        if signed_job is None or signed_job.instance_set_sha256 != job.instance_set_sha256:
-            flag_new_images_after_signoff(session, study, draft_job_id=job.id)
         return None
     if not result.applicable:
         job.state = DraftJobState.NOT_APPLICABLE
@@ -228,6 +221,35 @@ def store_draft(session: Session, job: DraftJob, result: DraftResult) -> Report 
     study.state = StudyState.DRAFTED
     study.critical = result.critical
     return report
+
+
+def drop_job_after_signoff(session: Session, job: DraftJob, study: Study, reason: str) -> None:
+    """A draft job for a signed study is never run or stored; if it covers images the signed
+    report's draft did not, the radiologist is told. Call under the study's lifecycle lock."""
+    job.state = DraftJobState.SUPERSEDED
+    job.reason = reason
+    job.finished_at = datetime.now(UTC)
+    signed = session.scalar(
+        select(Report)
+        .where(Report.study_id == study.id, Report.status.in_(list(FINAL)))
+        .order_by(Report.version.desc())
+        .limit(1)
+    )
+    signed_job = (
+        session.get(DraftJob, signed.draft_job_id) if signed and signed.draft_job_id else None
+    )
+    if signed_job is None or signed_job.instance_set_sha256 != job.instance_set_sha256:
+        flag_new_images_after_signoff(session, study, draft_job_id=job.id)
+
+
+def _instance_set(session: Session, study_id: int) -> str:
+    """The study's input images now (our own SR/GSPS/KOS excluded), as draft jobs name them."""
+    uids = session.scalars(
+        select(Instance.sop_instance_uid)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Instance.study_id == study_id, Series.is_own_output.is_(False))
+    )
+    return instance_set_sha256(uids)
 
 
 def flag_new_images_after_signoff(session: Session, study: Study, **details: Any) -> None:
@@ -312,6 +334,11 @@ def sign(session: Session, study: Study, user: User, base_version: int) -> Repor
             renumber[o] for o in sentence.finding_ordinals if o in renumber
         ]
         sentences.append(sentence)
+    # Images the signed draft did not see (arrived after it was made, their re-draft not done):
+    # the signature cannot cover them silently.
+    draft_job = session.get(DraftJob, current.draft_job_id) if current.draft_job_id else None
+    if draft_job is not None and draft_job.instance_set_sha256 != _instance_set(session, study.id):
+        flag_new_images_after_signoff(session, study, signed_draft_job_id=draft_job.id)
     report = _write_version(
         session,
         study,

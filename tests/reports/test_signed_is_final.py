@@ -27,7 +27,15 @@ from shared.db.models import (
 )
 from shared.reports import lifecycle
 from shared.reports.lifecycle import LifecycleViolation
-from tests.reports.world import make_study, make_user, model_result, running_job, versions
+from tests.reports.world import (
+    add_instance,
+    job_for_held_images,
+    make_study,
+    make_user,
+    model_result,
+    running_job,
+    versions,
+)
 from tests.worker.conftest import wait_for
 
 
@@ -182,3 +190,26 @@ def test_amendment_then_correction_and_no_draft_in_between(clean_db: Engine) -> 
             "edited",
             "corrected",
         ]
+
+
+def test_signing_a_draft_that_missed_images_the_study_holds_flags_them(clean_db: Engine) -> None:
+    """Images arrived after the draft was made and their re-draft has not landed: the signature
+    does not silently cover them (the study is flagged, audited); a draft covering everything
+    the study holds is signed without a flag."""
+    factory = sessionmaker(clean_db, expire_on_commit=False)
+    with factory.begin() as session:
+        covered, late = make_study(session), make_study(session)
+        for study in (covered, late):
+            add_instance(session, study, f"{study.study_instance_uid}.1.1")
+            assert lifecycle.store_draft(
+                session, job_for_held_images(session, study), model_result()
+            )
+        add_instance(session, late, f"{late.study_instance_uid}.1.2")  # after its draft
+    with factory.begin() as session:
+        for study_id in (covered.id, late.id):
+            lifecycle.sign(session, session.get(Study, study_id), make_user(session), 1)
+    with factory() as session:
+        assert not session.get(Study, covered.id).new_images_after_signoff
+        assert session.get(Study, late.id).new_images_after_signoff
+        event = session.scalar(select(AuditEvent).where(AuditEvent.study_id == late.id))
+        assert event is not None and event.action == "new_images_after_signoff"

@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import DraftJob, DraftJobState, Report, Study, StudyState, User
+from shared.db.instance_sets import instance_set_sha256
+from shared.db.models import (
+    DraftJob,
+    DraftJobState,
+    Instance,
+    Report,
+    Series,
+    Study,
+    StudyState,
+    User,
+)
 from shared.reports.domain import (
     DraftResult,
     ImageRef,
@@ -106,3 +116,32 @@ def versions(session: Session, study_id: int) -> list[tuple[int, str, int | None
             select(Report).where(Report.study_id == study_id).order_by(Report.version)
         )
     ]
+
+
+def add_instance(session: Session, study: Study, uid: str) -> None:
+    """An input image row (no file: the lifecycle reads only which images the study holds)."""
+    series = session.scalar(select(Series).where(Series.study_id == study.id))
+    if series is None:
+        series = Series(
+            study_id=study.id, series_instance_uid=f"{study.study_instance_uid}.1", modality="DX"
+        )
+        session.add(series)
+        session.flush()
+    session.add(
+        Instance(series_id=series.id, study_id=study.id, sop_instance_uid=uid,
+                 sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                 file_path=f"{uid}.dcm", size_bytes=1, sha256="0" * 64)
+    )  # fmt: skip
+    session.flush()
+
+
+def job_for_held_images(session: Session, study: Study) -> DraftJob:
+    """A running draft job for exactly the images the study holds now."""
+    uids = session.scalars(select(Instance.sop_instance_uid).where(Instance.study_id == study.id))
+    job = DraftJob(
+        study_id=study.id, instance_set_sha256=instance_set_sha256(uids), instance_count=1,
+        state=DraftJobState.RUNNING, started_at=datetime.now(UTC),
+    )  # fmt: skip
+    session.add(job)
+    session.flush()
+    return job
