@@ -55,7 +55,8 @@ Counts (per study sent unless said otherwise; each study counted once per count)
 
 Reported apart (not goals): `not_applicable` (above), `signed_uncovered_unflagged` (the latest
 final version was signed on a draft that did not cover instances the study already held when it
-was signed, and the study is not flagged), `ris_resends`, `ris_accepted`, `pacs_srs`,
+was signed, and the study is not flagged), `failed_deliveries` (rows 'failed', whichever
+version: a current one also counts as lost), `ris_resends`, `ris_accepted`, `pacs_srs`,
 `late_resent`, `signed`, `amended`, `bench_errors` (the bench's own failed steps).
 
 Last line JSON: {"kills", "studies", "drafted", "lost", "duplicate_deliveries", "stuck",
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fault {line}", file=sys.stderr)
         for key in ("lost", "duplicate_deliveries", "stuck", "order_violations",
                     "signed_overwritten", "not_applicable", "signed_uncovered_unflagged",
-                    "bench_errors"):  # fmt: skip
+                    "failed_deliveries", "bench_errors"):  # fmt: skip
             for problem in details.get(key, []):  # type: ignore[attr-defined]
                 print(f"{key}: {problem}", file=sys.stderr)
         counts = [result[k] for k in ("lost", "duplicate_deliveries", "stuck",

@@ -390,6 +390,10 @@ def audit(
                 overwritten.append(f"study {row.id} #{study.index}: {'; '.join(why)}")
         bench_errors += [f"#{study.index}: {e}" for e in study.errors]
 
+    failed = [
+        f"study {d.study_id} v{d.report_version} {d.result_status} {d.kind}: {error}"
+        for d, error in _failed_deliveries(run.db, deliveries)
+    ]
     unknown = sorted(ris_accepted - set(hl7_by_id))
     ordered = counts.order_violations(
         counts.ris_messages(records, hl7_by_id) + counts.pacs_messages(srs, sr_by_uid)
@@ -406,6 +410,7 @@ def audit(
         "signed_overwritten": len(overwritten),
         "not_applicable": len(refused),
         "signed_uncovered_unflagged": len(uncovered),
+        "failed_deliveries": len(failed),
         "late_resent": sum(1 for s in studies if s.late),
         "signed": sum(1 for s in studies if s.signed_version is not None),
         "amended": sum(
@@ -427,6 +432,7 @@ def audit(
         "signed_overwritten": overwritten,
         "not_applicable": refused,
         "signed_uncovered_unflagged": uncovered,
+        "failed_deliveries": failed,
         "bench_errors": bench_errors + [f"RIS took unknown control ID {c}" for c in unknown],
         "api_calls": dict(run.api.calls),
         "delivery_states": _tally(d.state for d in deliveries),
@@ -434,6 +440,13 @@ def audit(
         "sign_races": _tally(str(s.redraft_job_at_sign) for s in studies if s.sign),
     }
     return result, details
+
+
+def _failed_deliveries(
+    db: Database, deliveries: list[counts.DbDelivery]
+) -> list[tuple[counts.DbDelivery, str]]:
+    errors = dict(db.rows("SELECT id, last_error FROM deliveries WHERE state = 'failed'"))
+    return [(d, str(errors.get(d.id))) for d in deliveries if d.state == "failed"]
 
 
 def _tally(values: Any) -> dict[str, int]:
