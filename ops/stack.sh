@@ -112,6 +112,7 @@ stop_daemon() {
 }
 
 settings() { "$PY" -c "from shared.config import get_settings as g; s=g(); print($1)"; }
+qp() { settings s.queue_prefix; }  # MEDREGA_QUEUE_PREFIX, usually empty
 
 start_services() {
   mkdir -p "$LOG" "$RUN" "$MEDREGA_STORAGE_DIR"
@@ -126,11 +127,15 @@ start_services() {
   # A stand-in hospital RIS (MLLP, logs and ACKs) so the demo has somebody to deliver ORUs to.
   start_daemon ris-sink "$(settings s.ris_port)" "$PY" -m ops.ris_sink --port "$(settings s.ris_port)" \
     --out "$VAR/ris-inbox"
-  # One process owns the model (queue gpu, one thread: one per GPU); deliveries run beside it.
+  # One process owns the model for drafts (queue draft, a priority queue; one thread: one per
+  # GPU); Locate/Identify have their own process and model session (queue interactive), so a
+  # click never waits behind a draft backlog; deliveries run beside them.
   # Not the solo pool: it was seen to leave new messages unconsumed ~10 s after going idle.
-  start_daemon worker-gpu - "$PY" -m celery -A services.worker.celery_app worker -Q gpu \
+  start_daemon worker-gpu - "$PY" -m celery -A services.worker.celery_app worker -Q "$(qp)draft" \
     --pool threads --concurrency 1 -n gpu@%h --loglevel INFO
-  start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q io \
+  start_daemon worker-interactive - "$PY" -m celery -A services.worker.celery_app worker \
+    -Q "$(qp)interactive" --pool threads --concurrency 1 -n interactive@%h --loglevel INFO
+  start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q "$(qp)io" \
     --pool threads --concurrency 4 -n io@%h --loglevel INFO
   # MEDREGA_MODEL_BACKEND=mllm with the default loopback URL: serve our reference model over
   # MedRegA's protocol (a real MedRegA deployment sets MEDREGA_MLLM_BASE_URL instead).
@@ -147,7 +152,9 @@ start_services() {
 }
 
 stop_services() {
-  for name in web relay worker-gpu worker-io medrega-server ris-sink listener; do stop_daemon "$name"; done
+  for name in web relay worker-gpu worker-interactive worker-io medrega-server ris-sink listener; do
+    stop_daemon "$name"
+  done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
 }
 
@@ -161,7 +168,7 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker-gpu worker-io medrega-server relay ris-sink web; do
+  for name in worker-gpu worker-interactive worker-io medrega-server relay ris-sink web; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi

@@ -1,4 +1,4 @@
-"""Ask the GPU worker a Locate / Identify question and wait (briefly) for its answer.
+"""Ask the interactive lane (Locate / Identify) a question and wait (briefly) for its answer.
 
 A thin client in shared/ so the web needs nothing of the worker's code: it speaks Celery's
 message protocol through its own producer-only Celery app (no tasks, no results backend).
@@ -41,8 +41,9 @@ def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, A
     wait = timeout_s
     settings = get_settings()
     app = _producer_app(settings.broker_url)
-    # Read now, not at import: the queue prefix is per deployment (and per test run).
-    gpu_queue = f"{settings.queue_prefix}gpu"
+    # Read now, not at import: the queue prefix is per deployment (and per test run). The
+    # interactive lane has its own consumer and model session: never behind drafts.
+    interactive_queue = f"{settings.queue_prefix}interactive"
     task_id = str(uuid.uuid4())
     reply = Queue(
         f"{settings.queue_prefix}web-reply-{task_id}",
@@ -67,7 +68,7 @@ def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, A
                         task_name,
                         args=args,
                         task_id=task_id,
-                        queue=gpu_queue,
+                        queue=interactive_queue,
                         reply_to=reply.name,
                         expires=wait,
                         producer=producer,

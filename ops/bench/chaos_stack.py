@@ -195,7 +195,7 @@ class ChaosStack:
         return process
 
     def _launch_gpu(self, log: Path) -> subprocess.Popen[bytes]:
-        return start_worker(self.env, log, queues=("gpu",), concurrency=1).process
+        return start_worker(self.env, log, queues=("draft", "interactive"), concurrency=1).process
 
     def _launch_io(self, log: Path) -> subprocess.Popen[bytes]:
         return start_worker(self.env, log, queues=("io",), concurrency=self.io_threads).process

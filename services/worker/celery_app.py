@@ -1,8 +1,15 @@
 """The Celery application: broker, queues and the delivery guarantees every task relies on.
 
-Queue `gpu` carries inference (one worker process per GPU owns the model); queue `io` carries
-deliveries to the PACS and the RIS. Payloads are JSON objects of database IDs: the database is the
-source of truth and every task re-reads what it needs.
+Three lanes (README "Queues"):
+- `draft` — model drafts, a RabbitMQ priority queue (`x-max-priority`); the relay sets each
+  message's priority from its job (`services.worker.lanes.draft_priority`), so X-rays and
+  studies already found critical are drafted before CT/MR series that were queued earlier.
+- `interactive` — Locate / Identify for the review UI, consumed by its own worker process with
+  its own model session, so a click never waits behind a draft backlog.
+- `io` — deliveries to the PACS and the RIS.
+
+Payloads are JSON objects of database IDs: the database is the source of truth and every task
+re-reads what it needs.
 """
 
 from __future__ import annotations
@@ -14,8 +21,15 @@ from kombu import Exchange, Queue
 from shared.config import get_settings
 
 settings = get_settings()
-GPU_QUEUE = f"{settings.queue_prefix}gpu"
+DRAFT_QUEUE = f"{settings.queue_prefix}draft"
+INTERACTIVE_QUEUE = f"{settings.queue_prefix}interactive"
 IO_QUEUE = f"{settings.queue_prefix}io"
+# Before the lanes, drafts and Locate/Identify shared one plain queue; RabbitMQ refuses to
+# redeclare a queue with new arguments, so the priority lane has a new name and the relay
+# retires this one (services.worker.lanes.retire_legacy_queue).
+LEGACY_GPU_QUEUE = f"{settings.queue_prefix}gpu"
+# Priorities 0..9 (RabbitMQ keeps one sub-queue per level: few levels are cheaper).
+DRAFT_MAX_PRIORITY = 9
 
 app = Celery("medrega", broker=settings.broker_url)
 app.conf.update(
@@ -27,9 +41,24 @@ app.conf.update(
     # mid-task (SIGKILL, OOM) gives the message back to the broker.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,  # long GPU tasks: never hoard messages
+    # Long GPU tasks: never hoard messages. With acks_late the running task's message is the
+    # one unacknowledged message the broker allows, so the next one is chosen by priority only
+    # when the model is free — a message prefetched earlier would already have jumped the queue.
+    worker_prefetch_multiplier=1,
     task_queues=(
-        Queue(GPU_QUEUE, Exchange(GPU_QUEUE), routing_key=GPU_QUEUE, durable=True),
+        Queue(
+            DRAFT_QUEUE,
+            Exchange(DRAFT_QUEUE),
+            routing_key=DRAFT_QUEUE,
+            durable=True,
+            max_priority=DRAFT_MAX_PRIORITY,
+        ),
+        Queue(
+            INTERACTIVE_QUEUE,
+            Exchange(INTERACTIVE_QUEUE),
+            routing_key=INTERACTIVE_QUEUE,
+            durable=True,
+        ),
         Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE, durable=True),
     ),
     task_default_queue=IO_QUEUE,
@@ -46,8 +75,8 @@ app.conf.include = ["services.worker.tasks", "services.worker.interactive"]
 def _refuse_to_start_without_the_configured_gpu(**_: object) -> None:
     """A GPU worker that would silently run on the CPU must not start at all.
 
-    The GPU worker runs the threads pool with one thread (one process per GPU): no fork, so
-    loading the model here does not initialise CUDA before a fork.
+    The model workers (draft lane, interactive lane) run the threads pool: no fork, so loading
+    the model here does not initialise CUDA before a fork.
     """
     if settings.model_require_gpu:
         from services.worker.tasks import model_backend

@@ -1,5 +1,6 @@
 """MedRegA's interactive region tasks for the review UI: Locate (Text→Region), Identify
-(Region→Text), on the GPU worker that owns the model.
+(Region→Text), on the interactive lane: its own worker process with its own model session,
+so a click never waits behind drafts.
 
 The web process waits for the answer on its own short-lived reply queue (AMQP `reply_to`): the
 Celery app keeps no result backend, and these answers are ephemeral, so they never touch the
@@ -16,7 +17,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy import select
 
-from services.worker.celery_app import GPU_QUEUE, app
+from services.worker.celery_app import INTERACTIVE_QUEUE, app
 from shared.config import get_settings
 from shared.db.instance_inputs import instance_input
 from shared.db.models import Instance, Series
@@ -82,7 +83,7 @@ def _valid_ids(instance_id: object, frame: object) -> tuple[int, int]:
     return instance_id, frame
 
 
-@app.task(name="medrega.locate", queue=GPU_QUEUE, bind=True, acks_late=False, max_retries=0)
+@app.task(name="medrega.locate", queue=INTERACTIVE_QUEUE, bind=True, acks_late=False, max_retries=0)
 def locate(self: Task, instance_id: int, frame: int, query: str) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         from services.worker.tasks import model_backend
@@ -102,7 +103,9 @@ def locate(self: Task, instance_id: int, frame: int, query: str) -> dict[str, An
     return _guarded(self, work)
 
 
-@app.task(name="medrega.identify", queue=GPU_QUEUE, bind=True, acks_late=False, max_retries=0)
+@app.task(
+    name="medrega.identify", queue=INTERACTIVE_QUEUE, bind=True, acks_late=False, max_retries=0
+)
 def identify(self: Task, instance_id: int, frame: int, box: list[float]) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         from services.worker.tasks import model_backend

@@ -31,6 +31,7 @@ import psycopg
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import sessionmaker
 
+from services.worker.lanes import job_priority, retire_legacy_queue
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
@@ -69,7 +70,8 @@ def _due_draft_jobs(engine: Engine, now: datetime) -> list[tuple[int, str]]:
                     DraftJob.state == DraftJobState.RUNNING,
                 )
             )
-            # Shortest job first: a burst's X-rays are not queued behind its 300-slice CTs.
+            # Shortest job first within a pass; across passes the draft lane's message
+            # priorities (services.worker.lanes) keep X-rays ahead of CTs already queued.
             .order_by(DraftJob.instance_count, DraftJob.id)
             .limit(BATCH)
         ).all()
@@ -152,16 +154,37 @@ def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) 
     return RelayCounts(drafts, deliveries)
 
 
-def celery_publisher() -> Publisher:
-    from services.worker.celery_app import GPU_QUEUE, IO_QUEUE, app
+def celery_publisher(engine: Engine) -> Publisher:
+    from services.worker.celery_app import DRAFT_QUEUE, IO_QUEUE, app
 
     def publish(kind: str, row_id: int) -> None:
         if kind == "draft":
-            app.send_task("medrega.draft_study", args=[row_id], queue=GPU_QUEUE)
+            # The draft lane is a priority queue: X-rays and critical studies go first.
+            priority = job_priority(engine, row_id)
+            app.send_task(
+                "medrega.draft_study", args=[row_id], queue=DRAFT_QUEUE, priority=priority
+            )
         else:
             app.send_task("medrega.deliver", args=[row_id], queue=IO_QUEUE)
 
     return publish
+
+
+def retire_legacy_gpu_queue(engine: Engine) -> None:
+    """Upgrade from the one shared `gpu` queue (see services.worker.lanes)."""
+    from services.worker.celery_app import LEGACY_GPU_QUEUE
+    from shared.config import get_settings
+
+    try:
+        retire_legacy_queue(
+            engine,
+            get_settings().broker_url,
+            LEGACY_GPU_QUEUE,
+            datetime.now(UTC),
+            REPUBLISH_QUEUED_AFTER,
+        )
+    except Exception:  # the broker is away: the queued jobs are republished after 10 min anyway
+        log.exception("could not retire the legacy queue %s", LEGACY_GPU_QUEUE)
 
 
 def _listen(engine: Engine) -> psycopg.Connection[Any]:
@@ -174,7 +197,11 @@ def _listen(engine: Engine) -> psycopg.Connection[Any]:
 
 
 def run_forever(
-    engine: Engine, publish: Publisher, stop: threading.Event, interval_s: float = 1.0
+    engine: Engine,
+    publish: Publisher,
+    stop: threading.Event,
+    interval_s: float = 1.0,
+    on_leadership: Callable[[Engine], None] | None = None,
 ) -> None:
     """Leader-elected loop: only the process holding the relay lock publishes.
 
@@ -187,6 +214,8 @@ def run_forever(
                 if not leader:
                     stop.wait(interval_s)
                     continue
+                if on_leadership is not None:
+                    on_leadership(engine)
                 with _listen(engine) as listener:
                     while not stop.is_set():
                         relay_once(engine, publish)
@@ -220,9 +249,16 @@ def main() -> None:
             broker.ensure_connection(max_retries=1)
         return
     if args.once:
-        print(relay_once(get_engine(), celery_publisher()))
+        print(relay_once(get_engine(), celery_publisher(get_engine())))
         return
-    run_forever(get_engine(), celery_publisher(), threading.Event(), args.interval)
+    engine = get_engine()
+    run_forever(
+        engine,
+        celery_publisher(engine),
+        threading.Event(),
+        args.interval,
+        on_leadership=retire_legacy_gpu_queue,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Celery tasks. Payloads are row IDs; each task declares its own retry policy.
 
-- `medrega.draft_study(job_id)` — queue `gpu`. Retries only transient infrastructure errors
+- `medrega.draft_study(job_id)` — queue `draft`. Retries only transient infrastructure errors
   (database connection); bad input becomes the job's 'not applicable' or 'failed' state and is
   never retried.
 - `medrega.deliver(delivery_id)` — queue `io`. One attempt per message; the delivery row records
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from services.worker.celery_app import GPU_QUEUE, IO_QUEUE, app
+from services.worker.celery_app import DRAFT_QUEUE, IO_QUEUE, app
 from services.worker.drafting import mark_failed, run_draft_job
 from shared.config import get_settings
 from shared.db.session import get_engine
@@ -51,7 +51,7 @@ def model_backend() -> ModelBackend:
     return create_backend(get_settings())
 
 
-@app.task(name="medrega.draft_study", queue=GPU_QUEUE, **ROW_TASK_OPTIONS)
+@app.task(name="medrega.draft_study", queue=DRAFT_QUEUE, **ROW_TASK_OPTIONS)
 def draft_study(job_id: int) -> dict[str, Any]:
     if not _is_row_id(job_id):
         log.error("draft_study got a non-integer job id; dropped")

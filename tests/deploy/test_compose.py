@@ -17,7 +17,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-OUR_SERVICES = {"migrate", "orthanc", "listener", "worker", "delivery-worker", "relay", "web"}
+OUR_SERVICES = {
+    "migrate",
+    "orthanc",
+    "listener",
+    "worker",
+    "interactive-worker",
+    "delivery-worker",
+    "relay",
+    "web",
+}
 REQUIRED_SECRETS = {
     "MEDREGA_DB_PASSWORD",
     "MEDREGA_RABBITMQ_PASSWORD",
@@ -100,6 +109,29 @@ def test_healthchecks_and_startup_order(compose: dict[str, Any]) -> None:
 def test_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def _celery_queues(command: list[str]) -> set[str]:
+    return set(command[command.index("-Q") + 1].split(",")) if "-Q" in command else set()
+
+
+def test_every_lane_has_its_own_consumer(compose: dict[str, Any]) -> None:
+    """Drafts, Locate/Identify and deliveries each have a worker; no worker mixes the model
+    lanes (a click would wait behind a draft), and only queues the app declares are consumed."""
+    from services.worker.celery_app import app, settings
+
+    declared = {queue.name.removeprefix(settings.queue_prefix) for queue in app.conf.task_queues}
+    lanes = {
+        name: _celery_queues(service["command"])
+        for name, service in compose["services"].items()
+        if "celery" in service.get("command", [])[:1]
+    }
+    assert set().union(*lanes.values()) == declared == {"draft", "interactive", "io"}
+    assert all(len(queues) == 1 for queues in lanes.values()), lanes
+    for name, queues in lanes.items():
+        if queues & {"draft", "interactive"}:
+            devices = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+            assert any("gpu" in d["capabilities"] for d in devices), f"{name} needs the GPU"
 
 
 def test_secrets_come_from_the_environment() -> None:

@@ -43,7 +43,7 @@ def test_locate_and_identify_answer_from_the_worker(
     worker = start_worker(
         {"MEDREGA_QUEUE_PREFIX": prefix, "MEDREGA_STORAGE_DIR": str(web_env), **backend_env},
         tmp_path / "worker.log",
-        queues=("gpu",),
+        queues=("interactive",),
         concurrency=1,
     )
     try:

@@ -1,0 +1,109 @@
+"""Which draft goes first, and the upgrade from the one shared `gpu` queue to the lanes.
+
+A chest X-ray costs the model tens of milliseconds, a 300-slice CT seconds: drafted in arrival
+order, a burst's X-rays wait behind its CTs. The relay publishes each draft job with a RabbitMQ
+message priority (the `draft` queue is declared with `x-max-priority`), and the broker hands the
+model worker the highest-priority message whenever the model is free (prefetch 1, acks late).
+Nothing is starved for long: CT jobs still run whenever no X-ray is waiting, and a burst of
+X-rays is finite.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from amqp.exceptions import NotFound
+from kombu import Connection
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import sessionmaker
+
+from shared.db.models import DraftJob, DraftJobState, Series, Study
+
+log = logging.getLogger(__name__)
+
+# Projection radiography (CR, DX), mammography, panoramic and intra-oral X-ray: one to a few
+# images, drafted in well under a second.
+XRAY_MODALITIES = frozenset({"CR", "DX", "MG", "PX", "IO"})
+
+PRIORITY_CRITICAL = 9  # a re-draft of a study the model already found critical
+PRIORITY_XRAY = 7
+# Other studies by size: (at most this many instances, priority), first match wins.
+PRIORITY_BY_SIZE = ((10, 5), (50, 3), (200, 2))
+PRIORITY_LARGEST = 1
+
+
+def draft_priority(*, instance_count: int, modalities: set[str], critical: bool) -> int:
+    """The message priority of a draft job (0–9; higher goes first)."""
+    if critical:
+        return PRIORITY_CRITICAL
+    if modalities and modalities <= XRAY_MODALITIES:
+        return PRIORITY_XRAY
+    for most, priority in PRIORITY_BY_SIZE:
+        if instance_count <= most:
+            return priority
+    return PRIORITY_LARGEST
+
+
+def job_priority(engine: Engine, job_id: int) -> int:
+    """The priority of a job as the database describes it now (0 if it is gone)."""
+    with sessionmaker(engine)() as session:
+        row = session.execute(
+            select(DraftJob.study_id, DraftJob.instance_count, Study.critical)
+            .join(Study, Study.id == DraftJob.study_id)
+            .where(DraftJob.id == job_id)
+        ).first()
+        if row is None:
+            return 0
+        modalities = {
+            modality
+            for modality in session.scalars(
+                select(Series.modality).where(
+                    Series.study_id == row.study_id,
+                    Series.is_own_output.is_(False),
+                )
+            )
+            if modality
+        }
+    return draft_priority(
+        instance_count=row.instance_count, modalities=modalities, critical=row.critical
+    )
+
+
+def retire_legacy_queue(
+    engine: Engine, broker_url: str, queue_name: str, now: datetime, republish_after: timedelta
+) -> bool:
+    """Delete the pre-lanes `gpu` queue once nothing consumes it; republish what it held.
+
+    Its draft messages are re-derived from the rows: every job still `queued` is made due for
+    the relay's next pass (duplicates are harmless: the draft task locks and re-checks the job);
+    its Locate/Identify messages have long expired. While an old worker still consumes the
+    queue it is left alone (that worker drains it); the next relay start tries again.
+    """
+    with Connection(broker_url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            _, messages, consumers = channel.queue_declare(queue_name, passive=True)
+        except NotFound:
+            return False
+        if consumers:
+            log.warning(
+                "legacy queue %s still has %d consumer(s): stop the old gpu worker", queue_name,
+                consumers,
+            )  # fmt: skip
+            return False
+        channel.queue_delete(queue_name, if_unused=True)
+    with sessionmaker(engine).begin() as session:
+        republished = len(
+            session.scalars(
+                update(DraftJob)
+                .where(DraftJob.state == DraftJobState.QUEUED)
+                .values(published_at=now - republish_after - timedelta(seconds=1))
+                .returning(DraftJob.id)
+            ).all()
+        )
+    log.warning(
+        "retired legacy queue %s (%d message(s)); %d queued draft job(s) published again",
+        queue_name, messages, republished,
+    )  # fmt: skip
+    return True
