@@ -416,3 +416,59 @@ class AuditEvent(Base):
 
 
 Index("ix_audit_log_at", AuditEvent.at)
+
+
+class LoginAttempts(Base):
+    """Sign-in failures per (source address, username): the throttle's state (services/web/
+    login_throttle.py). A storm from one address never slows the same user at another."""
+
+    __tablename__ = "login_attempts"
+
+    remote_addr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Attempts counted in the current run of failures (reserved before the password is checked).
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # No attempt is checked before this (progressive delay; after the limit, the whole window).
+    next_allowed_at: Mapped[datetime] = _now()
+    last_attempt_at: Mapped[datetime] = _now()
+    # The run's audit rows are written (first failure, throttle engaged): at most two per run.
+    audited_failure: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    audited_throttle: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+
+
+Index("ix_login_attempts_last_attempt_at", LoginAttempts.last_attempt_at)
+
+
+class WebSession(Base):
+    """A signed-in session, server-side: the cookie names it (by `sid`), this row says whether it
+    still stands. Sign-out, a password change and "sign out everywhere" revoke rows."""
+
+    __tablename__ = "web_sessions"
+
+    # sha256 of the cookie's random session id: the table alone cannot be replayed as cookies.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now()
+    last_seen_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+
+
+class ListenerRefusal(Base):
+    """Associations the listener refused, counted per (reason, source address, calling AE)."""
+
+    __tablename__ = "listener_refusals"
+    __table_args__ = (
+        UniqueConstraint(
+            "reason", "remote_addr", "calling_ae_title", name="uq_listener_refusals_peer"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))  # peer_not_allowed, storage_low, error
+    remote_addr: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str] = mapped_column(String(64))  # as printable() wrote it
+    count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    first_at: Mapped[datetime] = _now()
+    last_at: Mapped[datetime] = _now()
