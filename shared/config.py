@@ -17,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Values that must never reach production; refused outside development.
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development"}
+# The web session key signs with HMAC-SHA256: production refuses anything shorter than the hash.
+MIN_SECRET_KEY_BYTES = 32
 
 
 def split_csv(value: object) -> object:
@@ -170,6 +172,13 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"MEDREGA_{name.upper()} must be set to a real secret in production"
                     )
+            key = self.secret_key.get_secret_value().encode() if self.secret_key else b""
+            if len(key) < MIN_SECRET_KEY_BYTES:
+                # HMAC-SHA256 keys signing every session: at least as long as the hash.
+                raise ValueError(
+                    f"MEDREGA_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes in "
+                    "production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
         if (self.listener_tls_cert is None) != (self.listener_tls_key is None):
             raise ValueError("MEDREGA_LISTENER_TLS_CERT and _KEY must be set together")
         return self

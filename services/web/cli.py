@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from services.web.passwords import MIN_PASSWORD_LENGTH, hash_password
+from services.web.password_policy import PasswordRejected
+from services.web.passwords import hash_new_password
+from services.web.sessions import revoke_user_sessions
 from shared.db.models import AuditEvent, User, UserRole
 from shared.db.session import get_engine
 
@@ -42,8 +44,11 @@ def create_user(
     *,
     update: bool = False,
 ) -> tuple[int, bool]:
-    """Create (or with `update`, reset) a user; returns (id, created)."""
-    password_hash = hash_password(password)
+    """Create (or with `update`, reset) a user; returns (id, created).
+
+    PasswordRejected when the password breaks the policy (password_policy.py). A reset ends
+    every session the user had."""
+    password_hash = hash_new_password(password, username)
     with sessionmaker(get_engine()).begin() as session:
         user = session.scalar(select(User).where(User.username == username))
         created = user is None
@@ -58,6 +63,8 @@ def create_user(
         user.role = role
         user.active = True
         session.flush()
+        if not created:
+            revoke_user_sessions(session, user.id, "password_reset")
         session.add(
             AuditEvent(
                 action="user_create" if created else "user_reset",
@@ -90,17 +97,18 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
     target.add_argument("--update", action="store_true", help="reset an existing user")
     args = parser.parse_args(argv)
     password = _read_password()
-    if len(password) < MIN_PASSWORD_LENGTH:
-        print(f"password must have at least {MIN_PASSWORD_LENGTH} characters", file=sys.stderr)
+    try:
+        user_id, created = create_user(
+            args.username,
+            args.full_name,
+            password,
+            UserRole(args.role),
+            args.dicom_name,
+            update=args.update,
+        )
+    except PasswordRejected as exc:
+        print(exc, file=sys.stderr)
         return 2
-    user_id, created = create_user(
-        args.username,
-        args.full_name,
-        password,
-        UserRole(args.role),
-        args.dicom_name,
-        update=args.update,
-    )
     print(f"{'created' if created else 'updated'} {args.role} {args.username!r} (id {user_id})")
     return 0
 

@@ -62,6 +62,14 @@ def _session_data(request: Request) -> sessions.SessionData | None:
     return data
 
 
+def current_session(request: Request) -> sessions.SessionData:
+    """The request's (signed, unexpired) session data; only after `current_user` accepted it."""
+    data = _session_data(request)
+    if data is None:
+        raise AuthRequired()
+    return data
+
+
 def current_user(request: Request, db: SessionDep) -> User:
     data = _session_data(request)
     now = int(time.time())
@@ -72,6 +80,7 @@ def current_user(request: Request, db: SessionDep) -> User:
         user is None
         or not user.active
         or sessions.password_fingerprint(user.password_hash) != data.password_fp
+        or not sessions.session_row_valid(db, data, now)
     ):
         raise AuthRequired()
     request.state.user = user
@@ -81,6 +90,7 @@ def current_user(request: Request, db: SessionDep) -> User:
         refreshed = sessions.SessionData(
             data.user_id, data.sid, data.issued_at, now, data.password_fp
         )
+        sessions.touch_session(db, data, now)
         request.state.refresh_cookie = sessions.encode_session(refreshed)
     return user
 

@@ -136,6 +136,19 @@ LABELS: dict[str, dict[str, str]] = {
     "create_user": {"en": "Create user", "zh": "创建用户"},
     "active": {"en": "Active", "zh": "启用"},
     "forbidden": {"en": "Your role does not allow this page.", "zh": "您的角色无权访问此页面。"},
+    "change_password": {"en": "Change password", "zh": "修改密码"},
+    "current_password": {"en": "Current password", "zh": "当前密码"},
+    "new_password": {"en": "New password", "zh": "新密码"},
+    "password_changed": {
+        "en": "Password changed. Every other session of yours has been signed out.",
+        "zh": "密码已修改。您在其他设备上的会话均已退出。",
+    },
+    "password_rules": {
+        "en": "At least 12 characters; a phrase is fine. Common passwords are refused.",
+        "zh": "至少 12 个字符，可以是一句话。常见密码将被拒绝。",
+    },
+    "sign_out_everywhere": {"en": "Sign out everywhere", "zh": "在所有设备上退出"},
+    "sessions_ended": {"en": "Sessions ended", "zh": "已结束的会话"},
 }
 
 

@@ -5,18 +5,23 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-_hasher = PasswordHasher()
+from services.web.password_policy import check_password
 
-MIN_PASSWORD_LENGTH = 10
+_hasher = PasswordHasher()
 
 # Verified against when the username is unknown, so a miss costs the same time as a hit
 # (no username enumeration by timing).
 _DUMMY_HASH = _hasher.hash("medrega-no-such-user-placeholder")
 
 
+def hash_new_password(password: str, username: str | None) -> str:
+    """The hash of a password being set now; PasswordRejected unless the policy accepts it."""
+    check_password(password, username)
+    return _hasher.hash(password)
+
+
 def hash_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    """The hash of a password already accepted (re-hashing at sign-in, test fixtures)."""
     return _hasher.hash(password)
 
 

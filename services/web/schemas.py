@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.web.web_settings import MIN_PASSWORD_LENGTH
+
 Text = Annotated[str, Field(max_length=2000)]
 Coordinate = Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
 Uid = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
@@ -113,7 +115,8 @@ class CreateUserRequest(Strict):
     full_name: Annotated[str, Field(min_length=1, max_length=128)]
     dicom_person_name: Annotated[str, Field(max_length=324)] | None = None
     role: Literal["radiologist", "admin"]
-    password: Annotated[str, Field(min_length=10, max_length=256)]
+    # Length is checked again, with the rest of the policy, by password_policy.check_password.
+    password: Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=256)]
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""Signed-cookie sessions: no session table, nothing to clean up, nothing to steal from the DB.
+"""Sessions: a signed cookie naming a server-side row (`web_sessions`) that can be revoked.
 
 The cookie holds `{uid, sid, iat, last, pw}` signed with HMAC-SHA256 under the secret key:
-- `sid` is random per sign-in; the CSRF token is derived from it;
+- `sid` is random per sign-in; the CSRF token is derived from it; the row's key is its sha256
+  (the table alone cannot be turned back into cookies);
 - `iat`/`last` bound the absolute and idle lifetime (checked server-side, not by cookie expiry);
-- `pw` is a fingerprint of the user's password hash, so changing a password ends every session
-  of that user; deactivating the user ends them too (the user row is read on every request).
-Signing out deletes the cookie; a copied cookie stays valid until the idle timeout at most.
+  an issue time in the future is refused (it would never expire);
+- `pw` is a fingerprint of the user's password hash, a second guard behind revocation.
+Every request needs the row to exist, be unrevoked and be within its lifetimes by the row's own
+times: signing out, a password change, an admin's "sign out everywhere" and deactivation revoke
+rows, so every copy of the cookie stops working at once.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from services.web.web_settings import SESSION_IDLE_S, SESSION_MAX_S
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from services.web.web_settings import SESSION_CLOCK_SKEW_S, SESSION_IDLE_S, SESSION_MAX_S
 from shared.config import get_settings
+from shared.db.models import WebSession
 
 
 def _key(purpose: str) -> bytes:
@@ -49,7 +57,14 @@ class SessionData:
     password_fp: str
 
     def expired(self, now: int) -> bool:
-        return now - self.issued_at > SESSION_MAX_S or now - self.last_seen > SESSION_IDLE_S
+        """Past its lifetimes, or claiming times that have not come yet (forged or replayed)."""
+        return (
+            now - self.issued_at > SESSION_MAX_S
+            or now - self.last_seen > SESSION_IDLE_S
+            or self.issued_at > now + SESSION_CLOCK_SKEW_S
+            or self.last_seen > now + SESSION_CLOCK_SKEW_S
+            or self.last_seen < self.issued_at
+        )
 
 
 def new_session(user_id: int, password_hash: str, now: int | None = None) -> SessionData:
@@ -99,3 +114,72 @@ def csrf_token(sid: str) -> str:
 
 def csrf_valid(sid: str, token: str | None) -> bool:
     return bool(token) and hmac.compare_digest(csrf_token(sid), token or "")
+
+
+def session_key(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def start_session(
+    db: Session, user_id: int, password_hash: str, remote_addr: str | None
+) -> SessionData:
+    """A new session and its row (not committed: the caller's transaction, with its audit row)."""
+    data = new_session(user_id, password_hash)
+    at = datetime.fromtimestamp(data.issued_at, UTC)
+    db.add(
+        WebSession(
+            id=session_key(data.sid),
+            user_id=user_id,
+            created_at=at,
+            last_seen_at=at,
+            remote_addr=remote_addr,
+        )
+    )
+    # Rows past the absolute lifetime are dead anyway; the user's own are swept here.
+    db.execute(
+        delete(WebSession).where(
+            WebSession.user_id == user_id,
+            WebSession.created_at < at - timedelta(seconds=SESSION_MAX_S + 60),
+        )
+    )
+    return data
+
+
+def session_row_valid(db: Session, data: SessionData, now: int) -> bool:
+    """The server's word on a well-signed cookie: its row stands and is within its lifetimes."""
+    row = db.scalar(select(WebSession).where(WebSession.id == session_key(data.sid)))
+    if row is None or row.revoked_at is not None or row.user_id != data.user_id:
+        return False
+    at = datetime.fromtimestamp(now, UTC)
+    return at - row.created_at <= timedelta(
+        seconds=SESSION_MAX_S
+    ) and at - row.last_seen_at <= timedelta(seconds=SESSION_IDLE_S)
+
+
+def touch_session(db: Session, data: SessionData, now: int) -> None:
+    """Slide the idle window server-side too; commits (a read-only request has nothing else)."""
+    db.execute(
+        update(WebSession)
+        .where(WebSession.id == session_key(data.sid), WebSession.revoked_at.is_(None))
+        .values(last_seen_at=datetime.fromtimestamp(now, UTC))
+    )
+    db.commit()
+
+
+def revoke_session(db: Session, sid: str, reason: str) -> None:
+    """End one session, every copy of its cookie (not committed)."""
+    db.execute(
+        update(WebSession)
+        .where(WebSession.id == session_key(sid), WebSession.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC), revoked_reason=reason)
+    )
+
+
+def revoke_user_sessions(db: Session, user_id: int, reason: str) -> int:
+    """End every session of a user (not committed); how many were open."""
+    result = db.execute(
+        update(WebSession)
+        .where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC), revoked_reason=reason)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

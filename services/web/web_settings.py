@@ -18,9 +18,22 @@ SESSION_MAX_S = 12 * 3600
 # Re-issue the cookie (sliding idle window) at most this often, not on every request.
 SESSION_REFRESH_S = 60
 
-# Failed sign-ins per username within the window before further tries are refused (429).
+# A cookie issued later than this many seconds from now (replica clocks disagree a little at most)
+# is refused: a forged or replayed future issue time would otherwise never expire.
+SESSION_CLOCK_SKEW_S = 5
+
+# Sign-in throttle per (source address, username) (login_throttle.py): the first failures are
+# free, then each one doubles the wait before the next attempt (1 s, 2 s, 4 s … capped), and
+# after LOGIN_MAX_FAILURES the pair waits the whole window. A quiet window starts a new run.
+LOGIN_FREE_ATTEMPTS = 3
+LOGIN_DELAY_BASE_S = 1
+LOGIN_DELAY_MAX_S = 60
 LOGIN_MAX_FAILURES = 10
 LOGIN_FAILURE_WINDOW_S = 15 * 60
+
+# NIST SP 800-63B: at least this long, no composition rules, not a known common password.
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 256
 
 # Request bodies larger than this are refused with 413 before they are read.
 MAX_BODY_BYTES = 256 * 1024

@@ -83,9 +83,10 @@ def test_wrong_password_unknown_user_and_missing_login_token_are_refused(
     assert client.get("/api/v1/session").status_code == 401
 
 
-def test_repeated_failures_lock_the_username_for_a_while(
+def test_repeated_failures_hold_back_this_address_and_username(
     client: TestClient, radiologist: User
 ) -> None:
+    # More in test_sign_in_hardening.py: the race, other addresses, delays, audit rows.
     for _ in range(LOGIN_MAX_FAILURES):
         client.post(
             "/login",

@@ -8,14 +8,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from services.web import audit
+from services.web import audit, sessions
 from services.web.deps import AdminDep, RowId, SessionDep
 from services.web.feedback import feedback_lines
-from services.web.passwords import hash_password
+from services.web.password_policy import PasswordRejected
+from services.web.passwords import hash_new_password
 from services.web.schemas import (
     AuditOut,
     AuditPage,
@@ -206,9 +208,13 @@ def list_users(db: SessionDep, _: AdminDep) -> list[UserOut]:
 def create_user(
     request: Request, body: CreateUserRequest, db: SessionDep, admin: AdminDep
 ) -> UserOut:
+    try:
+        password_hash = hash_new_password(body.password, body.username)
+    except PasswordRejected as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
     user = User(
         username=body.username,
-        password_hash=hash_password(body.password),
+        password_hash=password_hash,
         full_name=body.full_name,
         dicom_person_name=body.dicom_person_name,
         role=body.role,
@@ -248,12 +254,37 @@ def set_active(
     if user.id == admin.id and not active:
         raise HTTPException(status_code=409, detail="you cannot deactivate yourself")
     user.active = active
+    ended = 0 if active else sessions.revoke_user_sessions(db, user.id, "deactivated")
     audit.record(
         db, request, admin, "user_active", object_type="user", object_id=user.id,
-        details={"active": active},
+        details={"active": active, "sessions_ended": ended},
     )  # fmt: skip
     db.commit()
     return _user_out(user)
+
+
+class SessionsEnded(BaseModel):
+    sessions_ended: int
+
+
+@router.post(
+    "/users/{user_id}/sign-out-everywhere", response_model=SessionsEnded, responses={404: {}}
+)
+def sign_out_everywhere(
+    request: Request, user_id: RowId, db: SessionDep, admin: AdminDep
+) -> SessionsEnded:
+    """End every session of a user (a lost badge, a shared workstation): each copy of each
+    cookie stops working at its next request. An admin may do it to their own account too."""
+    user = db.get(User, user_id)
+    if user is None:
+        raise HTTPException(status_code=404, detail="no such user")
+    ended = sessions.revoke_user_sessions(db, user.id, "admin_sign_out")
+    audit.record(
+        db, request, admin, "sessions_revoked", object_type="user", object_id=user.id,
+        details={"sessions_ended": ended},
+    )  # fmt: skip
+    db.commit()
+    return SessionsEnded(sessions_ended=ended)
 
 
 @router.get(

@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import secrets
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from starlette.responses import Response
 
-from services.web import audit, sessions
+from services.web import audit, login_throttle, sessions
 from services.web.cookies import delete_cookie, set_cookie
-from services.web.deps import SessionDep, UserDep
+from services.web.deps import SessionDep, UserDep, current_session
 from services.web.i18n import label
-from services.web.passwords import hash_password, needs_rehash, verify_password
+from services.web.password_policy import PasswordRejected
+from services.web.passwords import hash_new_password, hash_password, needs_rehash, verify_password
 from services.web.templating import render, request_language
 from services.web.web_settings import (
     LOGIN_CSRF_COOKIE,
-    LOGIN_FAILURE_WINDOW_S,
-    LOGIN_MAX_FAILURES,
+    MAX_PASSWORD_LENGTH,
     SESSION_COOKIE,
     SESSION_MAX_S,
 )
-from shared.db.models import AuditEvent, User
+from shared.db.models import User
 
 router = APIRouter()
 
@@ -57,20 +56,10 @@ def login_page(request: Request, next: str | None = None) -> Response:
     return _login_page(request, None, safe_next(next))
 
 
-def _recent_failures(db: SessionDep, username: str) -> int:
-    since = datetime.now(UTC) - timedelta(seconds=LOGIN_FAILURE_WINDOW_S)
-    return int(
-        db.scalar(
-            select(func.count())
-            .select_from(AuditEvent)
-            .where(
-                AuditEvent.action == "login_failed",
-                AuditEvent.username == username,
-                AuditEvent.at > since,
-            )
-        )
-        or 0
-    )
+def _throttle_key(request: Request, username: str) -> tuple[str, str]:
+    # The connection's address (behind the TLS proxy: the one uvicorn takes from the trusted
+    # proxy's X-Forwarded-For, see README) and the name as typed.
+    return audit.client_address(request) or "unknown", username[:64]
 
 
 @router.post("/login", include_in_schema=False)
@@ -89,22 +78,32 @@ def login(
         # Login CSRF (double submit): a foreign site can't sign a user in as someone else.
         return _login_page(request, label("bad_login", labels_lang), next_path, status=400)
     username = username.strip()
-    if _recent_failures(db, username) >= LOGIN_MAX_FAILURES:
-        audit.record(db, request, None, "login_refused", username=username[:64])
-        db.commit()
-        return _login_page(request, label("too_many_logins", labels_lang), next_path, status=429)
+    address, key = _throttle_key(request, username)
+    reservation = login_throttle.reserve(db, address, key)  # commits: counted before checking
+    if not reservation.allowed:
+        if reservation.audit_throttle:
+            audit.record(db, request, None, "login_throttled", username=key,
+                         details={"failures": reservation.failures})  # fmt: skip
+            db.commit()
+        response = _login_page(request, label("too_many_logins", labels_lang), next_path, 429)
+        response.headers["Retry-After"] = str(reservation.retry_after_s)
+        return response
     user = db.scalar(select(User).where(User.username == username))
     valid = verify_password(user.password_hash if user else None, password)
     if user is None or not valid or not user.active:
-        audit.record(db, request, None, "login_failed", username=username[:64])
-        db.commit()
+        if reservation.audit_failure:  # one row per run of failures; the count is in the table
+            audit.record(db, request, None, "login_failed", username=key)
+            db.commit()
         return _login_page(request, label("bad_login", labels_lang), next_path, status=401)
+    login_throttle.clear(db, address, key)
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     user.last_login_at = datetime.now(UTC)
-    audit.record(db, request, user, "login", object_type="user", object_id=user.id)
+    data = sessions.start_session(db, user.id, user.password_hash, address)
+    details = {"failures_before": reservation.failures - 1} if reservation.failures > 1 else None
+    audit.record(db, request, user, "login", object_type="user", object_id=user.id,
+                 details=details)  # fmt: skip
     db.commit()
-    data = sessions.new_session(user.id, user.password_hash, int(time.time()))
     response = RedirectResponse(next_path, status_code=303)
     set_cookie(
         response, request.scope, SESSION_COOKIE, sessions.encode_session(data), SESSION_MAX_S
@@ -113,13 +112,110 @@ def login(
     return response
 
 
+SessionDataDep = Annotated[sessions.SessionData, Depends(current_session)]
+
+
 @router.post("/logout", include_in_schema=False)
-def logout(request: Request, db: SessionDep, user: UserDep) -> Response:
+def logout(request: Request, db: SessionDep, user: UserDep, data: SessionDataDep) -> Response:
+    """Ends the session on the server: every copy of the cookie stops working."""
+    sessions.revoke_session(db, data.sid, "logout")
     audit.record(db, request, user, "logout", object_type="user", object_id=user.id)
     db.commit()
     request.state.session_replaced = True  # don't let the refresh re-set what we delete
     response = RedirectResponse("/login", status_code=303)
     delete_cookie(response, request.scope, SESSION_COOKIE)
+    return response
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: Annotated[str, Field(max_length=MAX_PASSWORD_LENGTH)]
+    new_password: Annotated[str, Field(max_length=MAX_PASSWORD_LENGTH)]
+
+
+def apply_password_change(
+    request: Request, db: SessionDep, user: User, current: str, new: str
+) -> sessions.SessionData:
+    """Check the current password (throttled like sign-in: a stolen session can't guess it),
+    apply the policy to the new one, end every session of the user and start one for this
+    browser. HTTPException (403, 422, 429) says what went wrong; commits."""
+    address, key = _throttle_key(request, user.username)
+    reservation = login_throttle.reserve(db, address, key)
+    if not reservation.allowed:
+        raise HTTPException(
+            status_code=429,
+            detail="too many wrong passwords; try again later",
+            headers={"Retry-After": str(reservation.retry_after_s)},
+        )
+    if not verify_password(user.password_hash, current):
+        if reservation.audit_failure:
+            audit.record(db, request, user, "password_change_failed", object_type="user",
+                         object_id=user.id)  # fmt: skip
+            db.commit()
+        raise HTTPException(status_code=403, detail="the current password is wrong")
+    login_throttle.clear(db, address, key)
+    try:
+        user.password_hash = hash_new_password(new, user.username)
+    except PasswordRejected as exc:
+        db.commit()
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    ended = sessions.revoke_user_sessions(db, user.id, "password_change")
+    data = sessions.start_session(db, user.id, user.password_hash, address)
+    audit.record(db, request, user, "password_change", object_type="user", object_id=user.id,
+                 details={"sessions_ended": ended})  # fmt: skip
+    db.commit()
+    request.state.session_replaced = True  # the old session's refresh must not be re-set
+    return data
+
+
+@router.post(
+    "/api/v1/session/password",
+    tags=["auth"],
+    status_code=204,
+    responses={403: {}, 422: {}, 429: {}},
+)
+def change_password(
+    request: Request, body: PasswordChange, db: SessionDep, user: UserDep
+) -> Response:
+    """Change your own password. Every session you have ends, this one included: the answer
+    carries a new session cookie for this browser (the CSRF token changes with it)."""
+    data = apply_password_change(request, db, user, body.current_password, body.new_password)
+    response = Response(status_code=204)
+    set_cookie(
+        response, request.scope, SESSION_COOKIE, sessions.encode_session(data), SESSION_MAX_S
+    )
+    return response
+
+
+@router.get("/account/password", include_in_schema=False)
+def password_page(request: Request, user: UserDep) -> Response:
+    return render(request, "password.html", {"message": None, "done": False})
+
+
+@router.post("/account/password", include_in_schema=False)
+def password_form(
+    request: Request,
+    db: SessionDep,
+    user: UserDep,
+    current_password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
+    new_password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
+) -> Response:
+    try:
+        data = apply_password_change(request, db, user, current_password, new_password)
+    except HTTPException as exc:
+        response = render(
+            request, "password.html", {"message": exc.detail, "done": False},
+            status_code=exc.status_code,
+        )  # fmt: skip
+        response.headers.update(exc.headers or {})
+        return response
+    # The page's CSRF token belongs to the new session now.
+    request.state.csrf_token = sessions.csrf_token(data.sid)
+    response = render(request, "password.html", {"message": None, "done": True})
+    set_cookie(
+        response, request.scope, SESSION_COOKIE, sessions.encode_session(data), SESSION_MAX_S
+    )
     return response
 
 

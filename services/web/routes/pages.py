@@ -12,9 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
-from services.web import audit
+from services.web import audit, sessions
 from services.web.deps import AdminDep, RowId, SessionDep, UserDep
-from services.web.passwords import hash_password
+from services.web.password_policy import PasswordRejected
+from services.web.passwords import hash_new_password
 from services.web.routes.admin import audit_page
 from services.web.routes.studies import load_study
 from services.web.schemas import CreateUserRequest
@@ -152,9 +153,13 @@ def create_user_form(
     except ValidationError as exc:
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _users_page(request, db, message, status=422)
+    try:
+        password_hash = hash_new_password(body.password, body.username)
+    except PasswordRejected as exc:
+        return _users_page(request, db, str(exc), status=422)
     user = User(
         username=body.username,
-        password_hash=hash_password(body.password),
+        password_hash=password_hash,
         full_name=body.full_name,
         dicom_person_name=body.dicom_person_name,
         role=body.role,
@@ -171,3 +176,21 @@ def create_user_form(
     )  # fmt: skip
     db.commit()
     return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/sign-out-everywhere")
+def sign_out_everywhere_form(
+    request: Request, user_id: RowId, db: SessionDep, admin: AdminDep
+) -> Response:
+    user = db.get(User, user_id)
+    if user is None:
+        return _users_page(request, db, "no such user", status=404)
+    ended = sessions.revoke_user_sessions(db, user.id, "admin_sign_out")
+    audit.record(
+        db, request, admin, "sessions_revoked", object_type="user", object_id=user.id,
+        details={"sessions_ended": ended},
+    )  # fmt: skip
+    db.commit()
+    if user.id == admin.id:  # their own, this one included: back to the sign-in page
+        return RedirectResponse("/login", status_code=303)
+    return _users_page(request, db, f"{user.username}: {ended} session(s) ended")
