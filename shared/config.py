@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.listener_peers import PeerRule, parse_peer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Values that must never reach production; refused outside development.
@@ -54,10 +56,15 @@ class Settings(BaseSettings):
     listener_ae_title: str = "MEDREGA_AI"
     listener_host: str = "127.0.0.1"
     listener_port: int = 11112
-    # Calling AE titles allowed to associate; empty list = refuse everyone.
-    listener_allowed_aes: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["ORTHANC", "STORESCU", "MEDREGA_TEST"]
+    # Who may associate: `AE@address`, `AE@network`, `AE@cn=certificate name` or `AE@*`
+    # (shared/listener_peers.py); empty = refuse everyone. Test and demo senders are never here
+    # by default: the demo and the tests name theirs.
+    listener_allowed_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ORTHANC@127.0.0.1"]
     )
+    # Before peers had addresses: calling AE titles admitted from ANY address (`AE@*`), kept so
+    # existing deployments still start; the listener warns about each at start.
+    listener_allowed_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How the PACS reaches the listener when that differs from the bind address (containers).
     listener_advertised_host: str | None = None
     listener_processes: int = 1  # >1: several processes share the port (SO_REUSEPORT)
@@ -151,7 +158,9 @@ class Settings(BaseSettings):
     # --- local stack ---
     run_dir: Path = REPO_ROOT / "var"
 
-    @field_validator("listener_allowed_aes", "model_providers", mode="before")
+    @field_validator(
+        "listener_allowed_peers", "listener_allowed_aes", "model_providers", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
@@ -162,6 +171,19 @@ class Settings(BaseSettings):
         if not 0 < len(value) <= 16 or "\\" in value:
             raise ValueError(f"AE title {value!r} must be 1-16 characters without backslash")
         return value
+
+    @field_validator("listener_allowed_peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_peer(entry)  # a malformed entry stops the start, naming itself
+        return value
+
+    def listener_peer_rules(self) -> tuple[PeerRule, ...]:
+        """MEDREGA_LISTENER_ALLOWED_PEERS, then each legacy ALLOWED_AES title as `AE@*`."""
+        rules = [parse_peer(entry) for entry in self.listener_allowed_peers]
+        rules += [PeerRule(ae.strip()) for ae in self.listener_allowed_aes if ae.strip()]
+        return tuple(rules)
 
     @model_validator(mode="after")
     def _secrets_outside_development(self) -> Settings:
@@ -181,6 +203,13 @@ class Settings(BaseSettings):
                 )
         if (self.listener_tls_cert is None) != (self.listener_tls_key is None):
             raise ValueError("MEDREGA_LISTENER_TLS_CERT and _KEY must be set together")
+        if self.listener_tls_ca is None and any(
+            parse_peer(entry).cert_cn for entry in self.listener_allowed_peers
+        ):
+            raise ValueError(
+                "an allowed peer named by certificate (AE@cn=…) needs MEDREGA_LISTENER_TLS_CA: "
+                "without it no client certificate is asked for"
+            )
         return self
 
     def secret(self, name: Literal["secret_key", "pacs_http_password"]) -> str:

@@ -301,7 +301,9 @@ def listener_receiver(workdir: Path, processes: int) -> Iterator[Endpoint]:
             "MEDREGA_LISTENER_PORT": str(port),
             "MEDREGA_LISTENER_HOST": "127.0.0.1",
             "MEDREGA_LISTENER_PROCESSES": str(processes),
-            "MEDREGA_LISTENER_ALLOWED_AES": "STORESCU",
+            # The bench sender by AE title and address (the defaults hold no test senders).
+            "MEDREGA_LISTENER_ALLOWED_PEERS": "STORESCU@127.0.0.1",
+            "MEDREGA_LISTENER_ALLOWED_AES": "",
             "MEDREGA_STORAGE_DIR": str(workdir / "listener"),
             "MEDREGA_STORAGE_MIN_FREE_BYTES": str(1 << 30),
             "MEDREGA_STABLE_AGE_S": "86400",

@@ -10,9 +10,10 @@ wait.
 from __future__ import annotations
 
 import logging
+import ssl
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
@@ -23,7 +24,15 @@ from services.listener.dataset_header import (
     read_header,
 )
 from services.listener.indexer import IndexWriter, InstanceRecord
+from services.listener.refusals import RefusalCounter
 from services.listener.storage import ContentStore
+from shared.listener_peers import (
+    REFUSED_PEER,
+    REFUSED_SCREENING_FAILED,
+    REFUSED_STORAGE_LOW,
+    PeerRule,
+    admits,
+)
 from shared.log_safety import printable
 
 logger = logging.getLogger(__name__)
@@ -44,31 +53,50 @@ REJECT_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # transient, service-provider 
 class ListenerContext:
     store: ContentStore
     index_writer: IndexWriter
-    allowed_calling_aes: frozenset[str]
+    # AE title AND address (or client certificate) per allowed peer (shared/listener_peers.py).
+    allowed_peers: tuple[PeerRule, ...]
+    refusals: RefusalCounter
     # Longer than a healthy group commit by far, shorter than a typical SCU's DIMSE timeout (30 s)
     # so the peer gets our 0xA700 rather than timing out.
     index_timeout_s: float = 20.0
 
 
+def _peer_certificate(event: events.Event) -> dict[str, Any] | None:
+    """The peer's verified TLS certificate, when the association runs over TLS with one."""
+    raw = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(raw, ssl.SSLSocket):
+        return cast(dict[str, Any] | None, raw.getpeercert())
+    return None
+
+
 def handle_requested(event: events.Event, context: ListenerContext) -> None:
-    """EVT_REQUESTED: refuse unknown calling AE titles and refuse everyone when the disk is low."""
+    """EVT_REQUESTED: refuse peers not allowed (AE title and address or certificate), and refuse
+    everyone when the disk is low. Every refusal is logged (escaped) and counted."""
+    calling_ae = remote_addr = "?"
     try:
         request = event.assoc.requestor.primitive
         calling_ae = request.calling_ae_title.strip() if request is not None else ""
-        if calling_ae not in context.allowed_calling_aes:
+        remote_addr = event.assoc.requestor.address
+        if not admits(context.allowed_peers, calling_ae, remote_addr, _peer_certificate(event)):
             logger.warning(
-                "association from calling AE '%s' refused: not whitelisted", printable(calling_ae)
+                "association from calling AE '%s' at %s refused: not an allowed peer",
+                printable(calling_ae),
+                printable(remote_addr),
             )
+            context.refusals.count(REFUSED_PEER, remote_addr, calling_ae)
             _reject(event, REJECT_CALLING_AE_NOT_RECOGNISED)
             return
         if not context.store.has_free_space():
             logger.error(
-                "association from '%s' refused: storage below its free-space watermark",
+                "association from '%s' at %s refused: storage below its free-space watermark",
                 printable(calling_ae),
+                printable(remote_addr),
             )
+            context.refusals.count(REFUSED_STORAGE_LOW, remote_addr, calling_ae)
             _reject(event, REJECT_LOCAL_LIMIT_EXCEEDED)
     except Exception:
         logger.exception("association screening failed; refusing")
+        context.refusals.count(REFUSED_SCREENING_FAILED, remote_addr, calling_ae)
         try:
             _reject(event, REJECT_LOCAL_LIMIT_EXCEEDED)
         except Exception:

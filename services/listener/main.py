@@ -54,10 +54,11 @@ from services.listener.handlers import (
     handle_store,
 )
 from services.listener.indexer import IndexWriter
+from services.listener.refusals import RefusalCounter
 from services.listener.storage import ContentStore
 from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
-from shared.log_safety import EscapingFormatter
+from shared.log_safety import EscapingFormatter, printable
 
 logger = logging.getLogger("services.listener")
 
@@ -104,8 +105,8 @@ def build_ae(settings: Settings) -> AE:
     ae.supported_contexts = supported_contexts()
     ae.maximum_associations = settings.listener_max_associations
     ae.maximum_pdu_size = settings.listener_max_pdu
-    # No called-AE check: the PACS may address us under another title; the calling AE whitelist
-    # (handle_requested) is what guards the door.
+    # No called-AE check: the PACS may address us under another title; the allowed peers (AE
+    # title and address or certificate, handle_requested) are what guard the door.
     ae.require_called_aet = False
     return ae
 
@@ -157,6 +158,7 @@ class ListenerProcess:
         self.settings = settings
         self.store = ContentStore(settings.storage_dir, settings.storage_min_free_bytes)
         self.index_writer = IndexWriter(settings.database_url)
+        self.refusals = RefusalCounter(settings.database_url)
         self.sweeper = (
             StabilitySweeper(
                 settings.database_url, settings.stable_age_s, settings.stability_sweep_interval_s
@@ -170,10 +172,20 @@ class ListenerProcess:
 
     def start(self) -> None:
         self.index_writer.start()
+        self.refusals.start()
+        peers = self.settings.listener_peer_rules()
+        for ae_title in self.settings.listener_allowed_aes:
+            logger.warning(
+                "MEDREGA_LISTENER_ALLOWED_AES admits %s from any address; name where it calls "
+                "from in MEDREGA_LISTENER_ALLOWED_PEERS (%s@address)",
+                printable(ae_title),
+                printable(ae_title),
+            )
         context = ListenerContext(
             store=self.store,
             index_writer=self.index_writer,
-            allowed_calling_aes=frozenset(self.settings.listener_allowed_aes),
+            allowed_peers=peers,
+            refusals=self.refusals,
         )
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [context]),
@@ -198,11 +210,12 @@ class ListenerProcess:
         if self.sweeper is not None:
             self.sweeper.start()
         logger.info(
-            "listening as %s on %s:%d (TLS %s)",
+            "listening as %s on %s:%d (TLS %s); allowed peers: %s",
             self.settings.listener_ae_title,
             self.settings.listener_host,
             self.settings.listener_port,
             "on" if server.ssl_context else "off",
+            printable(", ".join(map(str, peers)) or "none", 1000),
         )
 
     def stop(self, drain_s: float = 10.0) -> None:
@@ -216,6 +229,7 @@ class ListenerProcess:
             association.abort()
         if self.sweeper is not None:
             self.sweeper.stop()
+        self.refusals.stop()
         self.index_writer.stop()
 
 

@@ -86,6 +86,7 @@ def _http_lines() -> list[str]:
 
 def _database_lines(engine: Engine) -> list[str]:
     from shared.db.models import DeliveryState, DraftJobState, StudyState
+    from shared.listener_peers import REFUSAL_REASONS
 
     lines: list[str] = []
     with engine.connect() as conn:
@@ -98,6 +99,11 @@ def _database_lines(engine: Engine) -> list[str]:
         deliveries = conn.execute(
             text("SELECT kind, state, count(*) FROM deliveries GROUP BY kind, state")
         ).all()
+        refusals: dict[str, int] = dict(
+            conn.execute(
+                text("SELECT reason, sum(count) FROM listener_refusals GROUP BY reason")
+            ).all()
+        )
         # Draft latency over the last 24 h: from stability (job created) to the stored draft,
         # and the worker's own processing time.
         latency = conn.execute(
@@ -142,6 +148,14 @@ def _database_lines(engine: Engine) -> list[str]:
         for delivery_state in DeliveryState:
             n = counted.get((kind, delivery_state.value), 0)
             lines.append(f"medrega_deliveries{_labels(kind=kind, state=delivery_state.value)} {n}")
+    lines += [
+        "# HELP medrega_listener_refused_associations_total Associations the DICOM listener "
+        "refused, by reason (every listener process; per peer: table listener_refusals).",
+        "# TYPE medrega_listener_refused_associations_total counter",
+    ]
+    for reason in REFUSAL_REASONS:
+        n = int(refusals.get(reason, 0))
+        lines.append(f"medrega_listener_refused_associations_total{_labels(reason=reason)} {n}")
     return lines
 
 

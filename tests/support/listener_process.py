@@ -27,6 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from shared.config import REPO_ROOT
 
+# The tests' own senders, named explicitly: the listener's defaults hold no test AE titles.
 DEFAULT_ALLOWED_AES = ("MEDREGA_TEST", "STORESCU", "ORTHANC")
 
 
@@ -92,6 +93,7 @@ def start_listener(
     port: int | None = None,
     ae_title: str = "MEDREGA_AI",
     allowed_aes: Sequence[str] = DEFAULT_ALLOWED_AES,
+    allowed_peers: Sequence[str] | None = None,
     stable_age_s: float = 1.0,
     sweep_interval_s: float = 0.25,
     processes: int = 1,
@@ -118,7 +120,14 @@ def start_listener(
             "MEDREGA_LISTENER_HOST": "127.0.0.1",
             "MEDREGA_LISTENER_PORT": str(port),
             "MEDREGA_LISTENER_AE_TITLE": ae_title,
-            "MEDREGA_LISTENER_ALLOWED_AES": ",".join(allowed_aes),
+            # Each allowed AE title from loopback, where every test sender runs; `allowed_peers`
+            # (AE@address entries) replaces that when a test needs other addresses.
+            "MEDREGA_LISTENER_ALLOWED_PEERS": ",".join(
+                allowed_peers
+                if allowed_peers is not None
+                else [f"{ae}@127.0.0.1" for ae in allowed_aes]
+            ),
+            "MEDREGA_LISTENER_ALLOWED_AES": "",
             "MEDREGA_LISTENER_PROCESSES": str(processes),
             "MEDREGA_STORAGE_DIR": str(storage_dir),
             "MEDREGA_STABLE_AGE_S": str(stable_age_s),
@@ -143,7 +152,10 @@ def start_listener(
             preexec_fn=preexec_fn,
         )
     running = RunningListener(process, "127.0.0.1", port, ae_title, storage_dir, log_path)
-    calling_ae = allowed_aes[0] if allowed_aes else "MEDREGA_TEST"
+    if allowed_peers is not None:
+        calling_ae = allowed_peers[0].rpartition("@")[0] if allowed_peers else "MEDREGA_TEST"
+    else:
+        calling_ae = allowed_aes[0] if allowed_aes else "MEDREGA_TEST"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
