@@ -123,7 +123,10 @@ start_services() {
     log "starting Orthanc"
     "$PY" -m services.pacs.local_orthanc start --workdir "$VAR/orthanc" >&2
   fi
-  start_daemon listener "$listener_port" "$PY" -m services.listener.main
+  # The listener admits the local Orthanc by its AE title and loopback address, named here rather
+  # than left to the default (MEDREGA_LISTENER_ALLOWED_PEERS; a site sets its own).
+  MEDREGA_LISTENER_ALLOWED_PEERS="${MEDREGA_LISTENER_ALLOWED_PEERS:-$(settings s.pacs_ae_title)@127.0.0.1}" \
+    start_daemon listener "$listener_port" "$PY" -m services.listener.main
   # A stand-in hospital RIS (MLLP, logs and ACKs) so the demo has somebody to deliver ORUs to.
   start_daemon ris-sink "$(settings s.ris_port)" "$PY" -m ops.ris_sink --port "$(settings s.ris_port)" \
     --out "$VAR/ris-inbox"
