@@ -62,8 +62,10 @@ def delay_after(failures: int) -> float:
 
 
 def _db_now(db: Session) -> datetime:
-    # The database's clock: every web replica decides against the same one.
-    now = db.scalar(text("SELECT now()"))
+    # The database's clock, so every web replica decides against the same one; the wall clock
+    # (`clock_timestamp()`), not `now()`: that is the transaction's start, before it waited for
+    # the row lock, and would judge a queued attempt by a time earlier than the one it follows.
+    now = db.scalar(text("SELECT clock_timestamp()"))
     assert isinstance(now, datetime)
     return now
 
