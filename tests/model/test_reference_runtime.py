@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model import shifts
+from model.augment import MODALITY
 from model.metrics import iou
 from model.ood_inputs import noise_images, pydicom_images
 from model.phantoms.generator import generate_study
@@ -23,7 +25,7 @@ def test_metadata_matches_the_vocabulary(reference_model) -> None:
 def test_full_resolution_xray_boxes_land_in_source_pixels(reference_model) -> None:
     img = generate_study("cxr", 2_000_031).images[0]
     (pred,) = reference_model.predict(
-        [(img.pixels, *img.window)], queries=[[r.box for r in img.regions]]
+        [(img.pixels, *img.window, "DX")], queries=[[r.box for r in img.regions]]
     )
     assert pred.domain == "cxr"
     ious = []
@@ -40,7 +42,7 @@ def test_full_resolution_xray_boxes_land_in_source_pixels(reference_model) -> No
 
 def test_batching_does_not_change_answers(reference_model) -> None:
     study = generate_study("abd_ct", 2_000_032, n_slices=5)
-    items = [(im.pixels, *im.window) for im in study.images]
+    items = [(im.pixels, *im.window, "CT") for im in study.images]
     together = reference_model.predict(items)
     alone = [reference_model.predict([it])[0] for it in items]
     for a, b in zip(together, alone, strict=True):
@@ -54,13 +56,39 @@ def test_phantoms_are_accepted(reference_model) -> None:
     for domain in ("cxr", "chest_ct", "abd_ct", "brain_mr"):
         study = generate_study(domain, 2_000_033)  # type: ignore[arg-type]
         im = study.images[len(study.images) // 2]
-        (pred,) = reference_model.predict([(im.pixels, *im.window)])
+        (pred,) = reference_model.predict([(im.pixels, *im.window, MODALITY[domain])])
         assert pred.domain == domain, (domain, pred.domain_probs)
+
+
+def test_a_site_s_variations_are_answered_not_rejected(reference_model) -> None:
+    """Another window in the header, a vendor's curve, a softer kernel, an 8-bit rendering with
+    no modality: the same phantom is still read as its domain and its regions found."""
+    rng = np.random.default_rng(5)
+    for domain in ("cxr", "chest_ct", "abd_ct", "brain_mr"):
+        study = generate_study(domain, 2_000_034)  # type: ignore[arg-type]
+        im = study.images[len(study.images) // 2]
+        for name in ("window:narrow", "contrast:gamma0.6", "blur:1.0", "display_png"):
+            got = shifts.apply(name, domain, im, rng)
+            if got is None:
+                continue
+            item, scale = got
+            (pred,) = reference_model.predict([item])
+            assert pred.domain == domain, (domain, name, pred.domain_probs)
+            present = [r for r in im.regions if pred.region(r.code) is not None]
+            hits = [
+                iou(np.array(pred.region(r.code).box), np.array(r.box) * scale)[0, 0] >= 0.5
+                for r in present
+            ]
+            assert np.mean(hits) >= 0.7, (domain, name, hits)
 
 
 def test_ood_gate_rejects_noise_and_foreign_dicom(reference_model) -> None:
     noise = noise_images(12, seed=99)
     preds = reference_model.predict([(a, c, w) for _, a, c, w in noise])
+    assert all(not p.supported for p in preds)
+    # noise claiming to be CT or MR (the modality path it would take from a DICOM header)
+    preds = reference_model.predict([(a, c, w, "CT") for _, a, c, w in noise[:6]])
+    preds += reference_model.predict([(a, c, w, "MR") for _, a, c, w in noise[6:]])
     assert all(not p.supported for p in preds)
     foreign = pydicom_images()
     assert len(foreign) > 30
