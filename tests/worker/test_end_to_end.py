@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
@@ -83,8 +84,12 @@ def test_chest_xray_and_ct_are_drafted_and_delivered_with_no_human_touch(
         sr_path = tmp_path / f"{study.domain}-sr.dcm"
         sr = _fetch_sr(pipeline, sr_delivery.message_id, sr_path)
         assert sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
+        # GraphicData is FL (float32): round what the SR can hold, not the database's float64
         stored = sorted(
-            tuple(round(v, 2) for v in (f.x1, f.y1, f.x2, f.y1, f.x2, f.y2, f.x1, f.y2, f.x1, f.y1))
+            tuple(
+                round(float(np.float32(v)), 2)
+                for v in (f.x1, f.y1, f.x2, f.y1, f.x2, f.y2, f.x1, f.y2, f.x1, f.y1)
+            )
             for f in findings
             if f.x1 is not None
         )
