@@ -251,11 +251,8 @@ class SrContext:
                 raise ValueError(
                     f"a {self.status} report needs a verifying observer (VerifyingObserverSequence)"
                 )
-            if self.predecessor is None:
-                raise ValueError(
-                    f"a {self.status} report needs its predecessor SR "
-                    "(PredecessorDocumentsSequence)"
-                )
+            # No predecessor is legitimate: the draft's SR may never have reached the PACS (it
+            # was cancelled by the signature), and then the final SR replaces nothing.
 
     @property
     def study_instance_uid(self) -> str:

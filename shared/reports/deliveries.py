@@ -26,7 +26,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.db.models import Delivery, DeliveryKind, DeliveryState, Report, ResultStatus
+from shared.db.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Report,
+    ReportStatus,
+    ResultStatus,
+)
 from shared.delivery_policy import DEFAULT_POLICY, RetryPolicy, after_failure
 from shared.reports.domain import RESULT_STATUS
 from shared.reports.message_ids import hl7_control_id, sr_uids
@@ -125,6 +132,11 @@ def order_check(session: Session, delivery: Delivery) -> OrderCheck:
             Delivery.state != DeliveryState.CANCELLED,
         )
     ).all()
+    superseded = session.scalar(
+        select(Report.status == ReportStatus.SUPERSEDED).where(Report.id == delivery.report_id)
+    )
+    if superseded:  # a re-draft replaced this version while its message was in flight or failing
+        return OrderCheck("cancel", "its version was superseded before it went out")
     sent_or_sending = (DeliveryState.IN_FLIGHT, DeliveryState.DELIVERED)
     newer_sent = [
         o
@@ -196,6 +208,7 @@ def claim(session: Session, delivery_id: int, now: datetime) -> ClaimResult:
         return "cancelled"
     if check.verdict == "wait":
         delivery.next_attempt_at = now + ORDER_WAIT
+        delivery.last_error = check.reason  # shown on the study page: why it has not gone yet
         return "waiting"
     delivery.state = DeliveryState.IN_FLIGHT
     delivery.lease_until = now + ATTEMPT_LEASE

@@ -627,8 +627,11 @@ def test_bad_input_is_refused_with_the_attribute_named(dx: Dataset, ct: list[Dat
         SrContext(
             "r", 2, "final", [dx], "m", "1", SIGNED_AT, predecessor=predecessor_of("r", 1, "1.2")
         )
-    with pytest.raises(ValueError, match="PredecessorDocumentsSequence"):
-        SrContext("r", 2, "final", [dx], "m", "1", SIGNED_AT, verifying_observer=RADIOLOGIST)
+    # A final SR whose draft never reached the PACS replaces nothing: no predecessor, still built.
+    alone = build_report_sr(
+        good, SrContext("r", 2, "final", [dx], "m", "1", SIGNED_AT, verifying_observer=RADIOLOGIST)
+    )
+    assert "PredecessorDocumentsSequence" not in alone and alone.CompletionFlag == "COMPLETE"
     with pytest.raises(ValueError, match="UNVERIFIED"):
         SrContext("r", 1, "draft", [dx], "m", "1", DRAFTED_AT, verifying_observer=RADIOLOGIST)
     with pytest.raises(ValueError, match="VerifyingObserverName"):

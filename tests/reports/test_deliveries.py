@@ -236,3 +236,20 @@ def test_the_database_refuses_an_unrecorded_failure_or_a_lease_less_attempt(fact
     ):
         with factory() as session, pytest.raises(IntegrityError, match=name):
             session.execute(update(Delivery).where(Delivery.id == oru.id).values(**values))
+
+
+def test_a_superseded_drafts_message_that_failed_in_flight_is_cancelled_not_failed(
+    factory,
+) -> None:
+    """v1's ORU is on the wire when the re-draft lands (so it is not cancelled then); its attempt
+    fails; its next claim cancels it — never a 'failed' row for a version nobody will send."""
+    study_id = _draft(factory)
+    (v1,) = _rows(factory)
+    assert _claim(factory, v1.id) == "claimed"
+    _draft(factory, study_id, "second")
+    with factory.begin() as session:
+        deliveries.record_outcome(session, v1.id, datetime.now(UTC), error=TimeoutError("no ACK"))
+    assert _claim(factory, v1.id) == "cancelled"
+    v1, v2 = _rows(factory)
+    assert v1.state == DeliveryState.CANCELLED and "superseded" in (v1.last_error or "")
+    assert _claim(factory, v2.id) == "claimed"

@@ -6,15 +6,21 @@ import os
 import subprocess
 from pathlib import Path
 
+import pydicom
+import pytest
 from sqlalchemy import func, select
 
+from shared.config import get_settings
 from shared.db.models import (
     DeliveryKind,
     DeliveryState,
     DraftJob,
     DraftJobState,
     Report,
+    Study,
 )
+from shared.reports import lifecycle
+from tests.reports.world import make_user
 from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
 
 TIMEOUT_S = 180.0
@@ -121,3 +127,58 @@ def test_worker_killed_during_inference_drafts_exactly_once(
         job = session.scalar(select(DraftJob))
         assert job is not None and job.state == DraftJobState.DONE and job.attempts >= 2
     assert pipeline.sink is not None and pipeline.sink.received == 1
+
+
+def test_signed_while_the_pacs_is_down_the_final_sr_goes_alone(
+    pipeline_factory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The draft's SR never reached the PACS; the signature cancels it. The final SR then goes
+    once the PACS is back — without a predecessor (it replaces nothing the PACS has), VERIFIED —
+    and the draft's SR never follows it."""
+    pipeline: Pipeline = pipeline_factory(with_orthanc=False)
+    study = phantom("cxr", tmp_path / "in", abnormal=False)
+    storescu(study.files, pipeline.listener.port, pipeline.listener.ae_title)
+    uid = study.study_instance_uid
+
+    def draft_sr_failed_once() -> bool:
+        delivery = _delivery(pipeline, uid, DeliveryKind.SR)
+        return delivery is not None and delivery.attempts >= 1 and delivery.last_error is not None
+
+    wait_for(draft_sr_failed_once, TIMEOUT_S, "a failed draft SR attempt while the PACS is down")
+    # Sign here as the web would, with this pipeline's PACS and RIS as the destinations.
+    for d in pipeline.deliveries(uid):
+        prefix = "MEDREGA_PACS_PORT" if d.kind == DeliveryKind.SR else "MEDREGA_RIS_PORT"
+        monkeypatch.setenv(prefix, d.destination.rpartition(":")[2])
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)  # before monkeypatch restores the environment
+    with pipeline.session() as session:
+        study_row = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        lifecycle.sign(session, study_row, make_user(session), 1)
+        session.commit()
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        ["storescp", "--aetitle", "ORTHANC", "--output-directory", str(received),
+         str(pipeline.pacs_port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: any(
+                d.kind == DeliveryKind.SR and d.result_status == "F" and d.state == "delivered"
+                for d in pipeline.deliveries(uid)
+            ),
+            TIMEOUT_S,
+            "the final SR delivered once the PACS is back",
+        )
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+    states = {(d.kind, d.result_status, d.state) for d in pipeline.deliveries(uid)}
+    assert ("sr", "P", "cancelled") in states and ("sr", "F", "delivered") in states
+    (file,) = received.iterdir()
+    sr = pydicom.dcmread(file)
+    assert sr.VerificationFlag == "VERIFIED" and "PredecessorDocumentsSequence" not in sr
