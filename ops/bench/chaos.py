@@ -1,8 +1,8 @@
 """Chaos benchmark: the whole stack under SIGKILLs and outages; count what the receivers got.
 
 On the real stack on 127.0.0.1 (a scratch PostgreSQL database, RabbitMQ with this run's own
-queues, Orthanc with our routing plugin, listener, outbox relay, GPU worker (queue gpu, one
-thread), delivery worker (queue io), the web app, and the RIS sink `ops/ris_sink.py` as the MLLP
+queues, Orthanc with our routing plugin, listener, outbox relay, the model ("gpu") worker with
+one thread, the delivery ("io") worker, the web app, and the RIS sink `ops/ris_sink.py` as the MLLP
 peer), `--studies` phantom studies (about 3/4 chest X-rays, 1/4 chest CTs of `--ct-slices`
 slices) are sent to Orthanc with storescu at seeded moments of the chaos window. About 40 % are
 re-sent late: once their first model draft is in the database, new instances follow (CT: slices
