@@ -138,7 +138,7 @@ start_services() {
     --pool threads --concurrency 1 -n gpu@%h --loglevel INFO
   start_daemon worker-interactive - "$PY" -m celery -A services.worker.celery_app worker \
     -Q "$(qp)interactive" --pool threads --concurrency 1 -n interactive@%h --loglevel INFO
-  start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q "$(qp)io" \
+  start_daemon worker-io - "$PY" -m celery -A services.worker.celery_app worker -Q "$(qp)delivery" \
     --pool threads --concurrency 4 -n io@%h --loglevel INFO
   # MEDREGA_MODEL_BACKEND=mllm with the default loopback URL: serve our reference model over
   # MedRegA's protocol (a real MedRegA deployment sets MEDREGA_MLLM_BASE_URL instead).

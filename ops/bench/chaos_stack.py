@@ -198,7 +198,9 @@ class ChaosStack:
         return start_worker(self.env, log, queues=("draft", "interactive"), concurrency=1).process
 
     def _launch_io(self, log: Path) -> subprocess.Popen[bytes]:
-        return start_worker(self.env, log, queues=("io",), concurrency=self.io_threads).process
+        return start_worker(
+            self.env, log, queues=("delivery",), concurrency=self.io_threads
+        ).process
 
     def _launch_relay(self, log: Path) -> subprocess.Popen[bytes]:
         return start_relay(self.env, log).process

@@ -6,7 +6,8 @@ Three lanes (README "Queues"):
   studies already found critical are drafted before CT/MR series that were queued earlier.
 - `interactive` — Locate / Identify for the review UI, consumed by its own worker process with
   its own model session, so a click never waits behind a draft backlog.
-- `io` — deliveries to the PACS and the RIS.
+- `delivery` — deliveries to the PACS and the RIS, a priority queue too: signed reports before
+  drafts, ORUs before SRs (`services.worker.lanes.delivery_priority`).
 
 Payloads are JSON objects of database IDs: the database is the source of truth and every task
 re-reads what it needs.
@@ -23,13 +24,12 @@ from shared.config import get_settings
 settings = get_settings()
 DRAFT_QUEUE = f"{settings.queue_prefix}draft"
 INTERACTIVE_QUEUE = f"{settings.queue_prefix}interactive"
-IO_QUEUE = f"{settings.queue_prefix}io"
-# Before the lanes, drafts and Locate/Identify shared one plain queue; RabbitMQ refuses to
-# redeclare a queue with new arguments, so the priority lane has a new name and the relay
-# retires this one (services.worker.lanes.retire_legacy_queue).
-LEGACY_GPU_QUEUE = f"{settings.queue_prefix}gpu"
+DELIVERY_QUEUE = f"{settings.queue_prefix}delivery"
+# Before the lanes: drafts and Locate/Identify shared one plain queue `gpu`, deliveries one plain
+# queue `io`. RabbitMQ refuses to redeclare a queue with new arguments, so the priority lanes
+# have new names and the relay retires the old ones (services.worker.relay.retire_legacy_queues).
 # Priorities 0..9 (RabbitMQ keeps one sub-queue per level: few levels are cheaper).
-DRAFT_MAX_PRIORITY = 9
+MAX_PRIORITY = 9
 
 app = Celery("medrega", broker=settings.broker_url)
 app.conf.update(
@@ -51,7 +51,7 @@ app.conf.update(
             Exchange(DRAFT_QUEUE),
             routing_key=DRAFT_QUEUE,
             durable=True,
-            max_priority=DRAFT_MAX_PRIORITY,
+            max_priority=MAX_PRIORITY,
         ),
         Queue(
             INTERACTIVE_QUEUE,
@@ -59,9 +59,15 @@ app.conf.update(
             routing_key=INTERACTIVE_QUEUE,
             durable=True,
         ),
-        Queue(IO_QUEUE, Exchange(IO_QUEUE), routing_key=IO_QUEUE, durable=True),
+        Queue(
+            DELIVERY_QUEUE,
+            Exchange(DELIVERY_QUEUE),
+            routing_key=DELIVERY_QUEUE,
+            durable=True,
+            max_priority=MAX_PRIORITY,
+        ),
     ),
-    task_default_queue=IO_QUEUE,
+    task_default_queue=DELIVERY_QUEUE,
     task_default_delivery_mode="persistent",
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,

@@ -1,11 +1,12 @@
-"""Which draft goes first, and the upgrade from the one shared `gpu` queue to the lanes.
+"""Which draft and which delivery go first, and the upgrade from the queues before the lanes.
 
 A chest X-ray costs the model tens of milliseconds, a 300-slice CT seconds: drafted in arrival
 order, a burst's X-rays wait behind its CTs. The relay publishes each draft job with a RabbitMQ
 message priority (the `draft` queue is declared with `x-max-priority`), and the broker hands the
 model worker the highest-priority message whenever the model is free (prefetch 1, acks late).
 Nothing is starved for long: CT jobs still run whenever no X-ray is waiting, and a burst of
-X-rays is finite.
+X-rays is finite. Deliveries likewise (the `delivery` queue): a burst's SRs, each a C-STORE with
+its association, must not hold up the ORUs the RIS is waiting for.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from kombu import Connection
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import sessionmaker
 
-from shared.db.models import DraftJob, DraftJobState, Series, Study
+from shared.db.models import (
+    Delivery,
+    DeliveryKind,
+    DraftJob,
+    DraftJobState,
+    ResultStatus,
+    Series,
+    Study,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,31 +79,52 @@ def job_priority(engine: Engine, job_id: int) -> int:
     )
 
 
-def retire_legacy_queue(
-    engine: Engine, broker_url: str, queue_name: str, now: datetime, republish_after: timedelta
-) -> bool:
-    """Delete the pre-lanes `gpu` queue once nothing consumes it; republish what it held.
+def delivery_priority(*, kind: str, result_status: str) -> int:
+    """The message priority of a delivery: a signed report (a radiologist just pressed Sign)
+    before a draft's, and the ORU (what the RIS and the referring clinician read; one cheap
+    MLLP message) before the SR (a C-STORE with its association and SR building)."""
+    signed = result_status in (ResultStatus.FINAL, ResultStatus.CORRECTED)
+    if kind == DeliveryKind.HL7:
+        return 9 if signed else 5
+    return 7 if signed else 1
 
-    Its draft messages are re-derived from the rows: every job still `queued` is made due for
-    the relay's next pass (duplicates are harmless: the draft task locks and re-checks the job);
-    its Locate/Identify messages have long expired. While an old worker still consumes the
-    queue it is left alone (that worker drains it); the next relay start tries again.
-    """
+
+def delivery_priority_of(engine: Engine, delivery_id: int) -> int:
+    with sessionmaker(engine)() as session:
+        row = session.execute(
+            select(Delivery.kind, Delivery.result_status).where(Delivery.id == delivery_id)
+        ).first()
+    if row is None:
+        return 0
+    return delivery_priority(kind=row.kind, result_status=row.result_status)
+
+
+def retire_legacy_queue(broker_url: str, queue_name: str) -> int | None:
+    """Delete a queue of the pre-lanes layout once nothing consumes it; the number of messages
+    it held, or None when it is gone already or an old worker still consumes it (that worker
+    drains it; the next relay start tries again)."""
     with Connection(broker_url, connect_timeout=5) as connection:
         channel = connection.channel()
         try:
             _, messages, consumers = channel.queue_declare(queue_name, passive=True)
         except NotFound:
-            return False
+            return None
         if consumers:
             log.warning(
-                "legacy queue %s still has %d consumer(s): stop the old gpu worker", queue_name,
+                "legacy queue %s still has %d consumer(s): stop the old worker", queue_name,
                 consumers,
             )  # fmt: skip
-            return False
+            return None
         channel.queue_delete(queue_name, if_unused=True)
+    log.warning("retired legacy queue %s (%d message(s))", queue_name, messages)
+    return int(messages)
+
+
+def make_queued_drafts_due(engine: Engine, now: datetime, republish_after: timedelta) -> int:
+    """Every job still `queued` is made due for the relay's next pass: its message may have been
+    in a retired queue. Duplicates are harmless (the draft task locks and re-checks the job)."""
     with sessionmaker(engine).begin() as session:
-        republished = len(
+        return len(
             session.scalars(
                 update(DraftJob)
                 .where(DraftJob.state == DraftJobState.QUEUED)
@@ -102,8 +132,3 @@ def retire_legacy_queue(
                 .returning(DraftJob.id)
             ).all()
         )
-    log.warning(
-        "retired legacy queue %s (%d message(s)); %d queued draft job(s) published again",
-        queue_name, messages, republished,
-    )  # fmt: skip
-    return True

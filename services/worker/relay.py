@@ -31,7 +31,12 @@ import psycopg
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import sessionmaker
 
-from services.worker.lanes import job_priority, retire_legacy_queue
+from services.worker.lanes import (
+    delivery_priority_of,
+    job_priority,
+    make_queued_drafts_due,
+    retire_legacy_queue,
+)
 from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisory_lock
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
@@ -46,6 +51,8 @@ REPUBLISH_QUEUED_AFTER = timedelta(minutes=10)
 # is published again; duplicates are harmless (the claim serialises them).
 REPUBLISH_UNCLAIMED_AFTER = timedelta(minutes=2)
 BATCH = 200
+# The plain queues before the lanes (drafts + Locate/Identify; deliveries).
+LEGACY_QUEUES = ("gpu", "io")
 
 Publisher = Callable[[str, int], None]  # (task kind "draft" | "deliver", row id)
 
@@ -155,7 +162,7 @@ def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) 
 
 
 def celery_publisher(engine: Engine) -> Publisher:
-    from services.worker.celery_app import DRAFT_QUEUE, IO_QUEUE, app
+    from services.worker.celery_app import DELIVERY_QUEUE, DRAFT_QUEUE, app
 
     def publish(kind: str, row_id: int) -> None:
         if kind == "draft":
@@ -165,26 +172,30 @@ def celery_publisher(engine: Engine) -> Publisher:
                 "medrega.draft_study", args=[row_id], queue=DRAFT_QUEUE, priority=priority
             )
         else:
-            app.send_task("medrega.deliver", args=[row_id], queue=IO_QUEUE)
+            # Signed reports before drafts, ORUs before SRs.
+            priority = delivery_priority_of(engine, row_id)
+            app.send_task("medrega.deliver", args=[row_id], queue=DELIVERY_QUEUE, priority=priority)
 
     return publish
 
 
-def retire_legacy_gpu_queue(engine: Engine) -> None:
-    """Upgrade from the one shared `gpu` queue (see services.worker.lanes)."""
-    from services.worker.celery_app import LEGACY_GPU_QUEUE
+def retire_legacy_queues(engine: Engine) -> None:
+    """Upgrade from the plain `gpu` and `io` queues (see services.worker.lanes)."""
     from shared.config import get_settings
 
-    try:
-        retire_legacy_queue(
-            engine,
-            get_settings().broker_url,
-            LEGACY_GPU_QUEUE,
-            datetime.now(UTC),
-            REPUBLISH_QUEUED_AFTER,
-        )
-    except Exception:  # the broker is away: the queued jobs are republished after 10 min anyway
-        log.exception("could not retire the legacy queue %s", LEGACY_GPU_QUEUE)
+    settings = get_settings()
+    for name in LEGACY_QUEUES:
+        queue = settings.queue_prefix + name
+        try:
+            retired = retire_legacy_queue(settings.broker_url, queue)
+        except Exception:  # the broker is away: the next relay start tries again
+            log.exception("could not retire the legacy queue %s", queue)
+            continue
+        if retired is not None and name == "gpu":
+            # Its draft messages are gone: publish every still-queued job again now. (Deliveries
+            # from `io` need nothing: unclaimed ones are published again within two minutes.)
+            due = make_queued_drafts_due(engine, datetime.now(UTC), REPUBLISH_QUEUED_AFTER)
+            log.warning("%d queued draft job(s) published again", due)
 
 
 def _listen(engine: Engine) -> psycopg.Connection[Any]:
@@ -257,7 +268,7 @@ def main() -> None:
         celery_publisher(engine),
         threading.Event(),
         args.interval,
-        on_leadership=retire_legacy_gpu_queue,
+        on_leadership=retire_legacy_queues,
     )
 
 

@@ -3,7 +3,7 @@
 - `medrega.draft_study(job_id)` — queue `draft`. Retries only transient infrastructure errors
   (database connection); bad input becomes the job's 'not applicable' or 'failed' state and is
   never retried.
-- `medrega.deliver(delivery_id)` — queue `io`. One attempt per message; the delivery row records
+- `medrega.deliver(delivery_id)` — queue `delivery`. One attempt per message; the delivery row records
   the outcome and the next attempt time, and the relay publishes the retry (so backoff survives
   worker and broker restarts).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from services.worker.celery_app import DRAFT_QUEUE, IO_QUEUE, app
+from services.worker.celery_app import DELIVERY_QUEUE, DRAFT_QUEUE, app
 from services.worker.drafting import mark_failed, run_draft_job
 from shared.config import get_settings
 from shared.db.session import get_engine
@@ -72,7 +72,7 @@ def draft_study(job_id: int) -> dict[str, Any]:
     return {"job_id": outcome.job_id, "state": outcome.state, "report_id": outcome.report_id}
 
 
-@app.task(name="medrega.deliver", queue=IO_QUEUE, **ROW_TASK_OPTIONS)
+@app.task(name="medrega.deliver", queue=DELIVERY_QUEUE, **ROW_TASK_OPTIONS)
 def deliver(delivery_id: int) -> dict[str, Any]:
     from services.worker.delivery import attempt_delivery
 

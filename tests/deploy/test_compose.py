@@ -126,7 +126,7 @@ def test_every_lane_has_its_own_consumer(compose: dict[str, Any]) -> None:
         for name, service in compose["services"].items()
         if "celery" in service.get("command", [])[:1]
     }
-    assert set().union(*lanes.values()) == declared == {"draft", "interactive", "io"}
+    assert set().union(*lanes.values()) == declared == {"draft", "interactive", "delivery"}
     assert all(len(queues) == 1 for queues in lanes.values()), lanes
     for name, queues in lanes.items():
         if queues & {"draft", "interactive"}:

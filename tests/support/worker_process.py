@@ -51,7 +51,7 @@ def start_worker(
     env: Mapping[str, str],
     log_path: Path,
     *,
-    queues: tuple[str, ...] = ("draft", "interactive", "io"),
+    queues: tuple[str, ...] = ("draft", "interactive", "delivery"),
     pool: str = "threads",
     concurrency: int = 3,
 ) -> RunningWorker:
@@ -106,7 +106,7 @@ def delete_test_queues(prefix: str) -> None:
     """Durable queues outlive the test run; remove ours."""
     with Connection(Settings().broker_url) as connection:
         channel = connection.default_channel
-        for name in ("draft", "interactive", "io", "gpu"):
+        for name in ("draft", "interactive", "delivery", "gpu", "io"):
             try:
                 channel.queue_delete(prefix + name)
             except Exception:  # already gone: nothing to clean

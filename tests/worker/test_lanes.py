@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,8 @@ from sqlalchemy.orm import sessionmaker
 
 from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.splits import seeds
-from services.worker.lanes import draft_priority, retire_legacy_queue
-from services.worker.relay import relay_once
+from services.worker import relay
+from services.worker.lanes import delivery_priority, draft_priority, retire_legacy_queue
 from shared.config import REPO_ROOT, get_settings
 from shared.db.models import DraftJob, DraftJobState, Instance, Study, StudyState
 from shared.worker_client import ask_worker
@@ -218,14 +218,23 @@ def test_the_relay_retires_the_legacy_gpu_queue_and_republishes_queued_jobs(
         # An old worker still consuming the queue: it is left to drain it.
         with Connection(broker) as old_worker:
             old_worker.default_channel.basic_consume(legacy, callback=lambda message: None)
-            assert not retire_legacy_queue(clean_db, broker, legacy, now, timedelta(minutes=10))
+            relay.retire_legacy_queues(clean_db)
         assert _queued_messages(legacy) == 1  # still there, its message too
     published: list[tuple[str, int]] = []
-    relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=now)
+    relay.relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=now)
     assert published == []  # published just now: not due again for ten minutes
-    assert retire_legacy_queue(clean_db, broker, legacy, now, timedelta(minutes=10))
+    relay.retire_legacy_queues(clean_db)
     with pytest.raises(NotFound):
         _queued_messages(legacy)
-    relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=now)
+    relay.relay_once(clean_db, lambda kind, row: published.append((kind, row)), now=now)
     assert published == [("draft", job_id)]
-    assert not retire_legacy_queue(clean_db, broker, legacy, now, timedelta(minutes=10))
+    assert retire_legacy_queue(broker, legacy) is None  # gone: nothing to do
+
+
+def test_deliveries_of_signed_reports_and_orus_go_first() -> None:
+    order = [
+        delivery_priority(kind=kind, result_status=status)
+        for kind, status in (("hl7", "F"), ("sr", "C"), ("hl7", "P"), ("sr", "P"))
+    ]
+    assert order == sorted(order, reverse=True) and len(set(order)) == 4
+    assert all(0 <= p <= 9 for p in order)
