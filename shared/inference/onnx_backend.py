@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from shared.dicom.pixels import DecodedFrame
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.grounded_text import region_code
 from shared.inference.onnx_session import create_session
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "medrega-ref"
 BATCH_SIZE = 16
+RECENT_FRAMES = 4  # decoded frames the interactive tools keep (a 3000 × 3000 X-ray: ~36 MB)
 
 
 class OnnxBackend:
@@ -70,6 +72,12 @@ class OnnxBackend:
         self._model: ReferenceModel | None = None
         self._lock = threading.Lock()
         self._supported_modalities = {m for d in self.vocab.domains for m in d.modalities}
+        # Locate/Identify: the last few decoded frames. A radiologist asks several questions of
+        # the image in view, and decoding a 3000 × 3000 X-ray costs more than the model (about
+        # 90 of 130 ms on the development machine). A stored file is never rewritten under its
+        # name (the listener's rule), so (path, frame) identifies the pixels.
+        self._recent_frames: OrderedDict[tuple[str, int], DecodedFrame] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @property
     def model(self) -> ReferenceModel:
@@ -213,9 +221,23 @@ class OnnxBackend:
         return findings
 
     # -- interactive region tasks ---------------------------------------------------------
+    def _interactive_frame(self, image: InstanceInput, frame: int) -> DecodedFrame:
+        key = (str(image.path), frame)
+        with self._recent_lock:
+            if key in self._recent_frames:
+                self._recent_frames.move_to_end(key)
+                return self._recent_frames[key]
+        decoded = read_frame(image, frame).frame
+        decoded.pixels.setflags(write=False)  # shared between requests: nobody may change it
+        with self._recent_lock:
+            self._recent_frames[key] = decoded
+            while len(self._recent_frames) > RECENT_FRAMES:
+                self._recent_frames.popitem(last=False)
+        return decoded
+
     def locate(self, image: InstanceInput, frame: int, query: str) -> LocateAnswer:
         code = region_code(query, self.vocab)
-        decoded = read_frame(image, frame).frame
+        decoded = self._interactive_frame(image, frame)
         ref = ImageRef(image.sop_instance_uid, image.sop_class_uid, frame)
         if code is None:
             return LocateAnswer(None, ref, [], None)
@@ -226,7 +248,7 @@ class OnnxBackend:
         return LocateAnswer(code, ref, [PixelBox(*region.box)], region.presence)
 
     def identify(self, image: InstanceInput, frame: int, box: PixelBox) -> IdentifyAnswer:
-        decoded = read_frame(image, frame).frame
+        decoded = self._interactive_frame(image, frame)
         (prediction,) = self.model.predict(
             [(decoded.pixels, *decoded.window, image.modality)],
             queries=[[(box.x1, box.y1, box.x2, box.y2)]],
