@@ -1,19 +1,30 @@
-"""End-to-end turnaround: last C-STORE accepted → ORU ACK at the RIS, and drafting throughput.
+"""End-to-end turnaround: last C-STORE accepted → ORU ACK at the RIS, drafting throughput, and
+Locate/Identify through the web API on the idle stack and during the burst.
 
 Sends 20 chest X-rays and 5 CT series (≥ 100 slices) from several storescu senders at once to
-a real listener (scratch PostgreSQL database), with one worker (queue gpu, one thread: one
-model process, as on one GPU) plus a delivery worker (queue io) and the outbox relay, a real Orthanc as the PACS receiving the
-SRs and the RIS sink receiving the ORUs. Per study:
+a real listener (scratch PostgreSQL database), with the model workers as `ops/stack.sh` runs
+them (queue draft: one thread, as on one GPU; queue interactive: its own process), a delivery
+worker (queue io), the outbox relay, the web app, a real Orthanc as the PACS receiving the SRs
+and the RIS sink receiving the ORUs. Per study:
 
     stability_s  = draft job created − last instance received   (the STABLE_AGE wait, excluded)
     latency_s    = ORU delivered − draft job created             (queue + read + model + SR + ORU)
 
+Before the burst, on the idle stack: one chest X-ray to warm up, then `--alone` (3) chest X-rays
+sent one at a time, each waited for (`cxr_alone_s`: their median latency), then Locate and
+Identify through the web API, one after another (`interactive_alone_ms`: median). During the
+burst a radiologist keeps asking Locate and Identify, one a second (`--click-every`;
+`interactive_p95_ms`).
+
 Last line JSON: {"cxr_p50_s", "cxr_p95_s", "ct_p50_s", "ct_p95_s", "studies_per_hour",
-"delivered", "sent", "stability_s"}. `studies_per_hour` is the chest X-ray throughput of the one
-model process: X-ray studies delivered per hour of wall clock from the first X-ray job to the
-last X-ray ORU.
+"delivered", "sent", "stability_s", "cxr_alone_s", "interactive_alone_ms", "interactive_p95_ms",
+"interactive_n", "interactive_failed"}. `studies_per_hour` is the chest X-ray throughput of the
+one model process: X-ray studies delivered per hour of wall clock from the first X-ray job to
+the last X-ray ORU. Goals: cxr_p95_s ≤ 1.5 × cxr_alone_s, ct_p95_s ≤ 15 s, interactive_p95_ms ≤
+1.5 × interactive_alone_ms, delivered == sent.
 
     python -m ops.bench.e2e [--cxr 20] [--ct 5] [--ct-slices 120] [--senders 4] [--io-threads 3]
+        [--alone 3] [--interactive 20] [--click-every 1.0]
 """
 
 from __future__ import annotations
@@ -21,16 +32,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+import pydicom
 from sqlalchemy import create_engine, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.dicom_writer import WrittenStudy
@@ -38,7 +55,7 @@ from model.phantoms.splits import seeds
 from ops.bench import harness
 from ops.ris_sink import RisSink
 from services.pacs.local_orthanc import running_orthanc
-from shared.config import Settings
+from shared.config import REPO_ROOT, Settings
 from shared.db.models import (
     Delivery,
     DeliveryKind,
@@ -49,7 +66,13 @@ from shared.db.models import (
     Study,
 )
 from tests.support.listener_process import listener_process
-from tests.support.worker_process import delete_test_queues, start_relay, start_worker
+from tests.support.web_process import RunningWeb, start_web
+from tests.support.worker_process import (
+    RunningWorker,
+    delete_test_queues,
+    start_relay,
+    start_worker,
+)
 
 DB_NAME = f"medrega_bench_e2e_{os.getpid()}"
 
@@ -66,6 +89,116 @@ def send(study: WrittenStudy, port: int, ae_title: str) -> None:
     harness.storescu(study.files, port, ae_title)
 
 
+class Radiologist:
+    """A radiologist on the JSON API (login form with CSRF, then X-CSRF-Token), timing clicks."""
+
+    USERNAME = "bench.reader"
+    PASSWORD = "bench-reader-password-1"
+
+    def __init__(self, base_url: str, env: dict[str, str]) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "services.web.cli", "create-user", "--username", self.USERNAME,
+             "--full-name", "Bench Reader", "--dicom-name", "Reader^Bench",
+             "--role", "radiologist"],
+            input=self.PASSWORD + "\n", text=True, check=True, capture_output=True,
+            cwd=REPO_ROOT, env={**os.environ, **env}, timeout=120,
+        )  # fmt: skip
+        self.client = httpx.Client(base_url=base_url, timeout=60)
+        page = self.client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        if token is None:
+            raise RuntimeError("login form without a CSRF token")
+        signed_in = self.client.post(
+            "/login",
+            data={"username": self.USERNAME, "password": self.PASSWORD, "csrf_token": token[1]},
+            follow_redirects=False,
+        )
+        if signed_in.status_code != 303:
+            raise RuntimeError(f"sign-in answered {signed_in.status_code}")
+        self.client.headers["X-CSRF-Token"] = self.client.get("/api/v1/session").json()[
+            "csrf_token"
+        ]
+
+    def click(self, study_id: int, sop_instance_uid: str, which: int) -> float | None:
+        """Locate (even) or Identify (odd); milliseconds until the answer, None if it failed."""
+        body: dict[str, object]
+        if which % 2 == 0:
+            path, body = "locate", {"sop_instance_uid": sop_instance_uid, "query": "right lung"}
+        else:
+            box = {"x1": 100.0, "y1": 100.0, "x2": 300.0, "y2": 400.0}
+            path, body = "identify", {"sop_instance_uid": sop_instance_uid, "box": box}
+        started = time.perf_counter()
+        response = self.client.post(f"/api/v1/studies/{study_id}/{path}", json=body)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            print(f"{path}: {response.status_code} {response.text[:200]}", file=sys.stderr)
+            return None
+        return elapsed_ms
+
+
+@dataclass(frozen=True)
+class StudyTimes:
+    domain: str
+    stability_s: float
+    latency_s: float
+    created: datetime
+    delivered: datetime
+    queue_s: float
+    draft_s: float
+    deliver_s: float
+    # The ORU's delivery, split: relay + broker hop until a worker claimed it, then build + send.
+    oru_claim_s: float
+    oru_send_s: float
+
+
+def study_times(session: Session, study: WrittenStudy) -> StudyTimes | None:
+    db_study = session.scalar(
+        select(Study).where(Study.study_instance_uid == study.study_instance_uid)
+    )
+    if db_study is None:
+        return None
+    last_received: datetime | None = max(
+        session.scalars(select(Instance.received_at).where(Instance.study_id == db_study.id)),
+        default=None,
+    )
+    job = session.scalar(select(DraftJob).where(DraftJob.study_id == db_study.id))
+    hl7 = session.scalar(
+        select(Delivery).join(Report).where(
+            Report.study_id == db_study.id, Delivery.kind == DeliveryKind.HL7,
+            Delivery.state == DeliveryState.DELIVERED,
+        )
+    )  # fmt: skip
+    if job is None or hl7 is None or last_received is None:
+        return None
+    assert hl7.delivered_at is not None and hl7.last_attempt_at is not None
+    assert job.started_at is not None and job.finished_at is not None
+    return StudyTimes(
+        study.domain,
+        (job.created_at - last_received).total_seconds(),
+        (hl7.delivered_at - job.created_at).total_seconds(),
+        job.created_at,
+        hl7.delivered_at,
+        (job.started_at - job.created_at).total_seconds(),
+        (job.finished_at - job.started_at).total_seconds(),
+        (hl7.delivered_at - job.finished_at).total_seconds(),
+        (hl7.last_attempt_at - hl7.created_at).total_seconds(),
+        (hl7.delivered_at - hl7.last_attempt_at).total_seconds(),
+    )
+
+
+def wait_delivered(
+    factory: sessionmaker[Session], studies: list[WrittenStudy], timeout_s: float
+) -> list[StudyTimes]:
+    """Poll until every study's ORU is acknowledged (or the timeout); their times."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with factory() as session:
+            times = [t for t in (study_times(session, s) for s in studies) if t is not None]
+        if len(times) == len(studies) or time.monotonic() > deadline:
+            return times
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cxr", type=int, default=20)
@@ -73,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct-slices", type=int, default=120)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--io-threads", type=int, default=3, help="delivery worker threads")
+    parser.add_argument("--alone", type=int, default=3, help="X-rays sent alone before the burst")
+    parser.add_argument("--interactive", type=int, default=20, help="clicks on the idle stack")
+    parser.add_argument(
+        "--click-every", type=float, default=1.0, help="seconds between clicks during the burst"
+    )
     parser.add_argument("--stable-age", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
@@ -88,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         write_phantom_study("chest_ct", s, work / "in", n_slices=args.ct_slices)
         for s in seeds("test", args.ct, start=args.cxr)
     ]
-    workers = []
+    alone = [
+        write_phantom_study("cxr", s, work / "in")
+        for s in seeds("test", args.alone + 1, start=args.cxr + args.ct)
+    ]
+    workers: list[RunningWorker] = []
+    web: RunningWeb | None = None
+    clicks_alone: list[float] = []
+    clicks_burst: list[float | None] = []
     try:
         with (
             listener_process(
@@ -106,97 +251,111 @@ def main(argv: list[str] | None = None) -> int:
                 "MEDREGA_RIS_PORT": str(sink.port),
             }
             workers.append(
-                start_worker(env, work / "worker-gpu.log", queues=("gpu",), concurrency=1)
+                start_worker(env, work / "worker-draft.log", queues=("draft",), concurrency=1)
             )
             workers.append(
                 start_worker(
-                    env, work / "worker-io.log", queues=("io",), concurrency=args.io_threads
+                    env, work / "worker-interactive.log", queues=("interactive",), concurrency=1
+                )
+            )
+            workers.append(
+                start_worker(
+                    env, work / "worker-io.log", queues=("delivery",), concurrency=args.io_threads
                 )
             )
             workers.append(start_relay(env, work / "relay.log"))
+            web = start_web(env, work / "web.log")
+            reader = Radiologist(web.base_url, env)
+            engine = create_engine(url)
+            factory = sessionmaker(engine)
+
+            # The idle stack: one X-ray to warm up (model load, first connections), then alone.
+            alone_times: list[StudyTimes] = []
+            for i, study in enumerate(alone):
+                send(study, listener.port, listener.ae_title)
+                done = wait_delivered(factory, [study], 120.0)
+                if not done:
+                    raise RuntimeError(f"X-ray {study.study_instance_uid} sent alone: no ORU")
+                if i > 0:
+                    alone_times.extend(done)
+            with factory() as session:
+                first = session.scalar(
+                    select(Study).where(Study.study_instance_uid == alone[0].study_instance_uid)
+                )
+                assert first is not None
+                click_study = first.id
+            click_uid = pydicom.dcmread(alone[0].files[0], stop_before_pixels=True).SOPInstanceUID
+            reader.click(click_study, click_uid, 0)  # the interactive worker loads its model
+            reader.click(click_study, click_uid, 1)
+            for i in range(args.interactive):
+                elapsed = reader.click(click_study, click_uid, i)
+                if elapsed is not None:
+                    clicks_alone.append(elapsed)
+
+            burst_over = threading.Event()
+
+            def keep_clicking() -> None:
+                i = 0
+                while not burst_over.is_set():
+                    clicks_burst.append(reader.click(click_study, click_uid, i))
+                    i += 1
+                    burst_over.wait(args.click_every)  # a radiologist's pace, not an ordering
+
+            clicker = threading.Thread(target=keep_clicking, daemon=True)
+            clicker.start()
             started = time.monotonic()
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(lambda s: send(s, listener.port, listener.ae_title), studies))
             print(f"sent {len(studies)} studies in {time.monotonic() - started:.1f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
-            engine = create_engine(url)
-            factory = sessionmaker(engine)
-            deadline = time.monotonic() + args.timeout
-            delivered = 0
-            while time.monotonic() < deadline:
-                with factory() as session:
-                    delivered = (
-                        session.query(Delivery)
-                        .filter(
-                            Delivery.kind == DeliveryKind.HL7,
-                            Delivery.state == DeliveryState.DELIVERED,
-                        )
-                        .count()
-                    )
-                if delivered >= len(studies):
-                    break
-                time.sleep(1.0)
-            rows = []
-            with factory() as session:
-                for study in studies:
-                    db_study = session.scalar(
-                        select(Study).where(Study.study_instance_uid == study.study_instance_uid)
-                    )
-                    if db_study is None:
-                        continue
-                    last_received: datetime | None = max(
-                        session.scalars(select(Instance.received_at).where(
-                            Instance.study_id == db_study.id)), default=None,
-                    )  # fmt: skip
-                    job = session.scalar(select(DraftJob).where(DraftJob.study_id == db_study.id))
-                    hl7 = session.scalar(
-                        select(Delivery).join(Report).where(
-                            Report.study_id == db_study.id, Delivery.kind == DeliveryKind.HL7,
-                            Delivery.state == DeliveryState.DELIVERED,
-                        )
-                    )  # fmt: skip
-                    if job is None or hl7 is None or last_received is None:
-                        continue
-                    assert hl7.delivered_at is not None
-                    assert job.started_at is not None and job.finished_at is not None
-                    rows.append((
-                        study.domain,
-                        (job.created_at - last_received).total_seconds(),
-                        (hl7.delivered_at - job.created_at).total_seconds(),
-                        job.created_at, hl7.delivered_at,
-                        (job.started_at - job.created_at).total_seconds(),
-                        (job.finished_at - job.started_at).total_seconds(),
-                        (hl7.delivered_at - job.finished_at).total_seconds(),
-                    ))  # fmt: skip
+            rows = wait_delivered(factory, studies, args.timeout)
+            burst_over.set()
+            clicker.join(timeout=120)
             engine.dispose()
     finally:
+        if web is not None:
+            web.stop()
         for worker in workers:
             worker.stop()
         delete_test_queues(prefix)
         harness.drop_database(DB_NAME)
-    cxr = [r for r in rows if r[0] == "cxr"]
-    ct = [r for r in rows if r[0] != "cxr"]
-    span = (max(r[4] for r in cxr) - min(r[3] for r in cxr)).total_seconds() if cxr else 0.0
+    cxr = [r for r in rows if r.domain == "cxr"]
+    ct = [r for r in rows if r.domain != "cxr"]
+    span = (
+        (max(r.delivered for r in cxr) - min(r.created for r in cxr)).total_seconds()
+        if cxr
+        else 0.0
+    )
+    answered = [c for c in clicks_burst if c is not None]
     result = {
-        "cxr_p50_s": round(percentile([r[2] for r in cxr], 50), 2),
-        "cxr_p95_s": round(percentile([r[2] for r in cxr], 95), 2),
-        "ct_p50_s": round(percentile([r[2] for r in ct], 50), 2),
-        "ct_p95_s": round(percentile([r[2] for r in ct], 95), 2),
+        "cxr_p50_s": round(percentile([r.latency_s for r in cxr], 50), 2),
+        "cxr_p95_s": round(percentile([r.latency_s for r in cxr], 95), 2),
+        "ct_p50_s": round(percentile([r.latency_s for r in ct], 50), 2),
+        "ct_p95_s": round(percentile([r.latency_s for r in ct], 95), 2),
         "studies_per_hour": round(len(cxr) / span * 3600, 0) if span > 0 else 0.0,
         "delivered": len(rows),
         "sent": len(studies),
-        "stability_s": round(statistics.median([r[1] for r in rows]), 2) if rows else None,
+        "stability_s": round(statistics.median([r.stability_s for r in rows]), 2) if rows else None,
+        "cxr_alone_s": round(percentile([r.latency_s for r in alone_times], 50), 2),
+        "interactive_alone_ms": round(percentile(clicks_alone, 50), 1),
+        "interactive_p95_ms": round(percentile(answered, 95), 1),
+        "interactive_n": len(clicks_burst),
+        "interactive_failed": len(clicks_burst) - len(answered),
     }
-    for name, group in (("cxr", cxr), ("ct", ct)):
+    for name, group in (("cxr alone", alone_times), ("cxr", cxr), ("ct", ct)):
         if group:
             print(
-                f"{name}: median queue {statistics.median(r[5] for r in group):.2f} s, "
-                f"draft {statistics.median(r[6] for r in group):.2f} s, "
-                f"deliver {statistics.median(r[7] for r in group):.2f} s",
+                f"{name}: median queue {statistics.median(r.queue_s for r in group):.2f} s, "
+                f"draft {statistics.median(r.draft_s for r in group):.2f} s, "
+                f"deliver {statistics.median(r.deliver_s for r in group):.2f} s "
+                f"(ORU claimed {statistics.median(r.oru_claim_s for r in group):.2f} s after "
+                f"it was recorded, sent {statistics.median(r.oru_send_s for r in group):.2f} s "
+                "after the claim)",
                 file=sys.stderr,
             )
     print(json.dumps(result))
-    return 0 if len(rows) == len(studies) else 1
+    ok = len(rows) == len(studies) and not result["interactive_failed"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
