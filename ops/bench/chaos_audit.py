@@ -327,7 +327,7 @@ def _db_snapshot(
         counts.DbDelivery(*row)
         for row in db.rows(
             "SELECT id, report_id, study_id, report_version, result_status, kind, message_id, "
-            "state FROM deliveries ORDER BY id"
+            "state, attempts FROM deliveries ORDER BY id"
         )
     ]
     jobs = [row[0] for row in db.rows("SELECT state FROM draft_jobs")]

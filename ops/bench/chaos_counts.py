@@ -57,6 +57,7 @@ class DbDelivery:
     kind: str  # sr | hl7
     message_id: str
     state: str
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,14 @@ def duplicate_deliveries(
 def cancelled_but_received(
     deliveries: list[DbDelivery], ris_accepted: set[str], pacs_uids: set[str]
 ) -> list[str]:
-    """A delivery recorded 'cancelled' (never to be sent) whose message reached its receiver."""
+    """A delivery recorded 'cancelled' before any attempt whose message reached its receiver.
+
+    One that was attempted may have gone out on an attempt whose answer was lost (a SIGKILLed
+    worker, an ACK timeout); its row says so, and where it arrived is judged by the order rules
+    at the receiver (`order_violations`), so it is not counted here."""
     problems = []
     for d in deliveries:
-        if d.state != "cancelled":
+        if d.state != "cancelled" or d.attempts > 0:
             continue
         received = ris_accepted if d.kind == "hl7" else pacs_uids
         if d.message_id in received:

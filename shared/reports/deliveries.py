@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
@@ -45,6 +45,10 @@ ATTEMPT_LEASE = timedelta(minutes=2)
 # How long a message waits before asking again when an older version is still in flight.
 ORDER_WAIT = timedelta(seconds=2)
 OPEN_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
+# A cancelled message that was attempted before: an attempt whose answer was lost (the worker
+# died mid-send, the ACK timed out) may have reached the receiver, in order, before anything
+# newer could go. The row says so rather than claim it never went out.
+MAYBE_RECEIVED = "attempted before: the receiver may hold it if an attempt's answer was lost"
 ACK_CODES = ("AE", "AR", "CE", "CR")
 
 
@@ -106,7 +110,13 @@ def _cancel_superseded(session: Session, report: Report, status: str) -> None:
         .values(
             state=DeliveryState.CANCELLED,
             next_attempt_at=None,
-            last_error=f"superseded by version {report.version} before it went out",
+            last_error=case(
+                (
+                    Delivery.attempts == 0,
+                    f"superseded by version {report.version} before it went out",
+                ),
+                else_=f"superseded by version {report.version}; {MAYBE_RECEIVED}",
+            ),
         )
         .execution_options(synchronize_session=False)
     )
@@ -203,7 +213,9 @@ def claim(session: Session, delivery_id: int, now: datetime) -> ClaimResult:
     if check.verdict == "cancel":
         delivery.state = DeliveryState.CANCELLED
         delivery.next_attempt_at = None
-        delivery.last_error = check.reason
+        delivery.last_error = (
+            f"{check.reason}; {MAYBE_RECEIVED}" if delivery.attempts else check.reason
+        )
         log.info("delivery %s cancelled: %s", delivery_id, check.reason)
         return "cancelled"
     if check.verdict == "wait":

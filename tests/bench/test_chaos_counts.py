@@ -117,3 +117,5 @@ def test_signed_overwritten_and_stuck() -> None:
     cancelled = [_delivery(2, 7, 1, "P", state="cancelled")]
     assert c.cancelled_but_received(cancelled, {"ORU101V1"}, set())
     assert c.cancelled_but_received(cancelled, set(), set()) == []
+    attempted = [c.DbDelivery(2, 101, 7, 1, "P", "hl7", "ORU101V1", "cancelled", attempts=1)]
+    assert c.cancelled_but_received(attempted, {"ORU101V1"}, set()) == []  # answer lost

@@ -253,3 +253,17 @@ def test_a_superseded_drafts_message_that_failed_in_flight_is_cancelled_not_fail
     v1, v2 = _rows(factory)
     assert v1.state == DeliveryState.CANCELLED and "superseded" in (v1.last_error or "")
     assert _claim(factory, v2.id) == "claimed"
+
+
+def test_a_cancelled_message_that_was_attempted_says_the_receiver_may_hold_it(factory) -> None:
+    """A worker died mid-send (its answer lost), then the signature superseded the draft: the
+    row must not claim the message never went out."""
+    study_id = _draft(factory)
+    (p,) = _rows(factory)
+    assert _claim(factory, p.id) == "claimed"
+    with factory.begin() as session:
+        later = datetime.now(UTC) + deliveries.ATTEMPT_LEASE + timedelta(seconds=1)
+        assert deliveries.take_back_expired(session, p.id, later)
+    _sign(factory, study_id, 1)
+    p = _rows(factory)[0]
+    assert p.state == DeliveryState.CANCELLED and "may hold it" in (p.last_error or "")
