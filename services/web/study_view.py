@@ -169,22 +169,23 @@ def _deliveries(db: Session, study_id: int) -> list[DeliveryOut]:
         .where(Report.study_id == study_id)
         .order_by(Report.version.desc(), Delivery.kind.desc())
     )
-    return [
-        DeliveryOut(
-            id=d.id,
-            kind=d.kind,
-            state=d.state,
-            report_version=version,
-            report_status=status,
-            destination=d.destination,
-            attempts=d.attempts,
-            last_error=d.last_error,
-            ack_code=d.ack_code,
-            delivered_at=d.delivered_at,
-            created_at=d.created_at,
-        )
-        for d, version, status in rows
-    ]
+    return [delivery_out(d, status) for d, _, status in rows]
+
+
+def delivery_out(d: Delivery, report_status: str) -> DeliveryOut:
+    return DeliveryOut(
+        id=d.id,
+        kind=d.kind,
+        state=d.state,
+        report_version=d.report_version,
+        report_status=report_status,
+        destination=d.destination,
+        attempts=d.attempts,
+        last_error=d.last_error,
+        ack_code=d.ack_code,
+        delivered_at=d.delivered_at,
+        created_at=d.created_at,
+    )
 
 
 def study_status(db: Session, study: Study) -> StudyStatus:

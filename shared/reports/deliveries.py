@@ -66,27 +66,22 @@ def create_deliveries(session: Session, report: Report) -> list[Delivery]:
     """The SR and ORU rows of a version that is sent (draft, signed, corrected)."""
     status = RESULT_STATUS[report.status]
     _cancel_superseded(session, report, status)
+    targets = (
+        (DeliveryKind.SR, pacs_destination(), sr_uids(report.id, report.version).sop_instance_uid),
+        (DeliveryKind.HL7, ris_destination(), hl7_control_id(report.id, report.version)),
+    )
     deliveries = [
         Delivery(
             report_id=report.id,
             study_id=report.study_id,
             report_version=report.version,
             result_status=status,
-            kind=DeliveryKind.SR,
-            destination=pacs_destination(),
-            message_id=sr_uids(report.id, report.version).sop_instance_uid,
+            kind=kind,
+            destination=destination,
+            message_id=message_id,
             state=DeliveryState.PENDING,
-        ),
-        Delivery(
-            report_id=report.id,
-            study_id=report.study_id,
-            report_version=report.version,
-            result_status=status,
-            kind=DeliveryKind.HL7,
-            destination=ris_destination(),
-            message_id=hl7_control_id(report.id, report.version),
-            state=DeliveryState.PENDING,
-        ),
+        )
+        for kind, destination, message_id in targets
     ]
     session.add_all(deliveries)
     session.flush()

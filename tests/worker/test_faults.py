@@ -26,6 +26,16 @@ from tests.worker.conftest import Pipeline, phantom, storescu, wait_for
 TIMEOUT_S = 180.0
 
 
+def _pacs_comes_back(pipeline: Pipeline, received: Path) -> subprocess.Popen[bytes]:
+    """A DCMTK storescp as the PACS, on the pipeline's PACS port, storing into `received`."""
+    received.mkdir()
+    return subprocess.Popen(
+        ["storescp", "--aetitle", "ORTHANC", "--output-directory", str(received),
+         str(pipeline.pacs_port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+
+
 def _delivery(pipeline: Pipeline, study_uid: str, kind: DeliveryKind):
     return next((d for d in pipeline.deliveries(study_uid) if d.kind == kind), None)
 
@@ -71,12 +81,7 @@ def test_pacs_down_then_up_gets_the_sr(pipeline_factory, tmp_path: Path) -> None
 
     wait_for(sr_failed_once, TIMEOUT_S, "a failed SR attempt while the PACS is down")
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        ["storescp", "--aetitle", "ORTHANC", "--output-directory", str(received),
-         str(pipeline.pacs_port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )  # fmt: skip
+    pacs = _pacs_comes_back(pipeline, received)
     try:
         wait_for(
             lambda: (
@@ -159,12 +164,7 @@ def test_signed_while_the_pacs_is_down_the_final_sr_goes_alone(
         lifecycle.sign(session, study_row, make_user(session), 1)
         session.commit()
     received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        ["storescp", "--aetitle", "ORTHANC", "--output-directory", str(received),
-         str(pipeline.pacs_port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )  # fmt: skip
+    pacs = _pacs_comes_back(pipeline, received)
     try:
         wait_for(
             lambda: any(

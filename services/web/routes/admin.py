@@ -26,6 +26,7 @@ from services.web.schemas import (
     JobOut,
     UserOut,
 )
+from services.web.study_view import delivery_out
 from shared.db.models import (
     AuditEvent,
     Delivery,
@@ -133,19 +134,7 @@ def retry_delivery(
         details={"kind": delivery.kind, "previous_attempts": previous_attempts},
     )
     db.commit()
-    return DeliveryOut(
-        id=delivery.id,
-        kind=delivery.kind,
-        state=delivery.state,
-        report_version=report.version,
-        report_status=report.status,
-        destination=delivery.destination,
-        attempts=delivery.attempts,
-        last_error=delivery.last_error,
-        ack_code=delivery.ack_code,
-        delivered_at=delivery.delivered_at,
-        created_at=delivery.created_at,
-    )
+    return delivery_out(delivery, report.status)
 
 
 @router.post(
