@@ -15,7 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from shared.db.models import FindingReview, Report, Study
+from shared.reports.domain import RegionFindingResult
 from shared.reports.lifecycle import FINAL
+from shared.reports.mapping import finding_from_row
 
 
 def feedback_lines(
@@ -37,6 +39,7 @@ def feedback_lines(
     for reviewed, final, study_uid in db.execute(query).yield_per(100):
         for f in reviewed.findings:
             outcome = FindingReview.ACCEPTED if f.review == FindingReview.PROPOSED else f.review
+            grounded = _grounding(finding_from_row(f))
             yield (
                 json.dumps(
                     {
@@ -51,12 +54,8 @@ def feedback_lines(
                         "ordinal": f.ordinal,
                         "review": outcome,
                         "explicit": f.review != FindingReview.PROPOSED,
-                        "region_code": f.region_code,
-                        "finding_code": f.finding_code,
+                        **grounded,
                         "probability": f.probability,
-                        "sop_instance_uid": f.sop_instance_uid,
-                        "frame": f.frame_number,
-                        "box": [f.x1, f.y1, f.x2, f.y2] if f.x1 is not None else None,
                         "proposed": _proposed_box(db, reviewed, f.ordinal),
                     },
                     ensure_ascii=False,
@@ -81,14 +80,16 @@ def _proposed_box(db: Session, reviewed: Report, ordinal: int) -> dict[str, obje
         .order_by(Report.version)
         .limit(1)
     ).scalar()
-    if original is None:
-        return None
+    return _grounding(finding_from_row(original)) if original is not None else None
+
+
+def _grounding(finding: RegionFindingResult) -> dict[str, object]:
+    """What a finding said and where: region, finding, image and box (source pixels)."""
+    box = finding.box
     return {
-        "region_code": original.region_code,
-        "finding_code": original.finding_code,
-        "sop_instance_uid": original.sop_instance_uid,
-        "frame": original.frame_number,
-        "box": [original.x1, original.y1, original.x2, original.y2]
-        if original.x1 is not None
-        else None,
+        "region_code": finding.region_code,
+        "finding_code": finding.finding_code,
+        "sop_instance_uid": finding.image.sop_instance_uid if finding.image else None,
+        "frame": finding.image.frame if finding.image else None,
+        "box": [box.x1, box.y1, box.x2, box.y2] if box else None,
     }
