@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
-from shared.db.advisory_locks import LockSpace, try_advisory_lock
+from shared.db.advisory_locks import LockSpace, lock_study, try_advisory_lock
 from shared.db.instance_inputs import instance_input
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
@@ -87,7 +87,7 @@ def _claim(
         raise LookupError(f"draft job {job_id} does not exist")
     if job.state in FINISHED_JOB_STATES:
         return None
-    lifecycle.lock_study(session, job.study_id)  # before the study row: one lock order everywhere
+    lock_study(session, job.study_id)  # before the study row: one lock order everywhere
     study = session.get(Study, job.study_id, with_for_update=True)
     assert study is not None
     if lifecycle.final_exists(session, study.id):

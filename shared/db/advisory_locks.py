@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 
 class LockSpace(enum.IntEnum):
@@ -51,3 +52,13 @@ def is_locked_elsewhere(engine: Engine, space: LockSpace, key: int) -> bool:
     """True when another live session holds the lock (the relay asks before re-publishing)."""
     with try_advisory_lock(engine, space, key) as held:
         return not held
+
+
+def lock_study(session: Session, study_id: int) -> None:
+    """The study's lifecycle lock, held to the end of the transaction. Taken first by everything
+    that writes a report version or claims a delivery (shared/reports), and by the guard
+    triggers of migration 0003 with the same key, so there is one lock order everywhere."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:space, CAST(:key % 2147483647 AS integer))"),
+        {"space": int(LockSpace.STUDY_LIFECYCLE), "key": study_id},
+    )

@@ -26,6 +26,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
+from shared.db.advisory_locks import lock_study
 from shared.db.models import (
     Delivery,
     DeliveryKind,
@@ -180,8 +181,6 @@ ClaimResult = Literal["claimed", "waiting", "cancelled", "busy", "missing", "del
 
 def claim(session: Session, delivery_id: int, now: datetime) -> ClaimResult:
     """Take the delivery for one attempt (state in_flight, lease, attempt counted) if it may go."""
-    from shared.reports.lifecycle import lock_study
-
     study_id = session.scalar(select(Delivery.study_id).where(Delivery.id == delivery_id))
     if study_id is None:
         return "missing"

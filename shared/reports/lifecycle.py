@@ -23,10 +23,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.db.advisory_locks import LockSpace
+from shared.db.advisory_locks import lock_study
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
     AuditEvent,
@@ -87,14 +87,6 @@ def check_transition(
             raise LifecycleViolation("a correction signs an amendment of a signed report")
         return
     raise LifecycleViolation(f"no version is ever written as {new}")
-
-
-def lock_study(session: Session, study_id: int) -> None:
-    """The study's lifecycle lock, held to the end of the transaction (same key as the guards)."""
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(:space, CAST(:key % 2147483647 AS integer))"),
-        {"space": int(LockSpace.STUDY_LIFECYCLE), "key": study_id},
-    )
 
 
 def current_report(session: Session, study_id: int) -> Report | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -220,8 +219,7 @@ class Lifecycle(RuleBasedStateMachine):
                 assert mine == {("sr", "delivered"), ("hl7", "delivered")}, states
 
 
-@pytest.mark.parametrize("seed", [0])
-def test_lifecycle_invariants_hold_under_any_interleaving(clean_db: Engine, seed: int) -> None:
+def test_lifecycle_invariants_hold_under_any_interleaving(clean_db: Engine) -> None:
     Lifecycle.engine = clean_db
     run_state_machine_as_test(
         Lifecycle,
