@@ -23,8 +23,10 @@ export MEDREGA_STORAGE_DIR="${MEDREGA_STORAGE_DIR:-$VAR/storage}"
 export TCP_NODELAY=1
 
 # chromium + fonts-noto-cjk: the Playwright browser test (and readable 中文 in its screenshots).
+# nginx: the TLS-terminating proxy of the production mode; orthanc-postgresql: Orthanc's index
+# on PostgreSQL (the production option).
 DEBIAN_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools postgresql
-  rabbitmq-server chromium fonts-noto-cjk)
+  rabbitmq-server chromium fonts-noto-cjk nginx orthanc-postgresql)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -46,7 +48,7 @@ install_debian() {
     $sudo apt-get update -qq
     # The packages' own services are not wanted: we run Orthanc with our configuration.
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    for svc in orthanc; do $sudo service "$svc" stop >/dev/null 2>&1 || true; done
+    for svc in orthanc nginx; do $sudo service "$svc" stop >/dev/null 2>&1 || true; done
   fi
 }
 

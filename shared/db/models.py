@@ -89,6 +89,9 @@ class FindingReview(enum.StrEnum):
 class DeliveryKind(enum.StrEnum):
     SR = "sr"
     HL7 = "hl7"
+    GSPS = "gsps"  # presentation state with the findings' boxes, for any PACS viewer
+    KOS = "kos"  # key object selection of the findings' images
+    FHIR = "fhir"  # DiagnosticReport pushed to the EHR's FHIR server
 
 
 class DeliveryState(enum.StrEnum):
@@ -129,6 +132,10 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(String(64))
     referring_physician: Mapped[str | None] = mapped_column(String(324))
     specific_character_set: Mapped[str | None] = mapped_column(String(128))
+    # The requested procedure's code (ORU OBR-4); null where the modality sent none.
+    procedure_code_value: Mapped[str | None] = mapped_column(String(16))
+    procedure_code_scheme: Mapped[str | None] = mapped_column(String(16))
+    procedure_code_meaning: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(24), default=StudyState.RECEIVING, index=True)
     critical: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # Instances arrived after the study's current draft job was created.
