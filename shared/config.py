@@ -1,4 +1,6 @@
-"""The one place configuration is read from: environment variables prefixed `MEDREGA_`, or `.env`.
+"""The one place configuration is read from: environment variables prefixed `MEDREGA_`, `.env`,
+or one file per secret in MEDREGA_SECRETS_DIR (Compose/Docker secrets: `/run/secrets`), named like
+the variable in lower case (`medrega_secret_key`); the environment wins over a file.
 
 Nested-looking names are flat on purpose (`MEDREGA_LISTENER_PORT`) so a hospital's ops team can
 see every knob in one table (README "Configuration").
@@ -6,12 +8,15 @@ see every knob in one table (README "Configuration").
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from shared.listener_peers import PeerRule, parse_peer
 
@@ -40,9 +45,12 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL (source of truth) ---
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/medrega"
+    # Put into database_url when set, so the URL holds no secret (a secrets file holds this).
+    database_password: SecretStr | None = None
 
     # --- RabbitMQ (Celery broker) ---
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    broker_password: SecretStr | None = None  # put into broker_url when set
 
     # Prefix for Celery queue names, so a test run never shares queues with a running stack.
     queue_prefix: str = ""
@@ -87,6 +95,17 @@ class Settings(BaseSettings):
     pacs_stable_age_s: int = 10  # Orthanc's StableAge (its own idea of "stable")
     # Orthanc's REST API beyond loopback (authenticated either way); for container networks.
     pacs_http_remote_access: bool = False
+    # Worker → PACS (the SR's C-STORE) over DICOM TLS, verified against pacs_tls_ca (None: the
+    # system's CAs) and the destination's host name; our client certificate when the PACS asks.
+    pacs_tls: bool = False
+    pacs_tls_ca: Path | None = None
+    pacs_tls_cert: Path | None = None
+    pacs_tls_key: Path | None = None
+    # The bundled Orthanc's DICOM TLS: with a certificate it speaks DICOM over TLS only (callers
+    # must present a certificate signed by orthanc_tls_ca) and routes to the listener over TLS.
+    orthanc_tls_cert: Path | None = None
+    orthanc_tls_key: Path | None = None
+    orthanc_tls_ca: Path | None = None
 
     # --- the RIS (HL7 over MLLP) ---
     ris_host: str = "127.0.0.1"
@@ -96,6 +115,16 @@ class Settings(BaseSettings):
     # ris_ack_max_attempts) or fail at once. Only AA/CA naming our control ID is ever delivered.
     ris_ack_policy: str = "AE=retry,AR=retry,CE=retry,CR=retry"
     ris_ack_max_attempts: int = 5
+    # MLLP over TLS, verified against ris_tls_ca (None: the system's CAs) and the RIS host name;
+    # our client certificate when the RIS asks for one.
+    ris_tls: bool = False
+    ris_tls_ca: Path | None = None
+    ris_tls_cert: Path | None = None
+    ris_tls_key: Path | None = None
+
+    # --- retention of received images (ops/retention.py); None = keep forever ---
+    retention_max_age_days: float | None = Field(default=None, gt=0)
+    retention_max_storage_bytes: int | None = Field(default=None, gt=0)
 
     # --- reports ---
     # Languages of the narrative in the SR and of the ORU's OBX lines.
@@ -201,8 +230,15 @@ class Settings(BaseSettings):
                     f"MEDREGA_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes in "
                     "production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
                 )
-        if (self.listener_tls_cert is None) != (self.listener_tls_key is None):
-            raise ValueError("MEDREGA_LISTENER_TLS_CERT and _KEY must be set together")
+        for prefix in ("listener", "pacs", "ris", "orthanc"):
+            if (getattr(self, f"{prefix}_tls_cert") is None) != (
+                getattr(self, f"{prefix}_tls_key") is None
+            ):
+                raise ValueError(f"MEDREGA_{prefix.upper()}_TLS_CERT and _KEY must be set together")
+        if self.orthanc_tls_cert is not None and self.orthanc_tls_ca is None:
+            raise ValueError(
+                "MEDREGA_ORTHANC_TLS_CERT needs MEDREGA_ORTHANC_TLS_CA (whom it trusts)"
+            )
         if self.listener_tls_ca is None and any(
             parse_peer(entry).cert_cn for entry in self.listener_allowed_peers
         ):
@@ -210,6 +246,17 @@ class Settings(BaseSettings):
                 "an allowed peer named by certificate (AE@cn=…) needs MEDREGA_LISTENER_TLS_CA: "
                 "without it no client certificate is asked for"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _passwords_into_urls(self) -> Settings:
+        if self.database_password is not None:
+            url = make_url(self.database_url).set(
+                password=self.database_password.get_secret_value()
+            )
+            self.database_url = url.render_as_string(hide_password=False)
+        if self.broker_password is not None:
+            self.broker_url = _with_password(self.broker_url, self.broker_password)
         return self
 
     def secret(self, name: Literal["secret_key", "pacs_http_password"]) -> str:
@@ -222,6 +269,26 @@ class Settings(BaseSettings):
         return "medrega-development-only"
 
 
+def _with_password(url: str, password: SecretStr) -> str:
+    """`url` with its user's password replaced (amqp://user@host → amqp://user:pw@host)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{user}:{quote(password.get_secret_value(), safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def secrets_dir() -> Path | None:
+    """MEDREGA_SECRETS_DIR: where one file per secret lives (Compose mounts them at /run/secrets)."""
+    value = os.environ.get("MEDREGA_SECRETS_DIR")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise ValueError(f"MEDREGA_SECRETS_DIR={value} is not a directory")
+    return path
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return Settings(_secrets_dir=secrets_dir())
