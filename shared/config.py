@@ -291,4 +291,5 @@ def secrets_dir() -> Path | None:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings(_secrets_dir=secrets_dir())
+    # pydantic-settings takes the directory at construction (its init keyword is untyped).
+    return Settings(_secrets_dir=secrets_dir())  # type: ignore[call-arg]
