@@ -1,8 +1,8 @@
 """Identifiers of outgoing messages, derived from (report id, version) — never random.
 
-A retried or re-published delivery re-sends the same SR SOP Instance UID and the same HL7
-message control ID, so idempotent receivers (the PACS, the RIS) keep one copy per version, and
-the delivery row names exactly what the receiver got. Pure: no highdicom, no database.
+A retried or re-published delivery re-sends the same SR, GSPS and KOS SOP Instance UIDs and the
+same HL7 message control ID, so idempotent receivers (the PACS, the RIS) keep one copy per
+version, and the delivery row names exactly what the receiver got. Pure: no highdicom, no database.
 """
 
 from __future__ import annotations
@@ -30,6 +30,25 @@ def sr_uids(report_id: str | int, version: int) -> SrUids:
     return SrUids(
         series_instance_uid=derived_uid("medrega-sr-series", str(report_id), str(version)),
         sop_instance_uid=derived_uid("medrega-sr-instance", str(report_id), str(version)),
+    )
+
+
+def gsps_uids(report_id: str | int, version: int, image_sop_instance_uid: str) -> SrUids:
+    """The Grayscale Softcopy Presentation State of one key image of one report version: one
+    series per version (the delivery's message ID), one instance per key image."""
+    return SrUids(
+        series_instance_uid=derived_uid("medrega-gsps-series", str(report_id), str(version)),
+        sop_instance_uid=derived_uid(
+            "medrega-gsps-instance", str(report_id), str(version), image_sop_instance_uid
+        ),
+    )
+
+
+def kos_uids(report_id: str | int, version: int) -> SrUids:
+    """The Key Object Selection document of one report version."""
+    return SrUids(
+        series_instance_uid=derived_uid("medrega-kos-series", str(report_id), str(version)),
+        sop_instance_uid=derived_uid("medrega-kos-instance", str(report_id), str(version)),
     )
 
 
