@@ -203,6 +203,8 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = _now()
+    # The node whose storage directory holds the file (None: this machine's; single box).
+    storage_node: Mapped[str | None] = mapped_column(String(64))
 
     series: Mapped[Series] = relationship(back_populates="instances")
     copies: Mapped[list[InstanceCopy]] = relationship(back_populates="instance")
@@ -226,8 +228,19 @@ class InstanceCopy(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = _now()
+    storage_node: Mapped[str | None] = mapped_column(String(64))  # as on Instance
 
     instance: Mapped[Instance] = relationship(back_populates="copies")
+
+
+class StorageNode(Base):
+    """A node's file endpoint (services/listener/file_server.py registers it at start)."""
+
+    __tablename__ = "storage_nodes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    read_url: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = _now()
 
 
 class DraftJob(Base):
