@@ -184,6 +184,21 @@ class Settings(BaseSettings):
     draft_retry_max_s: float = Field(default=900.0, gt=0)
     draft_max_attempts: int = Field(default=6, ge=1)
 
+    # --- several machines, no shared disk (shared/storage, services/listener/file_server.py) ---
+    # This node's name: the rows its listener stores carry it, and other nodes fetch those files
+    # from its file endpoint. None: a single box, every process reads storage_dir.
+    node_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # How the other nodes reach this node's file endpoint (registered in storage_nodes at start).
+    node_read_url: str | None = None
+    node_read_host: str = "127.0.0.1"
+    node_read_port: int = 8043
+    # One token shared by every node (a secrets file: medrega_node_read_token), >= 32 bytes.
+    node_read_token: SecretStr | None = None
+    node_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Files fetched from other nodes: a size-bounded LRU cache on this machine's own disk.
+    instance_cache_dir: Path = REPO_ROOT / "var" / "instance-cache"
+    instance_cache_max_bytes: int = Field(default=4 * 1024**3, ge=1)
+
     # --- local stack ---
     run_dir: Path = REPO_ROOT / "var"
 
