@@ -2,10 +2,13 @@
 
 Message layout (one study, one report version):
 
-    MSH  sending app MEDREGA_PACS, MSH-10 control ID (see control_id.py), MSH-18 UNICODE UTF-8
-    PID  from the DICOM header: ID, name (one XPN per PN group, Chinese survives), birth date, sex
+    MSH  MSH-3..6 sending/receiving application and facility (OruHeader, configured),
+         MSH-10 control ID (see control_id.py), MSH-18 UNICODE UTF-8
+    PID  from the DICOM header: ID (PID-3.4: the configured assigning authority), name (one XPN
+         per PN group, Chinese survives), birth date, sex
     ORC  RE (observations to follow), placer/filler order number = Accession Number
-    OBR  OBR-4 LOINC 18748-4, OBR-7 study date/time, OBR-22 status change, OBR-25 P/F/C,
+    OBR  OBR-4 the study's requested procedure code (else the configured default, LOINC 18748-4),
+         OBR-7 study date/time, OBR-22 status change, OBR-25 P/F/C,
          OBR-32 the signing radiologist (F/C only)
     NTE  on drafts only: "AI-generated preliminary draft, not verified" (EN + ZH)
     OBX  one TX row per report sentence and language; OBX-3 LOINC 18782-3 (findings) or 19005-8
@@ -36,6 +39,7 @@ from hl7apy.parser import parse_message
 from shared.hl7.errors import InvalidOru
 from shared.hl7.escape import escape
 from shared.hl7.names import dicom_pn_to_xpn, display_name
+from shared.hl7.oru_header import DEFAULT_PROCEDURE, CodedElement, OruHeader
 from shared.reports.domain import (
     RESULT_STATUS,
     Language,
@@ -43,15 +47,16 @@ from shared.reports.domain import (
     ReportVersion,
     ResultStatus,
     Section,
+    StudyHeader,
 )
 
-ProcessingId = Literal["P", "T", "D"]
 AbnormalFlag = Literal["AA", "A", "N"]
 
 HL7_VERSION = "2.5.1"
-SENDING_APPLICATION = "MEDREGA_PACS"
 STUDY_UID_AUTHORITY = "MEDREGA_SUID"  # OBR-3 namespace when the study has no accession
-SERVICE_ID = "18748-4^Diagnostic imaging study^LN"
+DEFAULT_HEADER = OruHeader()
+SENDING_APPLICATION = DEFAULT_HEADER.sending_application.namespace  # the default MSH-3
+SERVICE_ID = DEFAULT_PROCEDURE.er7()  # OBR-4 when neither the study nor the site names one
 SECTION_CODES: dict[str, str] = {
     "findings": "18782-3^Radiology Study observation (narrative)^LN",
     "impression": "19005-8^Radiology Imaging study [Impression] (narrative)^LN",
@@ -102,6 +107,7 @@ class OruInput:
     sr_sop_instance_uid: str | None = None
     interpreter: Interpreter | None = None
     model: str | None = None  # "name version", for the draft note
+    procedure: CodedElement | None = None  # OBR-4: the study's requested procedure, if known
 
     @classmethod
     def from_report(
@@ -132,7 +138,18 @@ class OruInput:
             sr_sop_instance_uid=sr_sop_instance_uid,
             interpreter=interpreter,
             model=model,
+            procedure=_study_procedure(study),
         )
+
+
+def _study_procedure(study: StudyHeader) -> CodedElement | None:
+    """The study's procedure code as the listener indexed it; a code without its scheme means
+    nothing to a RIS, so it is left out (the configured default goes instead)."""
+    value = (study.procedure_code_value or "").strip()
+    scheme = (study.procedure_code_scheme or "").strip()
+    if not value or not scheme:
+        return None
+    return CodedElement(value, (study.procedure_code_meaning or "").strip() or value, scheme)
 
 
 def result_status_for(report_status: str) -> ResultStatus:
@@ -202,10 +219,10 @@ def _flags_with_study_critical(data: OruInput) -> list[AbnormalFlag | None]:
 
 
 def _order_numbers(data: OruInput, accession_authority: str) -> tuple[str, str]:
-    """(placer, filler) EI values, ER7-escaped."""
+    """(placer, filler) EI values, ER7-escaped; `accession_authority` is ER7 already (EI.2-4)."""
     accession = (data.accession_number or "").strip()
     if accession:
-        ei = f"{escape(accession)}^{escape(accession_authority)}"
+        ei = f"{escape(accession)}^{accession_authority}"
         return ei, ei
     return "", f"{escape(data.study_instance_uid)}^{STUDY_UID_AUTHORITY}"
 
@@ -220,13 +237,8 @@ def _build_er7(
     data: OruInput,
     control_id: str,
     *,
-    receiving_application: str,
-    receiving_facility: str,
-    sending_facility: str,
-    processing_id: ProcessingId,
+    header: OruHeader,
     languages: tuple[Language, ...],
-    patient_id_authority: str,
-    accession_authority: str,
     now: datetime,
 ) -> str:
     """The message as ER7 text, written directly: hl7apy builds it field by field ~10x slower
@@ -239,14 +251,14 @@ def _build_er7(
         + _segment(
             "",
             {
-                1: SENDING_APPLICATION,
-                2: escape(sending_facility),
-                3: escape(receiving_application),
-                4: escape(receiving_facility),
+                1: header.sending_application.er7(),
+                2: header.sending_facility.er7(),
+                3: header.receiving_application.er7(),
+                4: header.receiving_facility.er7(),
                 5: _dtm(now),
                 7: "ORU^R01^ORU_R01",
                 8: control_id,
-                9: processing_id,
+                9: header.processing_id,
                 10: HL7_VERSION,
                 16: "UNICODE UTF-8",
             },
@@ -257,13 +269,14 @@ def _build_er7(
         "PID",
         {
             1: "1",
-            3: f"{escape(data.patient_id.strip())}^^^{escape(patient_id_authority)}^MR",
+            # CX.4 is an HD inside a component: its parts are sub-components (&).
+            3: f"{escape(data.patient_id.strip())}^^^{header.patient_id_authority.er7('&')}^MR",
             5: "~".join(dicom_pn_to_xpn(data.patient_name_pn)),
             7: birth if len(birth) == 8 and birth.isdigit() else "",
             8: _SEX.get((data.patient_sex or "").strip().upper(), "U"),
         },
     )
-    placer, filler = _order_numbers(data, accession_authority)
+    placer, filler = _order_numbers(data, header.accession_authority.er7())
     orc = _segment("ORC", {1: "RE", 2: placer, 3: filler})
     interpreter = ""
     if status in ("F", "C") and data.interpreter is not None:
@@ -276,7 +289,7 @@ def _build_er7(
             1: "1",
             2: placer,
             3: filler,
-            4: SERVICE_ID,
+            4: (data.procedure or header.default_procedure).er7(),
             7: data.observation_dtm,
             18: escape(data.accession_number or ""),  # IHE SWF: accession in OBR-18
             22: _dtm(data.status_changed_at),
@@ -321,34 +334,25 @@ def build_oru(
     data: OruInput,
     control_id: str,
     *,
-    receiving_application: str = "RIS",
-    receiving_facility: str = "",
-    sending_facility: str = "",
-    processing_id: ProcessingId = "P",
+    header: OruHeader = DEFAULT_HEADER,
     languages: Sequence[Language] = ("en", "zh"),
-    patient_id_authority: str = "",
-    accession_authority: str = "RIS",
     now: datetime | None = None,
 ) -> str:
-    """The ORU^R01 as ER7 (segments separated and terminated by `\\r`). Raises InvalidOru."""
+    """The ORU^R01 as ER7 (segments separated and terminated by `\\r`). Raises InvalidOru.
+    `header`: the site's MSH-3..6, PID-3 authority, order-number authority, default OBR-4."""
     if not data.patient_id.strip():
         raise InvalidOru("study has no Patient ID; the RIS cannot match the result")
     if not 0 < len(control_id) <= 20 or escape(control_id) != control_id:
         raise InvalidOru("control ID must be 1-20 characters without HL7 delimiters")
-    if processing_id not in ("P", "T", "D"):
-        raise InvalidOru(f"processing ID must be P, T or D, not {processing_id!r}")
+    if header.processing_id not in ("P", "T", "D"):
+        raise InvalidOru(f"processing ID must be P, T or D, not {header.processing_id!r}")
     if not languages or any(lang not in ("en", "zh") for lang in languages):
         raise InvalidOru(f"languages must be a non-empty subset of en, zh: {languages!r}")
     er7 = _build_er7(
         data,
         control_id,
-        receiving_application=receiving_application,
-        receiving_facility=receiving_facility,
-        sending_facility=sending_facility,
-        processing_id=processing_id,
+        header=header,
         languages=tuple(dict.fromkeys(languages)),
-        patient_id_authority=patient_id_authority,
-        accession_authority=accession_authority,
         now=now or datetime.now(UTC),
     )
     validate_oru(er7)

@@ -126,6 +126,10 @@ class StudyHeader:
     accession_number: str | None = None
     study_date: str | None = None  # DA
     study_time: str | None = None  # TM
+    # Requested Procedure Code (0032,1064), else Procedure Code (0008,1032): the ORU's OBR-4.
+    procedure_code_value: str | None = None
+    procedure_code_scheme: str | None = None
+    procedure_code_meaning: str | None = None
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ def study_header(study: Study) -> StudyHeader:
         accession_number=study.accession_number,
         study_date=study.study_date,
         study_time=study.study_time,
+        procedure_code_value=study.procedure_code_value,
+        procedure_code_scheme=study.procedure_code_scheme,
+        procedure_code_meaning=study.procedure_code_meaning,
     )
 
 

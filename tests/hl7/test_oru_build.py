@@ -13,6 +13,7 @@ from hl7apy.parser import parse_message
 from shared.hl7.er7 import read_er7
 from shared.hl7.errors import InvalidOru
 from shared.hl7.oru import DRAFT_NOTE, STUDY_UID_AUTHORITY, ReportLine, build_oru
+from shared.hl7.oru_header import HierarchicDesignator, OruHeader
 from shared.hl7.oru_read import read_oru
 from tests.hl7.conftest import CHINESE_PN, SR_UID, STUDY_UID, make_input
 
@@ -51,10 +52,12 @@ def test_msh_header() -> None:
     er7 = build_oru(
         make_input(),
         "ORU42V2",
-        receiving_application="RIS_APP",
-        receiving_facility="HOSP_A",
-        sending_facility="RAD",
-        processing_id="T",
+        header=OruHeader(
+            receiving_application=HierarchicDesignator("RIS_APP"),
+            receiving_facility=HierarchicDesignator("HOSP_A"),
+            sending_facility=HierarchicDesignator("RAD"),
+            processing_id="T",
+        ),
         now=NOW,
     )
     msg = read_er7(er7)
@@ -115,7 +118,9 @@ def test_signed_report_names_the_interpreter_draft_carries_the_ai_note() -> None
 
 
 def test_order_keyed_by_accession_number() -> None:
-    er7 = build_oru(make_input(), "C1", accession_authority="HOSP_RIS")
+    er7 = build_oru(
+        make_input(), "C1", header=OruHeader(accession_authority=HierarchicDesignator("HOSP_RIS"))
+    )
     msg = read_er7(er7)
     assert msg.segment("ORC")[1:4] == ("RE", "ACC0001^HOSP_RIS", "ACC0001^HOSP_RIS")  # type: ignore[index]
     obr = msg.segment("OBR")
@@ -216,7 +221,7 @@ def test_unbuildable_messages_raise_a_permanent_error(
 
 def test_bad_options_raise() -> None:
     with pytest.raises(InvalidOru):
-        build_oru(make_input(), "C1", processing_id="X")  # type: ignore[arg-type]
+        build_oru(make_input(), "C1", header=OruHeader(processing_id="X"))  # type: ignore[arg-type]
     with pytest.raises(InvalidOru):
         build_oru(make_input(), "C1", languages=())
     with pytest.raises(InvalidOru):
