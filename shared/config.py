@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from shared.listener_peers import PeerRule, parse_peer
+
+if TYPE_CHECKING:
+    from shared.hl7.oru_header import OruHeader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,6 +118,19 @@ class Settings(BaseSettings):
     # ris_ack_max_attempts) or fail at once. Only AA/CA naming our control ID is ever delivered.
     ris_ack_policy: str = "AE=retry,AR=retry,CE=retry,CR=retry"
     ris_ack_max_attempts: int = 5
+    # What the ORU says about itself and the RIS (shared.hl7.oru_header): MSH-3/4 sending
+    # application/facility, MSH-5/6 receiving application/facility, PID-3.4 the Patient ID's
+    # assigning authority, the accession's namespace in ORC-2/3 and OBR-2/3 — HL7 HD values
+    # `namespace[^universal id^type]`. OBR-4 is the study's requested procedure code; this
+    # `code^meaning^coding system` when the modality sent none.
+    hl7_sending_application: str = "MEDREGA_PACS"
+    hl7_sending_facility: str = ""
+    hl7_receiving_application: str = "RIS"
+    hl7_receiving_facility: str = ""
+    hl7_patient_id_authority: str = ""
+    hl7_accession_authority: str = "RIS"
+    hl7_default_procedure: str = "18748-4^Diagnostic imaging study^LN"
+    hl7_processing_id: Literal["P", "T", "D"] = "P"
     # MLLP over TLS, verified against ris_tls_ca (None: the system's CAs) and the RIS host name;
     # our client certificate when the RIS asks for one.
     ris_tls: bool = False
@@ -199,6 +215,20 @@ class Settings(BaseSettings):
     instance_cache_dir: Path = REPO_ROOT / "var" / "instance-cache"
     instance_cache_max_bytes: int = Field(default=4 * 1024**3, ge=1)
 
+    # --- observability (shared.observability) ---
+    # Log lines as text or JSON (one object a line, with the study's correlation id); unset:
+    # JSON in production, text elsewhere.
+    log_format: Literal["text", "json"] | None = None
+    # Each process serves Prometheus /metrics on its own port (0: off); the web app serves it
+    # on its own port. With PROMETHEUS_MULTIPROC_DIR set (Celery prefork, several listener
+    # processes) the process that owns the port reports every child.
+    metrics_host: str = "127.0.0.1"
+    metrics_port_listener: int = Field(default=9111, ge=0, le=65535)
+    metrics_port_draft_worker: int = Field(default=9112, ge=0, le=65535)
+    metrics_port_interactive_worker: int = Field(default=9113, ge=0, le=65535)
+    metrics_port_delivery_worker: int = Field(default=9114, ge=0, le=65535)
+    metrics_port_relay: int = Field(default=9115, ge=0, le=65535)
+
     # --- local stack ---
     run_dir: Path = REPO_ROOT / "var"
 
@@ -215,6 +245,51 @@ class Settings(BaseSettings):
         if not 0 < len(value) <= 16 or "\\" in value:
             raise ValueError(f"AE title {value!r} must be 1-16 characters without backslash")
         return value
+
+    @field_validator(
+        "hl7_sending_application",
+        "hl7_sending_facility",
+        "hl7_receiving_application",
+        "hl7_receiving_facility",
+        "hl7_patient_id_authority",
+        "hl7_accession_authority",
+    )
+    @classmethod
+    def _hl7_hd(cls, value: str) -> str:
+        from shared.hl7.oru_header import HierarchicDesignator  # shared.hl7 imports this module
+
+        HierarchicDesignator.parse(value)  # a malformed value stops the start, naming itself
+        return value.strip()
+
+    @field_validator("hl7_default_procedure")
+    @classmethod
+    def _hl7_code(cls, value: str) -> str:
+        from shared.hl7.oru_header import CodedElement
+
+        CodedElement.parse(value)
+        return value.strip()
+
+    def oru_header(self) -> OruHeader:
+        """The MEDREGA_HL7_* settings as the typed value the ORU builder takes."""
+        from shared.hl7.oru_header import CodedElement, HierarchicDesignator, OruHeader
+
+        hd = HierarchicDesignator.parse
+        return OruHeader(
+            sending_application=hd(self.hl7_sending_application),
+            sending_facility=hd(self.hl7_sending_facility),
+            receiving_application=hd(self.hl7_receiving_application),
+            receiving_facility=hd(self.hl7_receiving_facility),
+            patient_id_authority=hd(self.hl7_patient_id_authority),
+            accession_authority=hd(self.hl7_accession_authority),
+            default_procedure=CodedElement.parse(self.hl7_default_procedure),
+            processing_id=self.hl7_processing_id,
+        )
+
+    @property
+    def effective_log_format(self) -> Literal["text", "json"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "text"
 
     @field_validator("listener_allowed_peers")
     @classmethod
