@@ -2,6 +2,10 @@
 
     python -m ops.ris_sink --port 2575 --out var/ris-inbox [--reply AA|AE|AR] [--fail-first N]
                            [--stall-s S] [--bad-ack none|wrong-control-id|garbled]
+                           [--tls-cert C --tls-key K [--tls-client-ca CA]]
+
+With `--tls-cert/--tls-key` it serves MLLP over TLS only; `--tls-client-ca` also requires each
+sender to present a certificate that CA signed (mutual TLS).
 
 Every accepted message is written to `<out>/<MSH-10>.hl7` (the exact bytes received), atomically;
 a re-sent control ID overwrites the same file, like a RIS that de-duplicates on MSH-10, so
@@ -22,6 +26,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -60,12 +66,30 @@ class _SinkServer(MLLPServer):
     daemon_threads = True  # a stalled handler must not keep the process alive
     block_on_close = False
 
-    def __init__(self, host: str, port: int, out_dir: Path, behaviour: SinkBehaviour) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        out_dir: Path,
+        behaviour: SinkBehaviour,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.behaviour = behaviour
+        self.tls_context = tls_context
         self._count = 0
         self._lock = threading.Lock()
         super().__init__(host, port, handlers={}, timeout=60, request_handler_class=_SinkHandler)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        if self.tls_context is None:
+            return sock, address
+        # The handshake runs on the handler's first read, in its own thread: a slow or plain-TCP
+        # client cannot stall the accept loop.
+        return self.tls_context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        ), address
 
     def next_index(self) -> int:
         with self._lock:
@@ -196,9 +220,10 @@ class RisSink:
         host: str = "127.0.0.1",
         port: int = 0,
         behaviour: SinkBehaviour | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._server = _SinkServer(host, port, out_dir, behaviour or SinkBehaviour())
+        self._server = _SinkServer(host, port, out_dir, behaviour or SinkBehaviour(), tls_context)
         self._thread: threading.Thread | None = None
 
     @property
@@ -238,6 +263,17 @@ class RisSink:
         self.stop()
 
 
+def server_tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ with our certificate; with `client_ca`, senders must present one it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=client_ca)
+    return context
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ops.ris_sink", description=__doc__.split("\n")[0]
@@ -251,8 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bad-ack", choices=["none", "wrong-control-id", "garbled"], default="none"
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve MLLP over TLS with this PEM")
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert/--tls-key")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -261,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         reply=args.reply, fail_first=args.fail_first, stall_s=args.stall_s, bad_ack=args.bad_ack
     )
     try:
-        sink = RisSink(args.out, host=args.host, port=args.port, behaviour=behaviour)
-    except OSError as exc:
+        tls = (
+            server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert
+            else None
+        )
+        sink = RisSink(
+            args.out, host=args.host, port=args.port, behaviour=behaviour, tls_context=tls
+        )
+    except OSError as exc:  # ssl.SSLError (an unusable certificate) is an OSError too
         log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
         return 1
     stop = threading.Event()
@@ -274,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     sink.start()
     # One parseable line on stdout for scripts and tests (the port matters with --port 0).
-    print(f"RIS sink listening on {sink.host}:{sink.port} out={args.out}", flush=True)
+    scheme = "MLLP/TLS" if tls else "MLLP"
+    print(f"RIS sink listening on {sink.host}:{sink.port} ({scheme}) out={args.out}", flush=True)
     stop.wait()
     sink.stop()
     return 0

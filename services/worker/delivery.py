@@ -21,7 +21,7 @@ from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Instance, Report, Study, User
 from shared.delivery_policy import DeliveryError
-from shared.dicom.scu import StoreError, store_dataset
+from shared.dicom.scu import StoreError, pacs_tls_context, store_dataset
 from shared.dicom.sr_builder import build_report_sr
 from shared.dicom.sr_content import (
     PredecessorRef,
@@ -30,7 +30,7 @@ from shared.dicom.sr_content import (
     SrReport,
     VerifyingObserver,
 )
-from shared.hl7.mllp import send_message
+from shared.hl7.mllp import ris_tls_context, send_message
 from shared.hl7.oru import OruInput, build_oru
 from shared.reports import deliveries
 from shared.reports.domain import ImageRef, Language, ReportVersion, ResultStatus
@@ -184,12 +184,24 @@ def _send(session: Session, delivery: Delivery) -> tuple[str, str | None]:
         dataset = build_sr(session, version, study_id)
         ae_title, host, port = parse_dicom_destination(delivery.destination)
         status = store_dataset(
-            dataset, ae_title, host, port, calling_ae=settings.listener_ae_title, timeout_s=30.0
+            dataset,
+            ae_title,
+            host,
+            port,
+            calling_ae=settings.listener_ae_title,
+            timeout_s=30.0,
+            tls_context=pacs_tls_context(settings),
         )
         return f"0x{status:04X}", None
     message = build_hl7(version, delivery.message_id)
     host, port = parse_mllp_destination(delivery.destination)
-    ack = send_message(message, host=host, port=port, timeout_s=settings.ris_timeout_s)
+    ack = send_message(
+        message,
+        host=host,
+        port=port,
+        timeout_s=settings.ris_timeout_s,
+        tls_context=ris_tls_context(settings),
+    )
     return ack.code, ack.text or None
 
 

@@ -16,6 +16,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from shared.config import Settings
+from shared.tls import client_tls_context
+
 logger = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
@@ -60,6 +63,13 @@ def classify_status(status: int) -> type[StoreError] | None:
     return PermanentStoreError
 
 
+def pacs_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """DICOM TLS to the PACS when MEDREGA_PACS_TLS is on (CA, optional client certificate)."""
+    if not settings.pacs_tls:
+        return None
+    return client_tls_context(settings.pacs_tls_ca, settings.pacs_tls_cert, settings.pacs_tls_key)
+
+
 def store_dataset(
     ds: Dataset,
     ae_title: str,
@@ -74,7 +84,8 @@ def store_dataset(
 
     `timeout_s` bounds each phase separately: TCP connect, association negotiation (ACSE),
     the wait for the C-STORE response (DIMSE) and network idle time. Raises
-    `TransientStoreError` or `PermanentStoreError` otherwise.
+    `TransientStoreError` or `PermanentStoreError` otherwise. With `tls_context` the
+    association runs over TLS and the peer's certificate must match `host`.
     """
     _check_ae_title("Called AE Title", ae_title)
     _check_ae_title("Calling AE Title", calling_ae)

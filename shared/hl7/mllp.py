@@ -12,8 +12,10 @@ delivery task whether to retry (see shared/delivery_policy.py).
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
+from shared.config import Settings, get_settings
 from shared.hl7.ack import ERROR_CODES, REJECT_CODES, Ack, MalformedAck, parse_ack
 from shared.hl7.er7 import Er7Error, read_er7
 from shared.hl7.errors import (
@@ -25,6 +27,7 @@ from shared.hl7.errors import (
     RisTimeout,
     RisUnreachable,
 )
+from shared.tls import client_tls_context
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
@@ -102,20 +105,18 @@ def send_message(
     port: int,
     timeout_s: float,
     connect_timeout_s: float | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> Ack:
     """Send `message` over MLLP and return its accepting ACK.
 
     `timeout_s` bounds sending plus waiting for the complete ACK; `connect_timeout_s` (default:
-    `timeout_s`) bounds the TCP connect. Raises a DeliveryError subclass (errors.py) otherwise.
+    `timeout_s`) bounds the TCP connect and the TLS handshake. With `tls_context` the connection
+    is TLS and the RIS's certificate must match `host`. Raises a DeliveryError subclass
+    (errors.py) otherwise.
     """
     control_id = _control_id_of(message)
     payload = frame(message)
-    try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout_s or timeout_s)
-    except TimeoutError:
-        raise RisUnreachable(f"connect to {host}:{port} timed out") from None
-    except OSError as exc:  # refused, unreachable, DNS failure
-        raise RisUnreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    sock = _connect(host, port, connect_timeout_s or timeout_s, tls_context)
     with sock:
         deadline = time.monotonic() + timeout_s
         try:
@@ -135,14 +136,43 @@ def send_message(
     return check_ack(ack, control_id)
 
 
+def _connect(
+    host: str, port: int, timeout_s: float, tls_context: ssl.SSLContext | None
+) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except TimeoutError:
+        raise RisUnreachable(f"connect to {host}:{port} timed out") from None
+    except OSError as exc:  # refused, unreachable, DNS failure
+        raise RisUnreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    if tls_context is None:
+        return sock
+    try:
+        return tls_context.wrap_socket(sock, server_hostname=host)  # handshake within timeout_s
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise RisUnreachable(
+            f"TLS to {host}:{port}: certificate not trusted ({exc.verify_message})"
+        ) from None
+    except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        raise RisUnreachable(f"TLS handshake with {host}:{port} failed: {exc}") from None
+
+
+def ris_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """MLLP over TLS when MEDREGA_RIS_TLS is on (CA, optional client certificate)."""
+    if not settings.ris_tls:
+        return None
+    return client_tls_context(settings.ris_tls_ca, settings.ris_tls_cert, settings.ris_tls_key)
+
+
 def send_oru(message: str, *, timeout_s: float | None = None) -> Ack:
     """`send_message` to the configured RIS (MEDREGA_RIS_HOST/PORT/TIMEOUT_S)."""
-    from shared.config import get_settings
-
     settings = get_settings()
     return send_message(
         message,
         host=settings.ris_host,
         port=settings.ris_port,
         timeout_s=timeout_s if timeout_s is not None else settings.ris_timeout_s,
+        tls_context=ris_tls_context(settings),
     )
