@@ -161,7 +161,7 @@ def build_hl7(version: ReportVersion, control_id: str) -> str:
     languages: tuple[Language, ...] = (
         ("en", "zh") if settings.report_languages == "both" else (settings.report_languages,)
     )
-    return build_oru(data, control_id, languages=languages)
+    return build_oru(data, control_id, header=settings.oru_header(), languages=languages)
 
 
 def load_version(session: Session, report_id: int) -> tuple[ReportVersion, int]:
