@@ -3,6 +3,8 @@
     python -m ops.ris_sink --port 2575 --out var/ris-inbox [--reply AA|AE|AR] [--fail-first N]
                            [--stall-s S] [--bad-ack none|wrong-control-id|garbled]
                            [--tls-cert C --tls-key K [--tls-client-ca CA]]
+                           [--expect-sending-app ER7] [--expect-receiving-facility ER7] …
+                           [--expect-patient-authority ER7] [--expect-procedure CODE^SCHEME]…
 
 With `--tls-cert/--tls-key` it serves MLLP over TLS only; `--tls-client-ca` also requires each
 sender to present a certificate that CA signed (mutual TLS).
@@ -15,6 +17,10 @@ stored (the RIS did not take them).
 Fault injection for tests and demos, applied to the first N messages (`--fail-first N`; every
 message when N is not given): answer `--reply` instead of AA, wait `--stall-s` seconds before
 answering (the message is stored: a slow RIS that did process it), or send a `--bad-ack`.
+
+Interface-engine checks (`--expect-*`, ops/ris_checks.py): MSH-3..6, the PID-3 assigning
+authority and the OBR-4 procedure code are compared with what this RIS expects; a mismatch is
+answered AR (envelope) or AE (content) naming the field, and the message is not stored.
 
 The log line names the control ID, message type, OBR-25 and sizes — never patient data.
 """
@@ -38,6 +44,7 @@ from typing import Literal
 
 from hl7apy.mllp import MLLPRequestHandler, MLLPServer
 
+from ops.ris_checks import RisExpectations, check_message
 from shared.hl7.ack import build_ack
 from shared.hl7.er7 import Er7Error, read_er7
 from shared.hl7.mllp import END_BLOCK, START_BLOCK, frame
@@ -57,6 +64,9 @@ class SinkBehaviour:
     fail_first: int | None = None  # None: the faults below apply to every message
     stall_s: float = 0.0
     bad_ack: BadAck = "none"
+    # What this RIS checks in every message (ops/ris_checks.py); a mismatch is NAKed (AR/AE)
+    # and not stored, whatever the fault injection says.
+    expect: RisExpectations = RisExpectations()
 
     def faulty(self, index: int) -> bool:
         return self.fail_first is None or index < self.fail_first
@@ -163,6 +173,21 @@ class _SinkHandler(MLLPRequestHandler):
                 build_ack("AR", control_id, text="invalid MSH-10", sending_application=receiver)
             )
 
+        mismatch = check_message(message, behaviour.expect)
+        if mismatch is not None:
+            log.info(
+                "received #%d control_id=%s reply=%s: %s",
+                index, control_id, mismatch.code, mismatch.text,
+            )  # fmt: skip
+            nak = build_ack(
+                mismatch.code,
+                control_id,
+                text=mismatch.text,
+                sending_application=receiver,
+                receiving_application=sender,
+                trigger_event=event,
+            )
+            return frame(nak)
         code: ReplyCode = behaviour.reply if faulty else "AA"
         if faulty and behaviour.stall_s > 0:
             time.sleep(behaviour.stall_s)
@@ -290,6 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path, help="serve MLLP over TLS with this PEM")
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates")
+    for option, what in (
+        ("sending-app", "MSH-3"),
+        ("sending-facility", "MSH-4"),
+        ("receiving-app", "MSH-5"),
+        ("receiving-facility", "MSH-6"),
+        ("patient-authority", "PID-3.4 (sub-components joined by &)"),
+    ):
+        parser.add_argument(f"--expect-{option}", metavar="ER7", help=f"NAK unless {what} is this")
+    parser.add_argument(
+        "--expect-procedure",
+        action="append",
+        default=[],
+        metavar="CODE^SCHEME",
+        help="an OBR-4 this RIS accepts (repeatable); none given: any",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -301,7 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     behaviour = SinkBehaviour(
-        reply=args.reply, fail_first=args.fail_first, stall_s=args.stall_s, bad_ack=args.bad_ack
+        reply=args.reply,
+        fail_first=args.fail_first,
+        stall_s=args.stall_s,
+        bad_ack=args.bad_ack,
+        expect=RisExpectations(
+            sending_application=args.expect_sending_app,
+            sending_facility=args.expect_sending_facility,
+            receiving_application=args.expect_receiving_app,
+            receiving_facility=args.expect_receiving_facility,
+            patient_id_authority=args.expect_patient_authority,
+            procedure_codes=frozenset(args.expect_procedure),
+        ),
     )
     try:
         tls = (
