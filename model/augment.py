@@ -9,8 +9,9 @@ variation is applied the way it would reach the model through that same preproce
 - CT: the header window never reaches the model either, but a CT that arrives as display values
   (a rendered PNG, no modality) does: sometimes the HU are recovered from the model's CT curve
   and shown through a site's window preset, then stretched — the `normalise` rule for those;
-- every domain: blur / sharpening kernels, noise, lower resolution, collimation bands, a crop
-  (re-letterboxed, boxes follow) and small rotations (boxes become the rotated boxes' bounds).
+- every domain: blur / sharpening kernels, noise (CT: in Hounsfield units), lower resolution,
+  collimation bands, a crop (re-letterboxed, boxes follow) and small rotations (boxes become the
+  rotated boxes' bounds).
 
 Images are (S, S) float32 in [0, 1]; boxes are normalised model-frame (x1, y1, x2, y2);
 `content` is the letterbox's content box in model pixels (where the image sits).
@@ -103,15 +104,39 @@ def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(x, mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
-def _quality(s: Sample, rng: np.random.Generator) -> None:
+def _noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance noise, white or correlated over about a pixel (reconstructed CT, MR and
+    detector noise is correlated; white noise is the digital floor)."""
+    n = rng.standard_normal(shape).astype(np.float32)
+    if rng.random() < 0.5:
+        n = ndimage.gaussian_filter(n, rng.uniform(0.5, 1.2))
+        n /= max(float(n.std()), 1e-6)
+    return n
+
+
+def _add_noise(x: np.ndarray, domain: str, s: Sample, rng: np.random.Generator) -> np.ndarray:
+    """Dose, exposure, coil: CT noise in Hounsfield units (low-dose scans: up to ~70 HU) seen
+    through the model's CT curve; X-ray / MR noise up to 12 % of the range, then (as
+    `normalise` would on the noisier image) sometimes the image's own stretch again."""
+    if MODALITY[domain] == "CT":
+        hu = hu_from_ct_input(x) + rng.uniform(5, 70) * _noise(x.shape, rng)
+        return ct_curve(hu)
+    sigma = float(np.exp(rng.uniform(np.log(0.005), np.log(0.12))))
+    x = x + sigma * _noise(x.shape, rng)
+    if rng.random() < 0.5:
+        return stretch_content(np.clip(x, 0, 1), s.content)
+    return x
+
+
+def _quality(s: Sample, domain: str, rng: np.random.Generator) -> None:
     x = s.image
     x1, y1, x2, y2 = s.content
     r = rng.random()
     if r < 0.25:  # softer kernel / detector blur
-        x = ndimage.gaussian_filter(x, rng.uniform(0.4, 1.8))
-    elif r < 0.4:  # sharper kernel
+        x = ndimage.gaussian_filter(x, rng.uniform(0.4, 2.5))
+    elif r < 0.45:  # sharper kernel
         sigma = rng.uniform(0.7, 1.5)
-        x = x + rng.uniform(0.3, 1.5) * (x - ndimage.gaussian_filter(x, sigma))
+        x = x + rng.uniform(0.3, 2.2) * (x - ndimage.gaussian_filter(x, sigma))
     if rng.random() < 0.2:  # lower resolution
         w, h = x2 - x1, y2 - y1
         f = rng.uniform(0.35, 0.8)
@@ -121,8 +146,8 @@ def _quality(s: Sample, rng: np.random.Generator) -> None:
             )
             x = x.copy()
             x[y1:y2, x1:x2] = _resize(small, w, h)
-    if rng.random() < 0.3:  # noise (dose, exposure, coil)
-        x = x + rng.normal(0, rng.uniform(0.005, 0.05), x.shape).astype(np.float32)
+    if rng.random() < 0.45:  # noise (dose, exposure, coil)
+        x = _add_noise(x, domain, s, rng)
     out = np.zeros_like(s.image)
     out[y1:y2, x1:x2] = np.clip(x[y1:y2, x1:x2], 0, 1)
     s.image = out
@@ -232,7 +257,7 @@ def augment(s: Sample, domain: str, rng: np.random.Generator, strength: float = 
     if rng.random() < 0.8 * strength:
         _intensity(s, domain, rng)
     if rng.random() < 0.6 * strength:
-        _quality(s, rng)
+        _quality(s, domain, rng)
     if rng.random() < 0.08 * strength:
         _collimate(s, rng)
     return s

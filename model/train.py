@@ -27,6 +27,7 @@ from model.calibration import calibrate
 from model.labels import DOMAIN_OUTPUTS, FINDING_CODES, REGION_CODES
 from model.losses import lesion_losses, region_losses
 from model.network import NetConfig, RegionNet
+from model.phantoms.types import DOMAINS
 from model.training_data import load_or_build
 from shared.vocab import load_vocab
 
@@ -52,6 +53,10 @@ class Recipe:
     seed: int = 0
     calibrate: bool = True
     init: str | None = None  # torch weights to start from (model/artifacts/*.pt format)
+    # how often each domain's images are drawn (DOMAINS order; equal = every image once an
+    # epoch): fine-tuning draws a weak domain more often without rendering more phantoms
+    domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    lesion_weight: float = 1.0  # multiplies the lesion detection losses
 
 
 SMOKE = Recipe(
@@ -133,6 +138,31 @@ def _init_from(model: RegionNet, path: Path, log) -> None:
     log(f"initialised from {path}")
 
 
+def epoch_order(
+    domains: np.ndarray, weights: tuple[float, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """The order images are drawn in for one pass: a permutation when every domain weighs the
+    same, otherwise as many draws (with replacement) in proportion to the domain's weight."""
+    n = len(domains)
+    if len(set(weights)) == 1:
+        return rng.permutation(n)
+    w = np.asarray(weights, np.float64)[domains]
+    return rng.choice(n, size=n, replace=True, p=w / w.sum())
+
+
+def parse_domain_weights(text: str) -> tuple[float, ...]:
+    """'abd_ct=2,brain_mr=1.5' → weights in DOMAINS order (unnamed domains weigh 1)."""
+    weights = dict.fromkeys(DOMAINS, 1.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in weights or not value:
+            raise ValueError(f"--domain-weights: expected DOMAIN=WEIGHT with a domain of {DOMAINS}")
+        weights[name] = float(value)
+        if weights[name] <= 0:
+            raise ValueError(f"--domain-weights: {name} must weigh more than 0")
+    return tuple(weights[d] for d in DOMAINS)
+
+
 def train(recipe: Recipe, log=print) -> dict:
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -151,7 +181,7 @@ def train(recipe: Recipe, log=print) -> dict:
     t0 = time.time()
     history: list[float] = []
     step = 0
-    order = rng.permutation(n)
+    order = epoch_order(data["domain"], recipe.domain_weights, rng)
     pos = 0
     model.train()
     while step < recipe.max_steps:
@@ -163,14 +193,17 @@ def train(recipe: Recipe, log=print) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         if pos + recipe.batch > n:
-            order, pos = rng.permutation(n), 0
+            order, pos = epoch_order(data["domain"], recipe.domain_weights, rng), 0
         idx = np.sort(order[pos : pos + recipe.batch])
         pos += recipe.batch
         batch = make_batch(
             data, idx, rng, recipe.neg_fraction, recipe.n_queries, recipe.augment_fraction
         )
         losses = compute_losses(model, batch)
-        total = sum(LOSS_WEIGHTS[k] * v for k, v in losses.items())
+        total = sum(
+            LOSS_WEIGHTS[k] * (recipe.lesion_weight if k.startswith("lesion") else 1.0) * v
+            for k, v in losses.items()
+        )
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -222,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (and 1 cache-building process)")
     ap.add_argument("--init", help="start from these torch weights (fine-tuning)")
     ap.add_argument("--lr", type=float, help="peak learning rate")
+    ap.add_argument("--lesion-weight", type=float, help="multiplies the lesion losses")
+    ap.add_argument(
+        "--domain-weights", type=parse_domain_weights, help="e.g. abd_ct=2.5 (others weigh 1)"
+    )
     args = ap.parse_args(argv)
     recipe = SMOKE if args.smoke else Recipe()
     if args.minutes is not None:
@@ -236,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe.init = args.init
     if args.lr is not None:
         recipe.lr = args.lr
+    if args.lesion_weight is not None:
+        recipe.lesion_weight = args.lesion_weight
+    if args.domain_weights is not None:
+        recipe.domain_weights = args.domain_weights
     result = train(recipe, log=lambda s: print(s, flush=True))
     fell = result["loss_last"] < result["loss_first"]
     print(
