@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev", "development"}
 # The web session key signs with HMAC-SHA256: production refuses anything shorter than the hash.
 MIN_SECRET_KEY_BYTES = 32
+PACS_OBJECTS = ("sr", "gsps", "kos")  # what a report version may send to the PACS
 
 
 def split_csv(value: object) -> object:
@@ -98,6 +99,10 @@ class Settings(BaseSettings):
     pacs_stable_age_s: int = 10  # Orthanc's StableAge (its own idea of "stable")
     # Orthanc's REST API beyond loopback (authenticated either way); for container networks.
     pacs_http_remote_access: bool = False
+    # What this PACS gets of each report version: `sr` (TID 1500 SR), `gsps` (a presentation
+    # state per key image with the findings' boxes, for viewers that do not read TID 1500),
+    # `kos` (Key Object Selection of the findings' images). Any subset, e.g. "sr,kos".
+    pacs_objects: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(PACS_OBJECTS))
     # Worker → PACS (the SR's C-STORE) over DICOM TLS, verified against pacs_tls_ca (None: the
     # system's CAs) and the destination's host name; our client certificate when the PACS asks.
     pacs_tls: bool = False
@@ -233,7 +238,11 @@ class Settings(BaseSettings):
     run_dir: Path = REPO_ROOT / "var"
 
     @field_validator(
-        "listener_allowed_peers", "listener_allowed_aes", "model_providers", mode="before"
+        "listener_allowed_peers",
+        "listener_allowed_aes",
+        "model_providers",
+        "pacs_objects",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -290,6 +299,15 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "json" if self.environment == "production" else "text"
+
+    @field_validator("pacs_objects")
+    @classmethod
+    def _pacs_objects(cls, value: list[str]) -> list[str]:
+        wanted = [item.lower() for item in value]
+        unknown = sorted(set(wanted) - set(PACS_OBJECTS))
+        if unknown:
+            raise ValueError(f"unknown PACS object(s) {unknown}; choose from {list(PACS_OBJECTS)}")
+        return [kind for kind in PACS_OBJECTS if kind in wanted]
 
     @field_validator("listener_allowed_peers")
     @classmethod
