@@ -140,6 +140,8 @@ def render_orthanc_config(
                 # The listener keeps what it receives as received; let Orthanc send the stored
                 # transfer syntax and transcode only if the listener refuses it.
                 "AllowTranscoding": True,
+                # With Orthanc's DICOM TLS on, studies reach the listener over TLS too.
+                "UseDicomTls": settings.orthanc_tls_cert is not None,
             }
         },
         # Without this, text in any non-Latin-1 script (our Chinese names and reports) is lost
@@ -179,7 +181,24 @@ def render_orthanc_config(
             "CheckpointTickSeconds": checkpoint_tick_s,
         },
     }
+    config.update(dicom_tls_options(settings))
     return config
+
+
+def dicom_tls_options(settings: Settings) -> dict[str, Any]:
+    """Orthanc's DICOM TLS (MEDREGA_ORTHANC_TLS_*): on, its DICOM port speaks TLS only and every
+    caller (modalities, our worker's SR) must present a certificate signed by the trusted CA;
+    the same certificate identifies Orthanc to the listener."""
+    cert, key, ca = settings.orthanc_tls_cert, settings.orthanc_tls_key, settings.orthanc_tls_ca
+    if cert is None or key is None or ca is None:  # Settings refuses a certificate without CA
+        return {"DicomTlsEnabled": False}
+    return {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(cert.resolve()),
+        "DicomTlsPrivateKey": str(key.resolve()),
+        "DicomTlsTrustedCertificates": str(ca.resolve()),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
 
 
 def write_orthanc_config(config: dict[str, Any], out_path: Path) -> Path:

@@ -1,16 +1,20 @@
 """ONNX Runtime session creation: provider choice, GPU guarantees, threads and caches.
 
-Providers are tried in the configured order (TensorRT → CUDA → CPU on a GPU worker). A worker
+Providers are tried in the configured order (`auto`: TensorRT → CUDA → CPU, those this image can
+run). What onnxruntime reports is not enough: `get_available_providers()` names every provider
+the build includes, so onnxruntime-gpu names TensorRT on an image without TensorRT's libraries;
+a provider whose libraries do not load here is dropped before the session is made. A worker
 configured to require the GPU that ends up with only the CPU provider refuses to start: a GPU
 worker that silently limps on the CPU would miss every turnaround target without telling anyone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,12 @@ log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 KNOWN_PROVIDERS = GPU_PROVIDERS | {"CPUExecutionProvider"}
+# MEDREGA_MODEL_PROVIDERS=auto: the best this image can run, in this order.
+PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+AUTO = "auto"
+# Shared libraries a provider needs beyond onnxruntime itself (TensorRT 10 or 8); onnxruntime-gpu
+# loads the CUDA libraries itself (also from pip's nvidia-* wheels), so they are not probed here.
+PROVIDER_LIBRARIES = {"TensorrtExecutionProvider": ("libnvinfer.so.10", "libnvinfer.so.8")}
 
 
 class ProviderError(RuntimeError):
@@ -51,14 +61,39 @@ def _provider_options(name: str, cache_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def library_loads(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
+def usable_providers(
+    available: Sequence[str], loads: Callable[[str], bool] = library_loads
+) -> list[str]:
+    """`available` (onnxruntime's list) without the providers whose libraries are missing here."""
+    usable = []
+    for provider in available:
+        libraries = PROVIDER_LIBRARIES.get(provider)
+        if libraries and not any(loads(library) for library in libraries):
+            log.info("%s is built in but its libraries are not installed: skipped", provider)
+            continue
+        usable.append(provider)
+    return usable
+
+
 def resolve_providers(
     requested: Sequence[str], available: Sequence[str], *, require_gpu: bool
 ) -> list[str]:
-    """The requested providers that this onnxruntime build has, in the requested order."""
+    """The requested providers (or `auto`) that are available, in the requested order."""
+    if list(requested) == [AUTO]:
+        requested = [p for p in PREFERENCE if p in available]
     unknown = [p for p in requested if p not in KNOWN_PROVIDERS]
     if unknown:
         raise ProviderError(
-            f"unknown execution provider(s) {unknown}; use some of {sorted(KNOWN_PROVIDERS)}"
+            f"unknown execution provider(s) {unknown}; use `auto` or some of "
+            f"{sorted(KNOWN_PROVIDERS)}"
         )
     chosen = [p for p in requested if p in available]
     missing = [p for p in requested if p not in available]
@@ -90,7 +125,8 @@ def create_session(
     """An InferenceSession on the best configured provider; verifies what ORT really gave."""
     if not model_path.is_file():
         raise FileNotFoundError(f"model file not found: {model_path} (MEDREGA_MODEL_PATH)")
-    chosen = resolve_providers(providers, ort.get_available_providers(), require_gpu=require_gpu)
+    available = usable_providers(ort.get_available_providers())
+    chosen = resolve_providers(providers, available, require_gpu=require_gpu)
     cache = cache_dir or model_path.parent / ".cache"
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_threads()
