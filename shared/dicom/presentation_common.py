@@ -28,7 +28,14 @@ MANUFACTURER = "medrega-pacs"
 
 def key_findings(version: ReportVersion) -> list[RegionFindingResult]:
     """The findings a GSPS draws and a KOS flags: sent, abnormal, on a named image."""
-    return [f for f in version.sent_findings if f.finding_code is not None and f.image is not None]
+    return key_findings_of(version.findings)
+
+
+def key_findings_of(findings: Iterable[RegionFindingResult]) -> list[RegionFindingResult]:
+    """`key_findings` of a version's findings (rejected ones included, and left out here)."""
+    return [
+        f for f in findings if not f.rejected and f.finding_code is not None and f.image is not None
+    ]
 
 
 def key_image_uids(findings: Iterable[RegionFindingResult]) -> list[str]:

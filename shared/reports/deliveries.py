@@ -1,7 +1,7 @@
 """A report version's messages: creating them, deciding when one may go, recording each attempt.
 
-Each version that is sent gets one DICOM SR (to the PACS) and one HL7 ORU (to the RIS), created
-in the version's own transaction with identifiers derived from (report id, version). For one
+Each version that is sent gets its DICOM objects for the PACS (SR, GSPS, KOS, as configured) and
+one HL7 ORU (to the RIS), created in the version's own transaction with identifiers derived from (report id, version). For one
 study, kind and destination, messages go out in version order and never backwards:
 - never a preliminary (P) once a final (F/C) exists; a correction (C) only after an F went out;
 - a newer version's message waits while an older one is still in flight;
@@ -36,8 +36,10 @@ from shared.db.models import (
     ResultStatus,
 )
 from shared.delivery_policy import DEFAULT_POLICY, RetryPolicy, after_failure
+from shared.dicom.presentation_common import key_findings_of
 from shared.reports.domain import RESULT_STATUS
-from shared.reports.message_ids import hl7_control_id, sr_uids
+from shared.reports.mapping import finding_from_row
+from shared.reports.message_ids import gsps_series_uid, hl7_control_id, kos_uids, sr_uids
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +65,32 @@ def ris_destination() -> str:
     return f"{s.ris_host}:{s.ris_port}"
 
 
+def pacs_targets(report: Report) -> list[tuple[DeliveryKind, str]]:
+    """(kind, message ID) of what the PACS gets of this version: the objects MEDREGA_PACS_OBJECTS
+    names, a GSPS only when a sent abnormal finding has a box and a KOS only when one is on an
+    image (a normal study has no key image). The GSPS delivery sends one presentation state per
+    key image; its message ID is their common series."""
+    wanted = get_settings().pacs_objects
+    key = key_findings_of(finding_from_row(row) for row in report.findings)
+    targets: list[tuple[DeliveryKind, str]] = []
+    if "sr" in wanted:
+        targets.append((DeliveryKind.SR, sr_uids(report.id, report.version).sop_instance_uid))
+    if "gsps" in wanted and any(f.box is not None for f in key):
+        targets.append((DeliveryKind.GSPS, gsps_series_uid(report.id, report.version)))
+    if "kos" in wanted and key:
+        targets.append((DeliveryKind.KOS, kos_uids(report.id, report.version).sop_instance_uid))
+    return targets
+
+
 def create_deliveries(session: Session, report: Report) -> list[Delivery]:
-    """The SR and ORU rows of a version that is sent (draft, signed, corrected)."""
+    """The rows of a version that is sent (draft, signed, corrected): what the PACS gets of it
+    (SR, GSPS, KOS: `pacs_targets`) and the ORU. Every kind follows the same order rules."""
     status = RESULT_STATUS[report.status]
     _cancel_superseded(session, report, status)
-    targets = (
-        (DeliveryKind.SR, pacs_destination(), sr_uids(report.id, report.version).sop_instance_uid),
-        (DeliveryKind.HL7, ris_destination(), hl7_control_id(report.id, report.version)),
-    )
+    pacs = pacs_destination()
+    targets = [(kind, pacs, message_id) for kind, message_id in pacs_targets(report)] + [
+        (DeliveryKind.HL7, ris_destination(), hl7_control_id(report.id, report.version))
+    ]
     deliveries = [
         Delivery(
             report_id=report.id,

@@ -37,11 +37,16 @@ def gsps_uids(report_id: str | int, version: int, image_sop_instance_uid: str) -
     """The Grayscale Softcopy Presentation State of one key image of one report version: one
     series per version (the delivery's message ID), one instance per key image."""
     return SrUids(
-        series_instance_uid=derived_uid("medrega-gsps-series", str(report_id), str(version)),
+        series_instance_uid=gsps_series_uid(report_id, version),
         sop_instance_uid=derived_uid(
             "medrega-gsps-instance", str(report_id), str(version), image_sop_instance_uid
         ),
     )
+
+
+def gsps_series_uid(report_id: str | int, version: int) -> str:
+    """The series of a version's presentation states (the GSPS delivery's message ID)."""
+    return derived_uid("medrega-gsps-series", str(report_id), str(version))
 
 
 def kos_uids(report_id: str | int, version: int) -> SrUids:
