@@ -47,6 +47,7 @@ from psycopg.types.json import Jsonb
 
 from services.listener.dataset_header import InstanceHeader
 from services.listener.storage import StoredFile
+from shared.config import get_settings
 from shared.db.models import ReportStatus, StudyState
 from shared.db.session import libpq_url
 from shared.log_safety import printable
@@ -122,10 +123,10 @@ inserted AS (
     INSERT INTO instances (
         series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
         instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
-        calling_ae_title, received_at)
+        calling_ae_title, storage_node, received_at)
     SELECT series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
         instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
-        calling_ae_title, now()
+        calling_ae_title, %(storage_node)s::text, now()
     FROM incoming ORDER BY sop_instance_uid
     ON CONFLICT (sop_instance_uid) DO NOTHING
     RETURNING sop_instance_uid, study_id
@@ -171,9 +172,10 @@ SELECT id, sha256, study_id FROM instances WHERE sop_instance_uid = %(uid)s
 # A re-send of a copy already kept is idempotent (unique instance_id, sha256).
 _INSERT_COPY = """
 INSERT INTO instance_copies (
-    instance_id, file_path, size_bytes, sha256, transfer_syntax_uid, calling_ae_title, received_at)
+    instance_id, file_path, size_bytes, sha256, transfer_syntax_uid, calling_ae_title,
+    storage_node, received_at)
 VALUES (%(instance_id)s, %(file_path)s, %(size_bytes)s, %(sha256)s, %(transfer_syntax_uid)s,
-    %(calling_ae_title)s, now())
+    %(calling_ae_title)s, %(storage_node)s, now())
 ON CONFLICT (instance_id, sha256) DO NOTHING
 RETURNING id
 """
@@ -259,6 +261,7 @@ class BatchIndexer:
             _INSERT_BATCH,
             {
                 **columns,
+                "storage_node": get_settings().node_name,
                 "receiving": StudyState.RECEIVING.value,
                 "signed": StudyState.SIGNED.value,
                 "final_statuses": _FINAL_STATUSES,
@@ -361,6 +364,8 @@ class BatchIndexer:
             "size_bytes": stored.size_bytes,
             "sha256": stored.sha256,
             "calling_ae_title": record.calling_ae_title,
+            # Whose storage directory holds the file (scale-out: other nodes fetch it there).
+            "storage_node": get_settings().node_name,
         }
 
     def _record_duplicate(
