@@ -50,6 +50,8 @@ class InstanceHeader:
     study_description: str | None
     referring_physician: str | None
     specific_character_set: str | None
+    # The requested procedure (ORU OBR-4): (code value, coding scheme, meaning), or None.
+    procedure_code: tuple[str, str, str | None] | None = None
 
     @property
     def is_own_output(self) -> bool:
@@ -121,6 +123,7 @@ def _extract(dataset: Dataset) -> InstanceHeader:
         study_description=_text(dataset, "StudyDescription", 64),
         referring_physician=_text(dataset, "ReferringPhysicianName", 324),
         specific_character_set=_character_set(dataset),
+        procedure_code=_procedure_code(dataset),
     )
 
 
@@ -138,6 +141,25 @@ def _text(dataset: Dataset, keyword: str, max_length: int) -> str | None:
         text = str(value).strip()
     # Columns are sized to the DICOM VR maximum; a non-conformant sender must not fail the store.
     return text[:max_length] or None
+
+
+# Where a study's procedure code is: the Requested Procedure Code Sequence (0032,1064), which
+# modality worklists fill from the RIS order, else the Procedure Code Sequence (0008,1032).
+PROCEDURE_CODE_SEQUENCES = ("RequestedProcedureCodeSequence", "ProcedureCodeSequence")
+
+
+def _procedure_code(dataset: Dataset) -> tuple[str, str, str | None] | None:
+    """The first usable code item (value and scheme within their columns' 16 characters; a
+    longer value is dropped, never cut: a truncated code is a different code)."""
+    for keyword in PROCEDURE_CODE_SEQUENCES:
+        for item in dataset.get(keyword) or []:
+            value = str(item.get("CodeValue", "") or "").strip()
+            scheme = str(item.get("CodingSchemeDesignator", "") or "").strip()
+            if not value or not scheme or len(value) > 16 or len(scheme) > 16:
+                continue
+            meaning = str(item.get("CodeMeaning", "") or "").strip()[:64] or None
+            return value, scheme, meaning
+    return None
 
 
 def _integer(dataset: Dataset, keyword: str) -> int | None:

@@ -80,12 +80,14 @@ _INSERT_STUDY = """
 INSERT INTO studies (
     study_instance_uid, patient_id, patient_name, patient_birth_date, patient_sex,
     accession_number, study_date, study_time, study_description, referring_physician,
-    specific_character_set, state, critical, needs_redraft, instance_count,
+    specific_character_set, procedure_code_value, procedure_code_scheme, procedure_code_meaning,
+    state, critical, needs_redraft, instance_count,
     first_received_at, last_received_at, created_at, updated_at)
 VALUES (
     %(uid)s, %(patient_id)s, %(patient_name)s, %(patient_birth_date)s, %(patient_sex)s,
     %(accession_number)s, %(study_date)s, %(study_time)s, %(study_description)s,
-    %(referring_physician)s, %(specific_character_set)s, %(state)s, false, false, 0,
+    %(referring_physician)s, %(specific_character_set)s, %(procedure_code_value)s,
+    %(procedure_code_scheme)s, %(procedure_code_meaning)s, %(state)s, false, false, 0,
     now(), now(), now(), now())
 ON CONFLICT (study_instance_uid) DO NOTHING
 RETURNING id
@@ -291,6 +293,8 @@ class BatchIndexer:
         return [outcomes[i] for i in range(len(records))]
 
     def _ensure_study(self, cursor: psycopg.Cursor[Any], header: InstanceHeader) -> int:
+        # The study row takes its attributes (the procedure code among them) from the first
+        # instance that creates it, as for the patient and accession.
         cached = self.cache.studies.get(header.study_instance_uid)
         if cached is not None:
             return cached
@@ -311,6 +315,7 @@ class BatchIndexer:
                     "study_description": header.study_description,
                     "referring_physician": header.referring_physician,
                     "specific_character_set": header.specific_character_set,
+                    **_procedure_params(header),
                     "state": StudyState.RECEIVING.value,
                 },
             ).fetchone()
@@ -438,6 +443,15 @@ class BatchIndexer:
 class _Pending:
     record: InstanceRecord
     future: Future[IndexOutcome]
+
+
+def _procedure_params(header: InstanceHeader) -> dict[str, str | None]:
+    value, scheme, meaning = header.procedure_code or (None, None, None)
+    return {
+        "procedure_code_value": value,
+        "procedure_code_scheme": scheme,
+        "procedure_code_meaning": meaning,
+    }
 
 
 class IndexWriter:

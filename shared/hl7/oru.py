@@ -138,11 +138,11 @@ class OruInput:
             sr_sop_instance_uid=sr_sop_instance_uid,
             interpreter=interpreter,
             model=model,
-            procedure=_study_procedure(study),
+            procedure=study_procedure(study),
         )
 
 
-def _study_procedure(study: StudyHeader) -> CodedElement | None:
+def study_procedure(study: StudyHeader) -> CodedElement | None:
     """The study's procedure code as the listener indexed it; a code without its scheme means
     nothing to a RIS, so it is left out (the configured default goes instead)."""
     value = (study.procedure_code_value or "").strip()
