@@ -22,7 +22,17 @@ from services.web import metrics
 from services.web.access_log import install_query_redaction
 from services.web.deps import AuthRequired, CsrfFailed, Forbidden, UserDep, csrf_protect
 from services.web.middleware import WebMiddleware
-from services.web.routes import admin, auth, images, interactive, pages, studies, worklist
+from services.web.routes import (
+    admin,
+    auth,
+    fhir,
+    images,
+    interactive,
+    launch,
+    pages,
+    studies,
+    worklist,
+)
 from services.web.templating import render
 from shared.db.session import get_engine
 
@@ -55,9 +65,12 @@ for router in (
     images.router,
     interactive.router,
     admin.router,
+    launch.router,
+    fhir.router,
     pages.router,
 ):
     app.include_router(router)
+app.add_exception_handler(fhir.FhirError, fhir.fhir_error_handler)
 
 
 def _is_api(request: Request) -> bool:
