@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from sqlalchemy import Engine, select
@@ -19,8 +18,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
+from shared.db.instance_inputs import stored_file
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Instance, Report, Study, User
 from shared.delivery_policy import DeliveryError
+from shared.dicom.gsps_builder import build_presentation_states, has_window
+from shared.dicom.kos_builder import build_key_object_selection
+from shared.dicom.presentation_common import key_findings
 from shared.dicom.scu import StoreError, pacs_tls_context, store_dataset
 from shared.dicom.sr_builder import build_report_sr
 from shared.dicom.sr_content import (
@@ -29,6 +32,7 @@ from shared.dicom.sr_content import (
     SrContext,
     SrReport,
     VerifyingObserver,
+    languages_of,
 )
 from shared.hl7.mllp import ris_tls_context, send_message
 from shared.hl7.oru import OruInput, build_oru
@@ -36,9 +40,11 @@ from shared.reports import deliveries
 from shared.reports.domain import ImageRef, Language, ReportVersion, ResultStatus
 from shared.reports.mapping import report_version
 from shared.reports.message_ids import sr_uids
+from shared.storage.instance_reader import instance_reader
 
 log = logging.getLogger(__name__)
 
+PACS_KINDS = (DeliveryKind.SR, DeliveryKind.GSPS, DeliveryKind.KOS)
 SR_STATUS: dict[ResultStatus, ReportStatusName] = {"P": "draft", "F": "final", "C": "corrected"}
 
 
@@ -64,14 +70,16 @@ def parse_mllp_destination(destination: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _source_headers(session: Session, study_id: int, uids: set[str]) -> dict[str, Dataset]:
-    storage = get_settings().storage_dir
+def _source_headers(
+    session: Session, study_id: int, uids: set[str], *, pixels: bool = False
+) -> dict[str, Dataset]:
+    reader = instance_reader(get_settings().storage_dir)  # the file may be on another node
     headers: dict[str, Dataset] = {}
     for instance in session.scalars(
         select(Instance).where(Instance.study_id == study_id, Instance.sop_instance_uid.in_(uids))
     ):
         headers[instance.sop_instance_uid] = dcmread(
-            Path(storage) / instance.file_path, stop_before_pixels=True
+            reader.local_path(stored_file(instance)), stop_before_pixels=not pixels
         )
     missing = uids - headers.keys()
     if missing:
@@ -153,6 +161,58 @@ def build_sr(session: Session, version: ReportVersion, study_id: int) -> Dataset
         raise MessageBuildError(f"SR not buildable: {exc}") from exc
 
 
+def build_pacs_objects(
+    session: Session, delivery: Delivery, version: ReportVersion, study_id: int
+) -> list[Dataset]:
+    """What one PACS delivery stores: the SR, the presentation states (one per key image), or
+    the KOS (pointing at the presentation states when this version sends them too)."""
+    if delivery.kind == DeliveryKind.SR:
+        return [build_sr(session, version, study_id)]
+    settings = get_settings()
+    languages = languages_of(settings.report_languages)
+    key_uids = {f.image.sop_instance_uid for f in key_findings(version) if f.image}
+    images = _source_headers(session, study_id, key_uids)
+    try:
+        states: list[Dataset] = []
+        if delivery.kind == DeliveryKind.GSPS or _sends(session, delivery, DeliveryKind.GSPS):
+            windowless = {uid for uid, image in images.items() if not has_window(image)}
+            with_pixels = {**images, **_source_headers(session, study_id, windowless, pixels=True)}
+            states = list(
+                build_presentation_states(
+                    version,
+                    with_pixels.values(),
+                    languages=languages,
+                    institution_name=settings.institution_name,
+                )
+            )
+        if delivery.kind == DeliveryKind.GSPS:
+            return states
+        kos = build_key_object_selection(
+            version,
+            images.values(),
+            presentation_states=states,
+            languages=languages,
+            institution_name=settings.institution_name,
+        )
+        return [kos]
+    except (ValueError, TypeError) as exc:
+        raise MessageBuildError(f"{delivery.kind.upper()} not buildable: {exc}") from exc
+
+
+def _sends(session: Session, delivery: Delivery, kind: DeliveryKind) -> bool:
+    """Does the same version send `kind` to the same destination?"""
+    return (
+        session.scalar(
+            select(Delivery.id).where(
+                Delivery.report_id == delivery.report_id,
+                Delivery.destination == delivery.destination,
+                Delivery.kind == kind,
+            )
+        )
+        is not None
+    )
+
+
 def build_hl7(version: ReportVersion, control_id: str) -> str:
     data = OruInput.from_report(
         version, sr_sop_instance_uid=sr_uids(version.report_id, version.version).sop_instance_uid
@@ -180,19 +240,23 @@ def _send(session: Session, delivery: Delivery) -> tuple[str, str | None]:
     """Build and send; returns (acknowledgement code, its text). Raises on any failure."""
     version, study_id = load_version(session, delivery.report_id)
     settings = get_settings()
-    if delivery.kind == DeliveryKind.SR:
-        dataset = build_sr(session, version, study_id)
+    if delivery.kind in PACS_KINDS:
+        datasets = build_pacs_objects(session, delivery, version, study_id)
         ae_title, host, port = parse_dicom_destination(delivery.destination)
-        status = store_dataset(
-            dataset,
-            ae_title,
-            host,
-            port,
-            calling_ae=settings.listener_ae_title,
-            timeout_s=30.0,
-            tls_context=pacs_tls_context(settings),
-        )
-        return f"0x{status:04X}", None
+        statuses = [
+            store_dataset(
+                dataset,
+                ae_title,
+                host,
+                port,
+                calling_ae=settings.listener_ae_title,
+                timeout_s=30.0,
+                tls_context=pacs_tls_context(settings),
+            )
+            for dataset in datasets  # same UIDs on every attempt: a re-sent one replaces itself
+        ]
+        detail = f"{len(datasets)} instances stored" if len(datasets) > 1 else None
+        return f"0x{max(statuses):04X}", detail
     message = build_hl7(version, delivery.message_id)
     host, port = parse_mllp_destination(delivery.destination)
     ack = send_message(

@@ -189,7 +189,7 @@ def _check_box(finding: RegionFindingResult, image: Dataset) -> None:
 def _window_from_pixels(image: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
     """None where the image has its own window (highdicom copies it); else the stored pixels'
     range after the modality LUT, which needs the pixels."""
-    if _has_window(image):
+    if has_window(image):
         return None
     if "PixelData" not in image:
         raise ValueError(
@@ -208,7 +208,8 @@ def _window_from_pixels(image: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformati
     ]
 
 
-def _has_window(image: Dataset) -> bool:
+def has_window(image: Dataset) -> bool:
+    """The image names its own window (or VOI LUT): its header is enough for the GSPS."""
     if "WindowCenter" in image or "VOILUTSequence" in image:
         return True
     for group in image.get("SharedFunctionalGroupsSequence", []):
