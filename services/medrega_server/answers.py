@@ -340,6 +340,5 @@ class MedRegAAnswerer:
             # spacing: without `pixel_spacing_mm` the size-free impression wording is used
             # rather than a made-up "0 mm".
             info = self.vocab.finding(result.finding_code)
-            region = _name(language, result.region_name_en, result.region_name_zh)
-            return info.impression(language, region)
+            return info.impression(language, self.vocab.region(result.region_code))
         return _name(language, result.sentence_en, result.sentence_zh)

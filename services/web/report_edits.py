@@ -110,8 +110,8 @@ def _relabel(
             info.zh,
         )
         finding.critical = info.critical
-        finding.sentence_en = info.sentence("en", region.en, size)
-        finding.sentence_zh = info.sentence("zh", region.zh, size)
+        finding.sentence_en = info.sentence("en", region, size)
+        finding.sentence_zh = info.sentence("zh", region, size)
     finding.review = "adjusted"
     # The sentences grounded on this finding alone follow the new label.
     dropped: list[ReportSentence] = []
@@ -122,8 +122,8 @@ def _relabel(
             sentence.en, sentence.zh = finding.sentence_en, finding.sentence_zh
             sentence.stale = None
         elif sentence.section == "impression" and info is not None:
-            sentence.en = info.impression("en", region.en)
-            sentence.zh = info.impression("zh", region.zh)
+            sentence.en = info.impression("en", region)
+            sentence.zh = info.impression("zh", region)
             sentence.stale = None
         elif sentence.section == "impression":
             dropped.append(sentence)  # a normal region has no impression line

@@ -79,8 +79,8 @@ def compose_report(
                 probability=finding.probability,
                 image=finding.image,
                 box=finding.box,
-                sentence_en=info.sentence("en", region.en, size),
-                sentence_zh=info.sentence("zh", region.zh, size),
+                sentence_en=info.sentence("en", region, size),
+                sentence_zh=info.sentence("zh", region, size),
                 size_mm=finding.size_mm,
                 critical=info.critical,
             )
@@ -128,10 +128,11 @@ def compose_report(
             seen[key].finding_ordinals.append(ordinal)
             continue
         info = vocab.finding(result.finding_code)
+        region = vocab.region(result.region_code)
         sentence = ReportSentence(
             "impression",
-            info.impression("en", result.region_name_en),
-            info.impression("zh", result.region_name_zh),
+            info.impression("en", region),
+            info.impression("zh", region),
             [ordinal],
         )
         seen[key] = sentence

@@ -67,14 +67,32 @@ def mentioned_region(
     text: str, language: Language, allowed: tuple[str, ...], vocab: Vocab
 ) -> str | None:
     """The region (among `allowed` codes) the text names; the longest name wins ("right lower
-    lung zone" over "right lung")."""
+    lung zone" over "right lung"). A text naming no region but one side ("Right pleural
+    effusion.", "右侧胸腔积液。") means the allowed region on that side."""
     best: tuple[int, str] | None = None
     lowered = text.lower()
     for code in allowed:
         for name in _region_names(vocab.region(code), language):
             if name and name.lower() in lowered and (best is None or len(name) > best[0]):
                 best = (len(name), code)
-    return best[1] if best else None
+    return best[1] if best else _region_by_side(text, language, allowed, vocab)
+
+
+def _region_by_side(
+    text: str, language: Language, allowed: tuple[str, ...], vocab: Vocab
+) -> str | None:
+    on_named_side = []
+    for code in allowed:
+        side = vocab.region(code).side(language)
+        if not side:
+            continue
+        if language == "zh":
+            named = side in text
+        else:
+            named = re.search(rf"\b{re.escape(side)}\b", text, re.IGNORECASE) is not None
+        if named:
+            on_named_side.append(code)
+    return on_named_side[0] if len(on_named_side) == 1 else None
 
 
 def affirmed_in_domain(text: str, language: Language, domain: str, vocab: Vocab) -> list[str]:

@@ -14,6 +14,7 @@ from shared.vocab.loader import (
     VocabError,
     load_vocab,
 )
+from shared.vocab.phrasing import bilingual_label, finding_label
 
 __all__ = [
     "CodedConcept",
@@ -23,5 +24,7 @@ __all__ = [
     "RegionInfo",
     "Vocab",
     "VocabError",
+    "bilingual_label",
+    "finding_label",
     "load_vocab",
 ]

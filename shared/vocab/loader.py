@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,9 +35,14 @@ class RegionInfo:
     synonyms_en: tuple[str, ...]
     synonyms_zh: tuple[str, ...]
     plural: bool = False  # English agreement: "the hilar structures are …"
+    side_en: str = ""  # the laterality as an adjective ("right"); "" for midline regions
+    side_zh: str = ""  # "右侧"
 
     def name(self, lang: Language) -> str:
         return self.en if lang == "en" else self.zh
+
+    def side(self, lang: Language) -> str:
+        return self.side_en if lang == "en" else self.side_zh
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class FindingInfo:
     snomed: CodedConcept
     critical: bool
     regions: tuple[str, ...]  # region codes this finding may lie in
+    label_en: str  # templates: see the note in findings.json
+    label_zh: str
     sentence_en: str
     sentence_zh: str
     impression_en: str
@@ -60,13 +68,40 @@ class FindingInfo:
     def name(self, lang: Language) -> str:
         return self.en if lang == "en" else self.zh
 
-    def sentence(self, lang: Language, region_name: str, size_mm: float) -> str:
-        template = self.sentence_en if lang == "en" else self.sentence_zh
-        return template.format(region=region_name, size_mm=round(size_mm))
+    def label(self, lang: Language, region: RegionInfo) -> str:
+        """The finding's short name in its region, as a radiologist writes it: "Right pleural
+        effusion", "右侧胸腔积液"."""
+        return _capitalised(
+            self._fill(self.label_en if lang == "en" else self.label_zh, region, lang)
+        )
 
-    def impression(self, lang: Language, region_name: str) -> str:
+    def sentence(self, lang: Language, region: RegionInfo, size_mm: float) -> str:
+        """The findings-section sentence, with the size."""
+        template = self.sentence_en if lang == "en" else self.sentence_zh
+        return self._fill(template, region, lang, size_mm=round(size_mm))
+
+    def impression(self, lang: Language, region: RegionInfo) -> str:
         template = self.impression_en if lang == "en" else self.impression_zh
-        return template.format(region=region_name)
+        return self._fill(template, region, lang)
+
+    def _fill(self, template: str, region: RegionInfo, lang: Language, **extra: object) -> str:
+        side, name = region.side(lang), region.name(lang)
+        values: dict[str, object] = {
+            "side": side,
+            "Side": _capitalised(side),
+            "region": name,
+            "Region": _capitalised(name),
+            **extra,
+        }
+        if "{label" in template.lower():
+            label = self._fill(self.label_en if lang == "en" else self.label_zh, region, lang)
+            values.update(label=label, Label=_capitalised(label))
+        # A side-less region leaves a double space in "{side} pneumothorax".
+        return re.sub(" {2,}", " ", template.format(**values)).strip()
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 @dataclass(frozen=True)
@@ -149,6 +184,21 @@ def _read(name: str, directory: Path) -> dict[str, Any]:
     return data
 
 
+def _check_phrasing(finding: FindingInfo, regions: list[RegionInfo]) -> None:
+    """Every template fills for every region the finding may lie in: a typo in a placeholder
+    fails at load, not in a worker drafting a report."""
+    for region in regions:
+        for lang in ("en", "zh"):
+            try:
+                sentence = finding.sentence(lang, region, 12)
+                finding.impression(lang, region)
+                finding.label(lang, region)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise VocabError(f"{finding.code}: bad {lang} phrasing template ({exc})") from None
+            if "12" not in sentence:
+                raise VocabError(f"{finding.code}: the {lang} sentence does not state the size")
+
+
 @lru_cache(maxsize=4)
 def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
     """Read and cross-check regions.json, findings.json and domains.json."""
@@ -160,6 +210,7 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
         raise VocabError(f"vocabulary files disagree on the version: {sorted(versions)}")
 
     laterality = {k: _concept(v) for k, v in regions_raw["laterality_codes"].items()}
+    sides = {k: (v["en"], v["zh"]) for k, v in regions_raw["laterality_codes"].items()}
     domains = tuple(
         DomainInfo(
             code=d["code"],
@@ -183,6 +234,8 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
             synonyms_en=tuple(r["synonyms_en"]),
             synonyms_zh=tuple(r["synonyms_zh"]),
             plural=bool(r.get("plural", False)),
+            side_en=sides[r["laterality"]][0] if r["laterality"] else "",
+            side_zh=sides[r["laterality"]][1] if r["laterality"] else "",
         )
         for r in regions_raw["regions"]
     )
@@ -195,6 +248,8 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
             snomed=_concept(f["snomed"]),
             critical=bool(f["critical"]),
             regions=tuple(f["regions"]),
+            label_en=f["label_en"],
+            label_zh=f["label_zh"],
             sentence_en=f["sentence_en"],
             sentence_zh=f["sentence_zh"],
             impression_en=f["impression_en"],
@@ -223,6 +278,8 @@ def load_vocab(directory: Path = VOCAB_DIR) -> Vocab:
         unknown = set(finding.regions) - set(region_codes)
         if unknown:
             raise VocabError(f"{finding.code}: unknown regions {sorted(unknown)}")
+    for finding in findings:
+        _check_phrasing(finding, [r for r in regions if r.code in finding.regions])
     for domain in domains:
         grouped = [code for group in domain.grounding_groups for code in group]
         expected = sorted(r.code for r in regions if domain.code in r.domains)

@@ -77,8 +77,8 @@ def region_finding(
     region = VOCAB.region(region_code)
     finding = VOCAB.finding(finding_code) if finding_code else None
     if finding is not None:
-        en = finding.sentence("en", region.en, size_mm or 10)
-        zh = finding.sentence("zh", region.zh, size_mm or 10)
+        en = finding.sentence("en", region, size_mm or 10)
+        zh = finding.sentence("zh", region, size_mm or 10)
     else:
         en = VOCAB.normal.region_sentence("en", region.en)
         zh = VOCAB.normal.region_sentence("zh", region.zh)
@@ -100,14 +100,16 @@ def region_finding(
 
 def report_of(domain: str, findings: list[RegionFindingResult]) -> SrReport:
     abnormal = [f for f in findings if f.finding_code]
-    impression_en = (
-        " ".join(VOCAB.finding(f.finding_code).impression("en", f.region_name_en) for f in abnormal)  # type: ignore[arg-type]
-        or VOCAB.normal.impression("en")
-    )
-    impression_zh = (
-        "".join(VOCAB.finding(f.finding_code).impression("zh", f.region_name_zh) for f in abnormal)  # type: ignore[arg-type]
-        or VOCAB.normal.impression("zh")
-    )
+    impression_en = " ".join(
+        VOCAB.finding(f.finding_code).impression("en", VOCAB.region(f.region_code))
+        for f in abnormal
+        if f.finding_code
+    ) or VOCAB.normal.impression("en")
+    impression_zh = "".join(
+        VOCAB.finding(f.finding_code).impression("zh", VOCAB.region(f.region_code))
+        for f in abnormal
+        if f.finding_code
+    ) or VOCAB.normal.impression("zh")
     return SrReport(
         domain=domain,
         findings=findings,
@@ -354,7 +356,7 @@ def test_draft_cxr_validates_and_round_trips(
     for text, _ in findings + impressions:
         assert text in dump
     if language != "en":
-        assert "右肺见一大小约12 mm的结节影。" in dump
+        assert "右肺见一结节影，大小约12 mm。" in dump
 
 
 def test_ascii_report_has_no_specific_character_set(dx_ascii: Dataset, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_critical_finding_comes_first_and_the_region_is_not_also_called_normal(v
     assert not lesion_regions & {f.region_code for f in normal}
     impression = [s for s in report.sentences if s.section == "impression"]
     assert impression[0].finding_ordinals == [0]
-    assert impression[0].en == critical.impression("en", vocab.region(critical.regions[0]).en)
+    assert impression[0].en == critical.impression("en", vocab.region(critical.regions[0]))
     # Every sentence points at findings that exist.
     for sentence in report.sentences:
         assert all(0 <= o < len(report.findings) for o in sentence.finding_ordinals)

@@ -59,7 +59,7 @@ def test_real_http_round_trip(server: str, xray: PhantomXray) -> None:
             json=chat_body(report_generation_prompt("DX", "zh"), xray.data_url),
         )
         content = report.json()["choices"][0]["message"]["content"]
-        assert content.startswith("影像诊断：") and "影像结论：右肺侧胸腔积液。" in content
+        assert content.startswith("影像诊断：") and "影像结论：右侧胸腔积液。" in content
 
         grounded = http.post(
             "/v1/chat/completions",

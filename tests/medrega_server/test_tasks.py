@@ -190,7 +190,7 @@ def test_without_pixel_spacing_no_size_is_stated(
     info = vocab.finding(lesion.finding_code)
     text = ask(client, disease_prompt(info.en, "DX", "en"), xray.data_url)
     ((_, _, _, sentence),) = groups(xray, text)
-    assert sentence == info.impression("en", lesion.region_name_en)
+    assert sentence == info.impression("en", vocab.region(lesion.region_code))
     assert " mm" not in sentence
 
 

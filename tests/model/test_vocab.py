@@ -34,9 +34,9 @@ def test_every_entry_is_bilingual_and_coded() -> None:
     for f in v.findings:
         assert f.snomed.code.isdigit()
         for lang in ("en", "zh"):
-            text = f.sentence(lang, v.region(f.regions[0]).name(lang), 12.4)  # type: ignore[arg-type]
+            text = f.sentence(lang, v.region(f.regions[0]), 12.4)  # type: ignore[arg-type]
             assert "12 mm" in text and "{" not in text
-            assert "{" not in f.impression(lang, "x")  # type: ignore[arg-type]
+            assert "{" not in f.impression(lang, v.region(f.regions[0]))  # type: ignore[arg-type]
     critical = {f.code for f in v.findings if f.critical}
     assert {"pneumothorax", "intracranial_haemorrhage"} <= critical
     assert v.normal.region_sentence("zh", "右肺") == "右肺未见明显异常。"

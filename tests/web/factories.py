@@ -182,8 +182,8 @@ def make_drafted_study(
             y1=h * 0.30,
             x2=w * 0.35,
             y2=h * 0.45,
-            sentence_en=abnormal_info.sentence("en", lesion_region.en, 14.0),
-            sentence_zh=abnormal_info.sentence("zh", lesion_region.zh, 14.0),
+            sentence_en=abnormal_info.sentence("en", lesion_region, 14.0),
+            sentence_zh=abnormal_info.sentence("zh", lesion_region, 14.0),
         )  # fmt: skip
     ]
     for index, region in enumerate(normal_regions, start=1):
@@ -217,8 +217,8 @@ def make_drafted_study(
     sentences.append(
         {
             "section": "impression",
-            "en": abnormal_info.impression("en", lesion_region.en),
-            "zh": abnormal_info.impression("zh", lesion_region.zh),
+            "en": abnormal_info.impression("en", lesion_region),
+            "zh": abnormal_info.impression("zh", lesion_region),
             "finding_ordinals": [0],
         }
     )

@@ -176,7 +176,7 @@ def test_an_answer_in_the_wrong_language_is_kept_and_noted(
     effusion, left = findings
     assert (effusion.region_code, effusion.finding_code) == ("right_lung", "pleural_effusion")
     assert effusion.sentence_en == "A small right pleural effusion is seen at the base."
-    assert effusion.sentence_zh.startswith("右肺底部见胸腔积液")  # from the vocabulary
+    assert effusion.sentence_zh.startswith("右侧胸腔积液，液深约")  # from the vocabulary
     assert (left.region_code, left.finding_code) == ("left_lung", None)
     assert all(f.probability is None for f in findings)  # MedRegA gives none; none invented
 
