@@ -43,6 +43,8 @@ from shared.inference.backend import (
 )
 from shared.reports import lifecycle
 from shared.reports.domain import DraftResult
+from shared.storage.instance_reader import instance_reader, localize_study
+from shared.storage.refs import InstanceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,14 @@ def run_draft_job(
 
         started = time.perf_counter()
         try:
+            # Outside the claim's transaction: another node's files may take a while to fetch.
+            study_input = localize_study(study_input, instance_reader(storage_dir))
+        except InstanceUnavailable as exc:
+            with factory.begin() as session:
+                state = _defer(session, job_id, str(exc), waiting_for="the images' storage node")
+            return DraftOutcome(job_id, state)
+        fetch_ms = (time.perf_counter() - started) * 1000.0
+        try:
             result = backend.draft(study_input)
         except ModelServerUnavailable as exc:
             with factory.begin() as session:
@@ -154,6 +164,7 @@ def run_draft_job(
                 state = _fail(session, job_id, f"model answer not usable: {exc}")
             return DraftOutcome(job_id, state)
         timings = dict(result.timings_ms)
+        timings["fetch_ms"] = fetch_ms
         timings["total_ms"] = (time.perf_counter() - started) * 1000.0
 
         with factory.begin() as session:
@@ -175,9 +186,10 @@ def draft_retry_policy() -> RetryPolicy:
     )
 
 
-def _defer(session: Session, job_id: int, error: str) -> str:
-    """The model server is unreachable: the job waits (durably, on its row) and the relay
-    publishes it again at `next_attempt_at`; after `draft_max_attempts` it fails."""
+def _defer(session: Session, job_id: int, error: str, waiting_for: str = "the model server") -> str:
+    """The model server (or the node holding the images) is unreachable: the job waits
+    (durably, on its row) and the relay publishes it again at `next_attempt_at`; after
+    `draft_max_attempts` it fails."""
     job = session.get(DraftJob, job_id, with_for_update=True)
     if job is None or job.state != DraftJobState.RUNNING:
         return job.state if job else "missing"
@@ -186,16 +198,16 @@ def _defer(session: Session, job_id: int, error: str) -> str:
     decision = after_failure(job.attempts, transient=True, now=now, policy=policy)
     if decision.next_attempt_at is None:
         return _fail(
-            session, job_id, f"model server unavailable after {job.attempts} attempts: {error}"
+            session, job_id, f"{waiting_for} unavailable after {job.attempts} attempts: {error}"
         )
     delay = (decision.next_attempt_at - now).total_seconds()
     job.state = DraftJobState.PENDING
     job.next_attempt_at = decision.next_attempt_at
     job.reason = (
-        f"waiting for the model server (attempt {job.attempts} of {policy.max_attempts}, "
+        f"waiting for {waiting_for} (attempt {job.attempts} of {policy.max_attempts}, "
         f"next in {delay:.0f} s): {error}"
     )[:2000]
-    log.warning("draft job %s: model server unavailable; next attempt in %.0f s", job_id, delay)
+    log.warning("draft job %s: %s unavailable; next attempt in %.0f s", job_id, waiting_for, delay)
     return job.state
 
 

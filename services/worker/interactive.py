@@ -24,6 +24,8 @@ from shared.db.models import Instance, Series
 from shared.db.session import session_scope
 from shared.inference.backend import InstanceInput, ModelAnswerInvalid, ModelServerUnavailable
 from shared.reports.domain import PixelBox
+from shared.storage.instance_reader import instance_reader, localize
+from shared.storage.refs import InstanceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,11 @@ def _instance_input(instance_id: int) -> InstanceInput:
         if row is None:
             raise LookupError(f"instance {instance_id} does not exist")
         instance, series = row
-        return instance_input(instance, series, get_settings().storage_dir)
+        unread = instance_input(instance, series, get_settings().storage_dir)
+    try:  # after the session: another node's file may take a moment to fetch
+        return localize(unread, instance_reader(get_settings().storage_dir))
+    except InstanceUnavailable as exc:
+        raise LookupError(f"image not available: {exc}") from None
 
 
 def _reply(task: Task, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.reports.domain import DraftResult, ImageRef, PixelBox
+from shared.storage.refs import StoredFileRef
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class InstanceInput:
     instance_number: int | None
     body_part_examined: str | None
     series_description: str | None
+    # Where the bytes live when `path` is not on this machine yet (another node's storage):
+    # shared.storage.instance_reader.localize_study fetches them and sets `path`.
+    stored: StoredFileRef | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ from services.web import rendering
 from services.web.deps import SessionDep, UserDep
 from services.web.web_settings import RENDER_DEFAULT_MAX_SIDE, RENDER_MAX_SIDE_LIMIT
 from shared.config import get_settings
+from shared.db.instance_inputs import stored_file
 from shared.db.models import Instance
 from shared.dicom.pixels import PixelDataUnsupported
+from shared.storage.instance_reader import instance_reader
+from shared.storage.refs import InstanceUnavailable
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 
@@ -24,11 +27,17 @@ Preset = Annotated[str, Query(pattern="^(" + "|".join(sorted(rendering.PRESET_CO
 
 
 def _stored_path(instance: Instance) -> Path:
-    storage = get_settings().storage_dir.resolve()
-    path = (storage / instance.file_path).resolve()
-    if not path.is_relative_to(storage):  # a corrupt row must never read outside storage
-        raise HTTPException(status_code=404, detail="image file not available")
-    return path
+    """The file on this machine: from its storage directory, or fetched from the node that
+    stored it (shared.storage.instance_reader; never outside a storage directory)."""
+    settings = get_settings()
+    try:
+        return instance_reader(settings.storage_dir).local_path(stored_file(instance))
+    except InstanceUnavailable:
+        elsewhere = instance.storage_node not in (None, settings.node_name)
+        # Another node unreachable: try again later (503); a bad local path: not found (404).
+        raise HTTPException(
+            status_code=503 if elsewhere else 404, detail="image file not available"
+        ) from None
 
 
 @router.get(
