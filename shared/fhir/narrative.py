@@ -37,7 +37,7 @@ def _section_html(version: ReportVersion, language: Language, status: str) -> st
     words = HEADINGS[language]
     parts = [f"<h2>{escape(words['title'])}</h2>", f"<p><b>{escape(words[status])}</b></p>"]
     for section in ("findings", "impression"):
-        text = version.section_text(section, language)  # type: ignore[arg-type]
+        text = version.section_text(section, language)
         if text:
             parts.append(f"<h3>{escape(words[section])}</h3><p>{escape(text)}</p>")
     if version.signer is not None:
