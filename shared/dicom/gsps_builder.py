@@ -87,7 +87,7 @@ def build_presentation_states(
         per_image[str(image.SOPInstanceUID)].append(finding)
     states = []
     for number, (image_uid, image_findings) in enumerate(per_image.items(), start=1):
-        image = by_uid[image_uid]
+        image = _highdicom_view(by_uid[image_uid])
         uids = gsps_uids(version.report_id, version.version, image_uid)
         count = len(image_findings)
         state = hd.pr.GrayscaleSoftcopyPresentationState(
@@ -206,6 +206,31 @@ def _window_from_pixels(image: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformati
             window_explanation="range of the stored pixels",
         )
     ]
+
+
+def _highdicom_view(image: Dataset) -> Dataset:
+    """highdicom reads the rescale and window of any multi-frame image from its Shared
+    Functional Groups, which only enhanced IODs have; a legacy multi-frame image (secondary
+    capture, NM, US) gets a view with its top-level values there."""
+    if not is_multiframe_image(image) or "SharedFunctionalGroupsSequence" in image:
+        return image
+    shared = Dataset()
+    if "RescaleSlope" in image:
+        rescale = Dataset()
+        rescale.RescaleSlope = image.RescaleSlope
+        rescale.RescaleIntercept = image.get("RescaleIntercept", 0)
+        rescale.RescaleType = image.get("RescaleType") or "US"
+        shared.PixelValueTransformationSequence = [rescale]
+    if "WindowCenter" in image:
+        window = Dataset()
+        window.WindowCenter = image.WindowCenter
+        window.WindowWidth = image.WindowWidth
+        shared.FrameVOILUTSequence = [window]
+    view = Dataset()
+    view.update(image)  # a new element dict: the image itself is not changed
+    view.SharedFunctionalGroupsSequence = [shared]
+    view.PerFrameFunctionalGroupsSequence = [Dataset() for _ in range(image.NumberOfFrames)]
+    return view
 
 
 def has_window(image: Dataset) -> bool:
