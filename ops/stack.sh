@@ -7,6 +7,15 @@
 #   ops/stack.sh stop           stop our services (PostgreSQL/RabbitMQ are left to the machine)
 #   ops/stack.sh status         what is up
 #
+#   ops/stack.sh start --production   (or MEDREGA_MODE=production) the same stack as a hospital runs
+#       it: MEDREGA_ENVIRONMENT=production, nginx terminating TLS in front of the web app (HSTS,
+#       HTTP only redirects), secrets from files (MEDREGA_SECRETS_DIR), DICOM TLS Orthanc ⇄
+#       listener and worker → Orthanc, MLLP over TLS to the RIS sink. Certificates are the
+#       operator's (MEDREGA_PROXY_TLS_CERT/_KEY, MEDREGA_{LISTENER,ORTHANC,PACS,RIS}_TLS_*) or,
+#       where not given, issued by a local demo CA in var/pki (ops/demo_pki.sh); missing secrets
+#       files are generated. https://localhost:${MEDREGA_HTTPS_PORT:-8443}/
+#   --no-install                skip the package/venv step (tests start a stack this way)
+#
 # Safe to run twice: every step checks before it acts. Logs: var/log/<service>.log.
 set -euo pipefail
 
@@ -114,6 +123,74 @@ stop_daemon() {
 }
 
 settings() { "$PY" -c "from shared.config import get_settings as g; s=g(); print($1)"; }
+
+# --- production mode: TLS everywhere, secrets from files, nginx in front ----------------------
+PKI="${MEDREGA_PKI_DIR:-$VAR/pki}"
+HTTPS_PORT="${MEDREGA_HTTPS_PORT:-8443}"
+HTTP_PORT="${MEDREGA_HTTP_PORT:-8080}"
+
+demo_certificate() { # name → $PKI/name.crt/.key from the local demo CA, made once
+  [ -f "$PKI/$1.crt" ] || "$ROOT/ops/demo_pki.sh" "$PKI" "$1" "DNS:localhost,IP:127.0.0.1"
+}
+
+# default_tls PREFIX NAME: MEDREGA_<PREFIX>_TLS_CERT/_KEY/_CA, unless the operator set them, are
+# the demo certificate NAME and the demo CA.
+default_tls() {
+  local cert="MEDREGA_$1_TLS_CERT" key="MEDREGA_$1_TLS_KEY" ca="MEDREGA_$1_TLS_CA"
+  if [ -z "${!cert:-}" ]; then
+    demo_certificate "$2"
+    export "$cert=$PKI/$2.crt" "$key=$PKI/$2.key"
+    [ -n "${!ca:-}" ] || export "$ca=$PKI/ca.crt"
+  fi
+}
+
+# A secrets file that does not exist yet gets a random value (demo); an operator's is kept.
+ensure_secret() { # file
+  [ -s "$1" ] && return 0
+  log "generating secret $(basename "$1")"
+  (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$1")
+}
+
+production_settings() {
+  export MEDREGA_ENVIRONMENT=production
+  export MEDREGA_SECRETS_DIR="${MEDREGA_SECRETS_DIR:-$VAR/secrets}"
+  mkdir -p "$MEDREGA_SECRETS_DIR" && chmod 700 "$MEDREGA_SECRETS_DIR"
+  ensure_secret "$MEDREGA_SECRETS_DIR/medrega_secret_key"
+  ensure_secret "$MEDREGA_SECRETS_DIR/medrega_pacs_http_password"
+  default_tls PROXY web
+  default_tls LISTENER listener
+  default_tls ORTHANC orthanc
+  default_tls PACS worker
+  default_tls RIS worker
+  export MEDREGA_PACS_TLS="${MEDREGA_PACS_TLS:-true}" MEDREGA_RIS_TLS="${MEDREGA_RIS_TLS:-true}"
+  # Orthanc is admitted by its AE title AND its certificate's name (the demo CA names it so).
+  export MEDREGA_LISTENER_ALLOWED_PEERS="${MEDREGA_LISTENER_ALLOWED_PEERS:-ORTHANC@cn=orthanc}"
+}
+
+# Renders ${MEDREGA_*} placeholders only: nginx's own $variables stay as they are.
+render_template() { # template out
+  "$PY" - "$1" "$2" <<'PYEOF'
+import os, re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+def value(match: re.Match) -> str:
+    if match.group(1) not in os.environ:
+        sys.exit(f"{sys.argv[1]}: {match.group(1)} is not set")
+    return os.environ[match.group(1)]
+open(sys.argv[2], "w", encoding="utf-8").write(re.sub(r"\$\{(MEDREGA_[A-Z0-9_]+)\}", value, text))
+PYEOF
+}
+
+start_proxy() {
+  local dir="$VAR/nginx"
+  mkdir -p "$dir/tmp"
+  export MEDREGA_NGINX_DIR="$dir" MEDREGA_HTTPS_PORT="$HTTPS_PORT" MEDREGA_HTTP_PORT="$HTTP_PORT"
+  export MEDREGA_WEB_UPSTREAM="127.0.0.1:$(settings s.web_port)"
+  render_template "$ROOT/ops/nginx/medrega-site.conf.template" "$dir/medrega-site.conf"
+  render_template "$ROOT/ops/nginx/nginx-local.conf.template" "$dir/nginx.conf"
+  nginx -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
+  start_daemon nginx "$HTTPS_PORT" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" \
+    -g "daemon off;"
+}
 qp() { settings s.queue_prefix; }  # MEDREGA_QUEUE_PREFIX, usually empty
 
 start_services() {
@@ -130,8 +207,13 @@ start_services() {
   MEDREGA_LISTENER_ALLOWED_PEERS="${MEDREGA_LISTENER_ALLOWED_PEERS:-$(settings s.pacs_ae_title)@127.0.0.1}" \
     start_daemon listener "$listener_port" "$PY" -m services.listener.main
   # A stand-in hospital RIS (MLLP, logs and ACKs) so the demo has somebody to deliver ORUs to.
+  local ris_tls=()
+  if [ "$PRODUCTION" = 1 ]; then  # TLS, and the worker's client certificate is asked for
+    demo_certificate ris
+    ris_tls=(--tls-cert "$PKI/ris.crt" --tls-key "$PKI/ris.key" --tls-client-ca "$PKI/ca.crt")
+  fi
   start_daemon ris-sink "$(settings s.ris_port)" "$PY" -m ops.ris_sink --port "$(settings s.ris_port)" \
-    --out "$VAR/ris-inbox"
+    --out "$VAR/ris-inbox" "${ris_tls[@]}"
   # One process owns the model for drafts (queue draft, a priority queue; one thread: one per
   # GPU); Locate/Identify have their own process and model session (queue interactive), so a
   # click never waits behind a draft backlog; deliveries run beside them.
@@ -152,12 +234,15 @@ start_services() {
   start_daemon relay - "$PY" -m services.worker.relay
   if [ -f "$ROOT/services/web/app.py" ]; then
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
-      --host 127.0.0.1 --port "$(settings s.web_port)"
+      --host 127.0.0.1 --port "$(settings s.web_port)" --proxy-headers \
+      --forwarded-allow-ips 127.0.0.1
   fi
+  [ "$PRODUCTION" = 1 ] && start_proxy
+  return 0
 }
 
 stop_services() {
-  for name in web relay worker-gpu worker-interactive worker-io medrega-server ris-sink listener; do
+  for name in nginx web relay worker-gpu worker-interactive worker-io medrega-server ris-sink listener; do
     stop_daemon "$name"
   done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
@@ -173,21 +258,40 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker-gpu worker-interactive worker-io medrega-server relay ris-sink web; do
+  for name in worker-gpu worker-interactive worker-io medrega-server relay ris-sink web nginx; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi
   done
+  if [ -f "$RUN/nginx.pid" ] && kill -0 "$(cat "$RUN/nginx.pid")" 2>/dev/null; then
+    printf 'web (production): https://localhost:%s/\n' "$HTTPS_PORT"
+  fi
   printf 'logs: %s\n' "$LOG"
 }
+
+usage() { echo "usage: $0 install|infra|start|stop|restart|status [--production] [--no-install]" >&2; exit 2; }
+
+PRODUCTION=0
+INSTALL=1
+[ "${MEDREGA_MODE:-}" = production ] && PRODUCTION=1
+for flag in "${@:2}"; do
+  case "$flag" in
+    --production) PRODUCTION=1 ;;
+    --no-install) INSTALL=0 ;;
+    *) usage ;;
+  esac
+done
+[ "$PRODUCTION" = 1 ] && production_settings
 
 mkdir -p "$LOG" "$RUN"
 case "${1:-status}" in
   install) install_debian; install_venv ;;
   infra) start_postgres; start_rabbitmq ;;
-  start) install_debian; install_venv; start_postgres; start_rabbitmq; start_services; status ;;
+  start)
+    if [ "$INSTALL" = 1 ]; then install_debian; install_venv; fi
+    start_postgres; start_rabbitmq; start_services; status ;;
   stop) stop_services ;;
   restart) stop_services; start_services; status ;;
   status) status ;;
-  *) echo "usage: $0 install|infra|start|stop|restart|status" >&2; exit 2 ;;
+  *) usage ;;
 esac
