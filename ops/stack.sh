@@ -233,9 +233,12 @@ start_services() {
   # Publishes what the database says is due (outbox); leader-elected, so one or more is fine.
   start_daemon relay - "$PY" -m services.worker.relay
   if [ -f "$ROOT/services/web/app.py" ]; then
+    # Behind the proxy, the client's address is the proxy's X-Forwarded-For, trusted from the
+    # proxy on loopback only (said explicitly; uvicorn's default today).
+    local proxy_headers=()
+    [ "$PRODUCTION" = 1 ] && proxy_headers=(--proxy-headers --forwarded-allow-ips 127.0.0.1)
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
-      --host 127.0.0.1 --port "$(settings s.web_port)" --proxy-headers \
-      --forwarded-allow-ips 127.0.0.1
+      --host 127.0.0.1 --port "$(settings s.web_port)" "${proxy_headers[@]}"
   fi
   [ "$PRODUCTION" = 1 ] && start_proxy
   return 0
