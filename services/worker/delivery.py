@@ -10,6 +10,7 @@ an HL7 `AA`/`CA` naming our control ID marks it delivered.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from pydicom import Dataset, dcmread
@@ -21,7 +22,11 @@ from shared.db.advisory_locks import LockSpace, try_advisory_lock
 from shared.db.instance_inputs import stored_file
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Instance, Report, Study, User
 from shared.delivery_policy import DeliveryError
-from shared.dicom.gsps_builder import build_presentation_states, has_window
+from shared.dicom.gsps_builder import (
+    build_presentation_states,
+    has_window,
+    presentation_state_uids,
+)
 from shared.dicom.kos_builder import build_key_object_selection
 from shared.dicom.presentation_common import key_findings
 from shared.dicom.scu import StoreError, pacs_tls_context, store_dataset
@@ -39,7 +44,7 @@ from shared.hl7.oru import OruInput, build_oru
 from shared.reports import deliveries
 from shared.reports.domain import ImageRef, Language, ReportVersion, ResultStatus
 from shared.reports.mapping import report_version
-from shared.reports.message_ids import sr_uids
+from shared.reports.message_ids import kos_uids, sr_uids
 from shared.storage.instance_reader import instance_reader
 
 log = logging.getLogger(__name__)
@@ -213,9 +218,22 @@ def _sends(session: Session, delivery: Delivery, kind: DeliveryKind) -> bool:
     )
 
 
-def build_hl7(version: ReportVersion, control_id: str) -> str:
+def build_hl7(
+    version: ReportVersion, control_id: str, pacs_kinds: Collection[str] = (DeliveryKind.SR,)
+) -> str:
+    """The ORU; its OBX point at the objects of `pacs_kinds` the version sends to the PACS."""
+    report_id, number = version.report_id, version.version
     data = OruInput.from_report(
-        version, sr_sop_instance_uid=sr_uids(version.report_id, version.version).sop_instance_uid
+        version,
+        sr_sop_instance_uid=(
+            sr_uids(report_id, number).sop_instance_uid if DeliveryKind.SR in pacs_kinds else None
+        ),
+        gsps_sop_instance_uids=(
+            tuple(presentation_state_uids(version)) if DeliveryKind.GSPS in pacs_kinds else ()
+        ),
+        kos_sop_instance_uid=(
+            kos_uids(report_id, number).sop_instance_uid if DeliveryKind.KOS in pacs_kinds else None
+        ),
     )
     settings = get_settings()
     languages: tuple[Language, ...] = (
@@ -257,7 +275,12 @@ def _send(session: Session, delivery: Delivery) -> tuple[str, str | None]:
         ]
         detail = f"{len(datasets)} instances stored" if len(datasets) > 1 else None
         return f"0x{max(statuses):04X}", detail
-    message = build_hl7(version, delivery.message_id)
+    sent_to_pacs = session.scalars(
+        select(Delivery.kind).where(
+            Delivery.report_id == delivery.report_id, Delivery.kind.in_(PACS_KINDS)
+        )
+    ).all()
+    message = build_hl7(version, delivery.message_id, sent_to_pacs)
     host, port = parse_mllp_destination(delivery.destination)
     ack = send_message(
         message,

@@ -15,6 +15,8 @@ Message layout (one study, one report version):
          (impression); OBX-4 sub-ID `<sentence no>.<lang>` ties translations of one sentence
          together; OBX-8 AA (critical) / A (abnormal) / N (normal region); OBX-11 = OBR-25
     OBX  ST 110180^Study Instance UID^DCM, and RP <SR SOP Instance UID>^PACS^AP^DICOM (sub-ID SR)
+    OBX  RP <GSPS SOP Instance UID>^PACS^AP^DICOM per key image (sub-ID GSPS.n) and RP <KOS SOP
+         Instance UID>^PACS^AP^DICOM (sub-ID KOS): the version's other objects in the PACS
 
 No Accession Number: ORC-2/OBR-2 stay empty and ORC-3/OBR-3 (filler order number) carry the
 Study Instance UID with assigning authority `MEDREGA_SUID`, so a RIS can still match on the study
@@ -63,6 +65,8 @@ SECTION_CODES: dict[str, str] = {
 }
 STUDY_UID_CODE = "110180^Study Instance UID^DCM"
 SR_REFERENCE_CODE = "SR^DICOM Structured Report^99MEDREGA"
+GSPS_REFERENCE_CODE = "GSPS^DICOM Grayscale Softcopy Presentation State^99MEDREGA"
+KOS_REFERENCE_CODE = "KOS^DICOM Key Object Selection^99MEDREGA"
 DRAFT_NOTE = (
     "AI-generated preliminary draft; not verified by a radiologist. "
     "AI生成的初步报告草稿，尚未经放射科医生审核。"
@@ -105,13 +109,20 @@ class OruInput:
     lines: tuple[ReportLine, ...]
     critical: bool = False
     sr_sop_instance_uid: str | None = None
+    gsps_sop_instance_uids: tuple[str, ...] = ()
+    kos_sop_instance_uid: str | None = None
     interpreter: Interpreter | None = None
     model: str | None = None  # "name version", for the draft note
     procedure: CodedElement | None = None  # OBR-4: the study's requested procedure, if known
 
     @classmethod
     def from_report(
-        cls, version: ReportVersion, *, sr_sop_instance_uid: str | None = None
+        cls,
+        version: ReportVersion,
+        *,
+        sr_sop_instance_uid: str | None = None,
+        gsps_sop_instance_uids: tuple[str, ...] = (),
+        kos_sop_instance_uid: str | None = None,
     ) -> OruInput:
         """From a report version (shared.reports): its sent findings and sentences only."""
         if version.status == "superseded":
@@ -136,6 +147,8 @@ class OruInput:
             lines=tuple(_lines_from_report(version)),
             critical=version.critical,
             sr_sop_instance_uid=sr_sop_instance_uid,
+            gsps_sop_instance_uids=gsps_sop_instance_uids,
+            kos_sop_instance_uid=kos_sop_instance_uid,
             interpreter=interpreter,
             model=model,
             procedure=study_procedure(study),
@@ -321,6 +334,13 @@ def _observations(data: OruInput, languages: tuple[Language, ...]) -> list[str]:
         rows.append(
             ("RP", SR_REFERENCE_CODE, "SR", f"{escape(data.sr_sop_instance_uid)}^PACS^AP^DICOM", "")
         )
+    for number, uid in enumerate(data.gsps_sop_instance_uids, start=1):
+        rows.append(
+            ("RP", GSPS_REFERENCE_CODE, f"GSPS.{number}", f"{escape(uid)}^PACS^AP^DICOM", "")
+        )
+    if data.kos_sop_instance_uid:
+        uid = escape(data.kos_sop_instance_uid)
+        rows.append(("RP", KOS_REFERENCE_CODE, "KOS", f"{uid}^PACS^AP^DICOM", ""))
     return [
         _segment(
             "OBX",
