@@ -1,5 +1,6 @@
 """A drafted then signed chest X-ray's SR, GSPS and KOS reach a real DICOM peer (DCMTK storescp as
-the PACS) through the worker's delivery code; a PACS configured without GSPS gets none.
+the PACS) through the worker's delivery code, and the ORU at a real MLLP peer (ops/ris_sink.py)
+points at exactly those objects; a PACS configured without GSPS gets none.
 
 The study, its stored image and the report versions are real rows and files; the worker's
 `attempt_delivery` claims, builds, C-STOREs and records each delivery as in production.
@@ -26,9 +27,11 @@ from pydicom.uid import (
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ops.ris_sink import RisSink
 from services.worker.delivery import attempt_delivery
 from shared.config import get_settings
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Study
+from shared.hl7.oru_read import read_oru
 from shared.reports import lifecycle
 from shared.reports.domain import DraftResult, ImageRef, PixelBox, RegionFindingResult
 from shared.reports.domain import ReportSentence as Sentence
@@ -45,6 +48,7 @@ class StoreScp:
     process: subprocess.Popen[bytes]
     port: int
     directory: Path
+    ris: RisSink  # the RIS beside it, for the ORU that points at what the PACS got
 
     def received(self, study_uid: str) -> dict[str, list[Dataset]]:
         """SOP Class UID → datasets received for the study."""
@@ -72,11 +76,14 @@ def pacs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreScp]:
         except OSError:
             assert time.monotonic() < deadline, "storescp did not start listening"
             time.sleep(0.1)
+    ris = RisSink(tmp_path / "ris").start()
+    monkeypatch.setenv("MEDREGA_RIS_PORT", str(ris.port))
     monkeypatch.setenv("MEDREGA_PACS_PORT", str(port))
     monkeypatch.setenv("MEDREGA_PACS_AE_TITLE", "ORTHANC")
     monkeypatch.setenv("MEDREGA_STORAGE_DIR", str(tmp_path / "storage"))
     get_settings.cache_clear()
-    yield StoreScp(process, port, received)
+    yield StoreScp(process, port, received, ris)
+    ris.stop()
     process.terminate()
     process.wait(timeout=10)
     get_settings.cache_clear()
@@ -117,9 +124,30 @@ def _drafted_study(engine: Engine, tmp_path: Path, name: str) -> tuple[int, Data
     image = pydicom.dcmread(written.files[0], stop_before_pixels=True)
     with sessionmaker(engine).begin() as session:
         study = index_files(session, get_settings().storage_dir, written.files)
+        study.patient_id, study.accession_number = image.PatientID, image.AccessionNumber
         make_user(session)
         assert lifecycle.store_draft(session, running_job(session, study), _draft_of(image))
         return study.id, image
+
+
+def _pointers(pacs: StoreScp, engine: Engine, study_id: int, version: int) -> dict[str, str]:
+    """The version's ORU, delivered to the RIS: OBX-4 sub-ID → the UID its RP points at."""
+    with Session(engine) as session:
+        hl7 = session.scalars(
+            select(Delivery).where(
+                Delivery.study_id == study_id,
+                Delivery.kind == DeliveryKind.HL7,
+                Delivery.report_version == version,
+            )
+        ).one()
+    outcome = attempt_delivery(engine, hl7.id)
+    with Session(engine) as session:
+        row = session.get(Delivery, hl7.id)
+        assert outcome == DeliveryState.DELIVERED, row.last_error if row else None
+    oru = read_oru((pacs.ris.out_dir / f"{hl7.message_id}.hl7").read_text("utf-8"))
+    rows = [o for o in oru.observations if o.value_type == "RP"]
+    assert all(o.value.endswith("^PACS^AP^DICOM") for o in rows)
+    return {o.sub_id: o.value.split("^")[0] for o in rows}
 
 
 def _deliver_pacs_objects(engine: Engine, study_id: int) -> dict[str, Delivery]:
@@ -168,6 +196,9 @@ def test_sr_gsps_and_kos_of_a_draft_and_its_signature_arrive_at_the_pacs(
     pointer = key_image.ReferencedSOPSequence[0]
     assert pointer.ReferencedSOPInstanceUID == image.SOPInstanceUID
     assert pointer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == state.SOPInstanceUID
+    assert _pointers(pacs, clean_db, study_id, 1) == {
+        "SR": sr.SOPInstanceUID, "GSPS.1": state.SOPInstanceUID, "KOS": kos.SOPInstanceUID,
+    }  # fmt: skip
 
     with sessionmaker(clean_db).begin() as session:
         study = session.get(Study, study_id)
@@ -203,3 +234,7 @@ def test_a_pacs_configured_without_gsps_gets_sr_and_kos_only(
     (kos,) = got[KeyObjectSelectionDocumentStorage]
     (key_image,) = [i for i in kos.ContentSequence if i.ValueType == "IMAGE"]
     assert "ReferencedSOPSequence" not in key_image.ReferencedSOPSequence[0]  # no GSPS to name
+    assert _pointers(pacs, clean_db, study_id, 1) == {
+        "SR": got[Comprehensive3DSRStorage][0].SOPInstanceUID,
+        "KOS": kos.SOPInstanceUID,
+    }
