@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.dicom.pixels import DecodedFrame, read_frames
+from shared.dicom.pixels import DecodedFrame, FrameOutOfRange, display_values, read_frame
 
 # (center, width) in physical units (HU for CT). `default` is the image's own VOI window;
 # `auto` stretches the 1st–99th percentile.
@@ -71,12 +71,11 @@ def render_frame(
     center: float | None = None,
     width: float | None = None,
 ) -> Rendered:
-    frames = read_frames(path)  # raises PixelDataUnsupported (a ValueError) with the reason
-    if not 1 <= frame <= len(frames):
-        raise RenderError(f"frame {frame} out of range 1..{len(frames)}")
-    return render_decoded(
-        frames[frame - 1], preset=preset, max_side=max_side, center=center, width=width
-    )
+    try:  # only the frame shown is decoded; PixelDataUnsupported (a ValueError) says why not
+        decoded = read_frame(path, frame)
+    except FrameOutOfRange as exc:
+        raise RenderError(str(exc)) from exc
+    return render_decoded(decoded, preset=preset, max_side=max_side, center=center, width=width)
 
 
 def render_decoded(
@@ -95,9 +94,10 @@ def render_decoded(
         if center is not None and width is not None
         else _window(preset, decoded.window, small)
     )
-    low = window[0] - window[1] / 2.0
-    scaled = (small - np.float32(low)) * np.float32(255.0 / window[1])
-    image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    # The image's own window keeps its VOI LUT Function (e.g. SIGMOID); presets are linear.
+    own = preset == "default" and center is None and width is None
+    greys = display_values(small, *window, decoded.voi_function if own else "LINEAR")
+    image = Image.fromarray(np.rint(greys * 255.0).astype(np.uint8), mode="L")
     buffer = io.BytesIO()
     # Speed over size: this goes over a hospital LAN, and level 1 is several times faster.
     image.save(buffer, format="PNG", compress_level=1)
