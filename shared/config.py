@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     report_languages: Literal["en", "zh", "both"] = "both"
     institution_name: str = "medrega-pacs hospital"
 
+    # --- the EHR's FHIR server (optional): each sent version's DiagnosticReport is PUT there
+    # (conditional update by identifier); None = no FHIR push (the read endpoint still serves).
+    fhir_server_url: str | None = None  # base URL, e.g. https://ehr.example/fhir/r4
+    fhir_server_token: SecretStr | None = None  # sent as "Authorization: Bearer …"
+    fhir_timeout_s: float = Field(default=10.0, gt=0)
+
     # --- web ---
     web_host: str = "127.0.0.1"
     web_port: int = 8000
