@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from shared.reports.domain import Language, RegionFindingResult, ReportVersion
-from shared.vocab.loader import load_vocab
+from shared.vocab import VocabError, bilingual_label, load_vocab
 
 # Text VRs whose values decide whether an object needs Specific Character Set ISO_IR 192.
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
@@ -79,8 +79,16 @@ def _readable(pn: str) -> str:
 
 
 def finding_label(finding: RegionFindingResult, languages: tuple[Language, ...]) -> str:
-    """'Pleural effusion, right lung / 右肺 胸腔积液 (90%)': the finding and its side in each
-    configured language, then the model's certainty when it gave one."""
+    """The vocabulary's label of the finding with its side in each configured language, then the
+    model's certainty: "Right pleural effusion / 右侧胸腔积液 (p 0.90)" (the SR and the review
+    page name it the same way). A code the vocabulary no longer knows (an old report) falls
+    back to the names stored with the finding."""
+    try:
+        return bilingual_label(
+            finding.finding_code, finding.region_code, languages, finding.probability
+        )
+    except VocabError:
+        pass
     parts = []
     for language in languages:
         if language == "en":
@@ -89,9 +97,7 @@ def finding_label(finding: RegionFindingResult, languages: tuple[Language, ...])
         else:
             parts.append(f"{finding.region_name_zh} {finding.finding_name_zh or '异常'}")
     label = " / ".join(parts)
-    if finding.probability is not None:
-        label += f" ({round(finding.probability * 100)}%)"
-    return label
+    return label if finding.probability is None else f"{label} (p {finding.probability:.2f})"
 
 
 def content_moment(version: ReportVersion) -> datetime:

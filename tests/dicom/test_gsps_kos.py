@@ -28,6 +28,7 @@ from shared.dicom.kos_builder import build_key_object_selection
 from shared.dicom.uids import is_own_uid
 from shared.reports.domain import PixelBox
 from shared.reports.message_ids import gsps_uids, kos_uids
+from shared.vocab import bilingual_label
 from tests.dicom.gsps_kos_sources import (
     BACKGROUND,
     LESION,
@@ -103,8 +104,8 @@ def test_a_draft_gsps_boxes_each_finding_with_its_bilingual_label(tmp_path: Path
     ]
     labels = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
     assert labels == [
-        "Pleural effusion, right lung / 右肺 胸腔积液 (90%)",
-        "Lung nodule, left lung / 左肺 肺结节",
+        "Right pleural effusion / 右侧胸腔积液 (p 0.90)",
+        bilingual_label("lung_nodule", "left_lung"),  # the vocabulary's wording
     ]
     for text in annotation.TextObjectSequence:  # each label inside the image
         top_left, bottom_right = (
@@ -129,7 +130,7 @@ def test_a_signed_gsps_says_so_and_is_the_same_bytes_every_time(tmp_path: Path) 
     assert read.ContentCreatorName == "Li^Wei"
     assert read.SeriesNumber == 9912
     label = read.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
-    assert label == "Pleural effusion, right lung (90%)"
+    assert label == "Right pleural effusion (p 0.90)"
     # DCMTK's own presentation-state checker passes it (its VR checker reads ASCII only)
     check = subprocess.run(
         ["dcmpschk", str(tmp_path / "signed.dcm")], capture_output=True, text=True, timeout=30
@@ -215,7 +216,7 @@ def test_dcmtk_renders_the_image_through_the_gsps_and_reads_the_box_on_the_lesio
 
     assert "Presentation Label: AI_DRAFT" in dump and "Graphic Layer #1 [AI FINDINGS]" in dump
     (polyline,), texts = _parsed(dump)
-    assert texts == ["Pleural effusion, right lung / 右肺 胸腔积液 (90%)"]
+    assert texts == ["Right pleural effusion / 右侧胸腔积液 (p 0.90)"]
     xs, ys = [p[0] for p in polyline], [p[1] for p in polyline]
     assert polyline[0] == polyline[-1] and len(polyline) == 5  # closed
     x1, x2, y1, y2 = int(min(xs)), int(max(xs)), int(min(ys)), int(max(ys))
@@ -283,9 +284,9 @@ def test_the_kos_flags_the_key_images_as_of_interest_and_points_at_their_gsps(
     description = items["TEXT"].TextValue
     assert description.splitlines() == [
         "AI draft, not verified (medrega-ref 1.2.0).",
-        "- Pleural effusion, right lung / 右肺 胸腔积液 (90%)",
-        "- Pleural effusion, right lung / 右肺 胸腔积液 (90%)",
-        "- Lung nodule, right lung / 右肺 肺结节 (90%)",
+        "- Right pleural effusion / 右侧胸腔积液 (p 0.90)",
+        "- Right pleural effusion / 右侧胸腔积液 (p 0.90)",
+        "- " + bilingual_label("lung_nodule", "right_lung", probability=0.9),
     ]
     references = [
         i.ReferencedSOPSequence[0] for i in read.ContentSequence if i.ValueType == "IMAGE"
@@ -320,7 +321,7 @@ def test_a_signed_kos_names_the_radiologist_and_without_gsps_points_at_images_on
         build_key_object_selection(version, [dx], languages=("zh",)), tmp_path / "kos.dcm"
     )
     texts = [i.TextValue for i in read.ContentSequence if i.ValueType == "TEXT"]
-    assert "Signed by radiologist Wei Li.\n- 右肺 胸腔积液 (90%)" in texts
+    assert "Signed by radiologist Wei Li.\n- 右侧胸腔积液 (p 0.90)" in texts
     persons = [i.PersonName for i in read.ContentSequence if i.ValueType == "PNAME"]
     assert persons == ["Li^Wei"]
     (image_item,) = [i for i in read.ContentSequence if i.ValueType == "IMAGE"]
@@ -330,3 +331,13 @@ def test_a_signed_kos_names_the_radiologist_and_without_gsps_points_at_images_on
     normal = version_of(dx, [finding(dx, what=None)])
     with pytest.raises(ValueError, match="no key image"):
         build_key_object_selection(normal, [dx])
+
+
+def test_a_code_the_vocabulary_no_longer_knows_is_labelled_from_the_stored_names(
+    tmp_path: Path,
+) -> None:
+    dx = header(lesion_dx(tmp_path))
+    old = finding(dx, what=("retired_finding", "old finding", "旧发现"), probability=None)
+    (state,) = build_presentation_states(version_of(dx, [old]), [dx])
+    text = state.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
+    assert text == "Old finding, right lung / 右肺 旧发现"

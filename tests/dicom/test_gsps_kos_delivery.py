@@ -190,7 +190,7 @@ def test_sr_gsps_and_kos_of_a_draft_and_its_signature_arrive_at_the_pacs(
     (annotation,) = state.GraphicAnnotationSequence
     assert len(annotation.GraphicObjectSequence) == 1  # the effusion; the normal heart is not drawn
     assert annotation.TextObjectSequence[0].UnformattedTextValue == (
-        "Pleural effusion, right lung / 右肺 胸腔积液 (88%)"
+        "Right pleural effusion / 右侧胸腔积液 (p 0.88)"
     )
     (key_image,) = [i for i in kos.ContentSequence if i.ValueType == "IMAGE"]
     pointer = key_image.ReferencedSOPSequence[0]
