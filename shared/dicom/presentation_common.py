@@ -83,12 +83,13 @@ def finding_label(finding: RegionFindingResult, languages: tuple[Language, ...])
     model's certainty: "Right pleural effusion / 右侧胸腔积液 (p 0.90)" (the SR and the review
     page name it the same way). A code the vocabulary no longer knows (an old report) falls
     back to the names stored with the finding."""
-    try:
-        return bilingual_label(
-            finding.finding_code, finding.region_code, languages, finding.probability
-        )
-    except VocabError:
-        pass
+    if finding.finding_code is not None:
+        try:
+            return bilingual_label(
+                finding.finding_code, finding.region_code, languages, finding.probability
+            )
+        except VocabError:
+            pass
     parts = []
     for language in languages:
         if language == "en":
