@@ -47,18 +47,16 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.listener.handlers import (
-    ListenerContext,
-    handle_echo,
-    handle_requested,
-    handle_store,
-)
+from services.listener.handlers import ListenerContext, handle_echo, handle_requested
 from services.listener.indexer import IndexWriter
-from services.listener.refusals import RefusalCounter
+from services.listener.observed import ObservedRefusalCounter, observed_store
 from services.listener.storage import ContentStore
 from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
-from shared.log_safety import EscapingFormatter, printable
+from shared.log_safety import printable
+from shared.observability.exporter import serve_metrics
+from shared.observability.logs import configure_logging
+from shared.observability.metrics import LISTENER
 
 logger = logging.getLogger("services.listener")
 
@@ -158,7 +156,7 @@ class ListenerProcess:
         self.settings = settings
         self.store = ContentStore(settings.storage_dir, settings.storage_min_free_bytes)
         self.index_writer = IndexWriter(settings.database_url)
-        self.refusals = RefusalCounter(settings.database_url)
+        self.refusals = ObservedRefusalCounter(settings.database_url)
         self.sweeper = (
             StabilitySweeper(
                 settings.database_url, settings.stable_age_s, settings.stability_sweep_interval_s
@@ -190,7 +188,7 @@ class ListenerProcess:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [context]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [context]),
+            (evt.EVT_C_STORE, observed_store, [context]),
         ]
         server_class = ReusePortAssociationServer if self._reuse_port else ThreadedAssociationServer
         server = cast(
@@ -248,6 +246,7 @@ def _wait_for_signal() -> int:
 
 
 def serve(settings: Settings, run_sweeper: bool, reuse_port: bool) -> int:
+    serve_metrics("listener", settings.metrics_port_listener, settings.metrics_host, LISTENER)
     process = ListenerProcess(settings, run_sweeper=run_sweeper, reuse_port=reuse_port)
     process.start()
     _wait_for_signal()
@@ -257,9 +256,16 @@ def serve(settings: Settings, run_sweeper: bool, reuse_port: bool) -> int:
 
 
 def supervise(settings: Settings, processes: int, argv_overrides: list[str]) -> int:
-    """Run `processes` serving children on one port and the sweeper here; restart dead children."""
-    command = [sys.executable, "-m", "services.listener.main", "--serve-only", *argv_overrides]
-    children = [subprocess.Popen(command) for _ in range(processes)]
+    """Run `processes` serving children on one port and the sweeper here; restart dead children.
+    Metrics: this process (the sweeper) on the configured port, child i on that port + i."""
+    base = [sys.executable, "-m", "services.listener.main", "--serve-only", *argv_overrides]
+
+    def child_command(index: int) -> list[str]:
+        port = settings.metrics_port_listener
+        return [*base, "--metrics-port", str(port + index + 1 if port else 0)]
+
+    serve_metrics("listener", settings.metrics_port_listener, settings.metrics_host, LISTENER)
+    children = [subprocess.Popen(child_command(i)) for i in range(processes)]
     sweeper = StabilitySweeper(
         settings.database_url, settings.stable_age_s, settings.stability_sweep_interval_s
     )
@@ -277,7 +283,7 @@ def supervise(settings: Settings, processes: int, argv_overrides: list[str]) -> 
                 logger.error(
                     "listener process %d exited (%s); restarting", child.pid, child.returncode
                 )
-                children[index] = subprocess.Popen(command)
+                children[index] = subprocess.Popen(child_command(index))
     for child in children:
         child.terminate()
     for child in children:
@@ -296,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve-only", action="store_true", help="serve without sweeping (a supervised child)"
     )
+    parser.add_argument(
+        "--metrics-port", type=int, help="override MEDREGA_METRICS_PORT_LISTENER (0: off)"
+    )
     args = parser.parse_args(argv)
 
     overrides: dict[str, object] = {}
@@ -303,16 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None:
         overrides["listener_port"] = args.port
         argv_overrides += ["--port", str(args.port)]
+    if args.metrics_port is not None:
+        overrides["metrics_port_listener"] = args.metrics_port
     settings = get_settings().model_copy(update=overrides)
     processes = args.processes if args.processes is not None else settings.listener_processes
 
-    log_handler = logging.StreamHandler()
-    # One record, one line: pynetdicom quotes the invalid UIDs and AE titles it receives as they
-    # are; our own calls escape peer values themselves (shared.log_safety.printable).
-    log_handler.setFormatter(
-        EscapingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=settings.log_level, handlers=[log_handler])
+    # One record, one line (text or JSON): pynetdicom quotes the invalid UIDs and AE titles it
+    # receives as they are; our own calls escape peer values themselves (log_safety.printable).
+    configure_logging("listener", settings.effective_log_format, settings.log_level)
     # pynetdicom logs every PDU/DIMSE message at INFO/DEBUG: costly at our rates, and its dataset
     # dumps could carry PHI. Our own handlers log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -36,6 +36,8 @@ from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import DraftJobState, ReportStatus, StudyState
 from shared.db.outbox import notify_outbox_psycopg
 from shared.db.session import libpq_url
+from shared.observability.correlation import study_context
+from shared.observability.metrics import RECEIVED_TO_STABLE
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +74,15 @@ _SUPERSEDE_OLDER_JOBS = """
 UPDATE draft_jobs SET state = %(superseded)s
 WHERE study_id = %(study_id)s AND id <> %(job_id)s AND state IN (%(pending)s, %(queued)s)
 """
+# Returns the seconds from the first instance to now when the study was still 'receiving' (its
+# first stabilisation: the received → stable stage); a re-draft's stabilisation returns null.
 _MARK_STABLE = """
-UPDATE studies SET state = %(stable)s, stable_at = now(), needs_redraft = false, updated_at = now()
-WHERE id = %(study_id)s
+UPDATE studies s
+SET state = %(stable)s, stable_at = now(), needs_redraft = false, updated_at = now()
+FROM (SELECT id, state FROM studies WHERE id = %(study_id)s) before
+WHERE s.id = before.id
+RETURNING CASE WHEN before.state = %(receiving)s
+               THEN extract(epoch FROM now() - s.first_received_at) END
 """
 _FINAL_STATUSES = [ReportStatus.SIGNED.value, ReportStatus.CORRECTED.value]
 
@@ -85,6 +93,7 @@ class DraftJobCreated:
     draft_job_id: int
     instance_count: int
     instance_set_sha256: str
+    received_to_stable_s: float | None = None  # first stabilisation only
 
 
 def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list[DraftJobCreated]:
@@ -113,12 +122,15 @@ def sweep_once(connection: psycopg.Connection[Any], stable_age_s: float) -> list
         if created:
             notify_outbox_psycopg(cursor)  # wakes the relay on commit
     for job in created:
-        logger.info(
-            "study %d stable: draft job %d for %d instances",
-            job.study_id,
-            job.draft_job_id,
-            job.instance_count,
-        )
+        if job.received_to_stable_s is not None:
+            RECEIVED_TO_STABLE.observe(job.received_to_stable_s)
+        with study_context(job.study_id):
+            logger.info(
+                "study %d stable: draft job %d for %d instances",
+                job.study_id,
+                job.draft_job_id,
+                job.instance_count,
+            )
     return created
 
 
@@ -129,10 +141,9 @@ def _stabilise(cursor: psycopg.Cursor[Any], study_id: int) -> DraftJobCreated | 
     inserted = cursor.execute(
         _INSERT_JOB, {**params, "pending": DraftJobState.PENDING.value}
     ).fetchone()
-    job: DraftJobCreated | None = None
+    job_id: int
     if inserted is not None:
         job_id = int(inserted[0])
-        job = DraftJobCreated(study_id, job_id, len(uids), sha)
     else:
         existing = cursor.execute(_EXISTING_JOB, params).fetchone()
         assert existing is not None
@@ -147,8 +158,20 @@ def _stabilise(cursor: psycopg.Cursor[Any], study_id: int) -> DraftJobCreated | 
             "queued": DraftJobState.QUEUED.value,
         },
     )
-    cursor.execute(_MARK_STABLE, {"study_id": study_id, "stable": StudyState.STABLE.value})
-    return job
+    marked = cursor.execute(
+        _MARK_STABLE,
+        {
+            "study_id": study_id,
+            "stable": StudyState.STABLE.value,
+            "receiving": StudyState.RECEIVING.value,
+        },
+    ).fetchone()
+    if inserted is None:
+        return None
+    waited = marked[0] if marked is not None else None
+    return DraftJobCreated(
+        study_id, job_id, len(uids), sha, float(waited) if waited is not None else None
+    )
 
 
 class StabilitySweeper:

@@ -34,7 +34,9 @@ from services.web.routes import (
     worklist,
 )
 from services.web.templating import render
+from shared.config import get_settings
 from shared.db.session import get_engine
+from shared.observability.logs import configure_logging, route_to_root
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -56,6 +58,9 @@ app = FastAPI(
 )
 app.add_middleware(WebMiddleware)
 install_query_redaction()
+# Text or JSON lines (MEDREGA_LOG_FORMAT), uvicorn's own lines included.
+configure_logging("web", get_settings().effective_log_format, get_settings().log_level)
+route_to_root("uvicorn", "uvicorn.error", "uvicorn.access")
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 for router in (
@@ -129,4 +134,4 @@ def healthz() -> dict[str, Any]:
 def prometheus_metrics() -> Response:
     """Prometheus text format; no authentication (scrapers), no patient data."""
     body = metrics.exposition(get_engine())
-    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(body, media_type=metrics.CONTENT_TYPE)

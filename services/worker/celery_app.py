@@ -88,3 +88,7 @@ def _refuse_to_start_without_the_configured_gpu(**_: object) -> None:
         from services.worker.tasks import model_backend
 
         model_backend()  # raises ProviderError with the reason; Celery exits non-zero
+
+
+# Logging, /metrics and correlation ids for every worker, from Celery's signals.
+from services.worker import observability  # noqa: E402, F401

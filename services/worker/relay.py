@@ -41,6 +41,10 @@ from shared.db.advisory_locks import LockSpace, is_locked_elsewhere, try_advisor
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, DraftJob, DraftJobState
 from shared.db.outbox import OUTBOX_CHANNEL
 from shared.db.session import libpq_url
+from shared.observability.backlog import BacklogCollector
+from shared.observability.exporter import serve_metrics
+from shared.observability.logs import configure_logging
+from shared.observability.metrics import RELAY, RELAY_PUBLISHED
 from shared.reports import deliveries as deliveries_rules
 
 log = logging.getLogger(__name__)
@@ -238,6 +242,16 @@ def run_forever(
             stop.wait(interval_s)
 
 
+def counted(publish: Publisher) -> Publisher:
+    """The publisher, counting what it published (medrega_relay_published_total)."""
+
+    def publish_and_count(kind: str, row_id: int) -> None:
+        publish(kind, row_id)
+        RELAY_PUBLISHED.labels(kind=kind).inc()
+
+    return publish_and_count
+
+
 def main() -> None:
     from shared.db.session import get_engine
 
@@ -248,11 +262,17 @@ def main() -> None:
     )
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from shared.config import get_settings
+
+    settings = get_settings()
+    configure_logging(
+        "relay",
+        settings.effective_log_format,
+        settings.log_level,
+        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     if args.check:
         from kombu import Connection
-
-        from shared.config import get_settings
 
         with get_engine().connect() as conn:
             conn.exec_driver_sql("SELECT 1")
@@ -263,9 +283,20 @@ def main() -> None:
         print(relay_once(get_engine(), celery_publisher(get_engine())))
         return
     engine = get_engine()
+    serve_metrics(
+        "relay",
+        settings.metrics_port_relay,
+        settings.metrics_host,
+        RELAY,
+        [
+            BacklogCollector(
+                engine, broker_url=settings.broker_url, queue_prefix=settings.queue_prefix
+            )
+        ],
+    )
     run_forever(
         engine,
-        celery_publisher(engine),
+        counted(celery_publisher(engine)),
         threading.Event(),
         args.interval,
         on_leadership=retire_legacy_queues,

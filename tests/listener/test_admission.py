@@ -123,8 +123,8 @@ def test_title_and_address_must_both_match_and_refusals_are_logged_and_counted(
     assert "calling AE 'MODALITY1' at 127.0.0.1 refused: not an allowed peer" in log
     assert "allowed peers: STORESCU@127.0.0.1/32, MODALITY1@127.0.0.2/32" in log
     metrics = exposition(clean_db, with_queues=False)
-    assert 'medrega_listener_refused_associations_total{reason="peer_not_allowed"} 3' in metrics
-    assert 'medrega_listener_refused_associations_total{reason="storage_low"} 0' in metrics
+    assert 'medrega_listener_refused_associations_total{reason="peer_not_allowed"} 3.0' in metrics
+    assert 'medrega_listener_refused_associations_total{reason="storage_low"} 0.0' in metrics
 
 
 def _openssl(*args: str) -> None:

@@ -409,10 +409,10 @@ def test_admin_lists_audit_and_manages_users(admin_client: TestClient, db_sessio
 def test_metrics_in_prometheus_text_format(client: TestClient, drafted: DraftedStudy) -> None:
     client.get("/healthz")
     body = client.get("/metrics").text
-    assert 'medrega_studies{state="drafted"} 1' in body
-    assert 'medrega_deliveries{kind="sr",state="delivered"} 1' in body
+    assert 'medrega_studies{state="drafted"} 1.0' in body
+    assert 'medrega_deliveries{kind="sr",state="delivered"} 1.0' in body
     assert "# TYPE medrega_draft_latency_seconds summary" in body
-    assert "medrega_draft_latency_seconds_count 1" in body
+    assert "medrega_draft_latency_seconds_count 1.0" in body
     assert 'medrega_web_requests_total{method="GET",route="/healthz",status="200"}' in body
     assert "medrega_broker_up" in body
     for line in body.splitlines():
