@@ -270,6 +270,8 @@ status() {
     printf 'web (production): https://localhost:%s/\n' "$HTTPS_PORT"
   fi
   printf 'logs: %s\n' "$LOG"
+  # Queue depths, what the database still owes and the oldest undelivered item (ops/status.py).
+  if [ -x "$PY" ] && port_open 5432; then "$PY" -m ops.status || true; fi
 }
 
 usage() { echo "usage: $0 install|infra|start|stop|restart|status [--production] [--no-install]" >&2; exit 2; }
