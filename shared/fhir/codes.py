@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.reports.domain import ResultStatus
+from shared.vocab.loader import CodedConcept as VocabCode
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -60,6 +61,11 @@ def dicom_uid_identifier(uid: str, kind: str | None = None) -> dict[str, Any]:
     if kind:
         out["type"] = {"coding": [coding(DICOM_IDENTIFIER_TYPE, kind)]}
     return out
+
+
+def vocab_concept(coded: VocabCode, text: str | None = None) -> dict[str, Any]:
+    """A vocabulary code (DICOM scheme designator, code, meaning) as a CodeableConcept."""
+    return concept(scheme_system(coded.scheme), coded.code, coded.meaning, text)
 
 
 def scheme_system(scheme: str) -> str:

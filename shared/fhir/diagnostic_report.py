@@ -33,7 +33,7 @@ from shared.fhir.codes import (
     V2_0074,
     V2_0203,
     concept,
-    scheme_system,
+    vocab_concept,
 )
 from shared.fhir.narrative import narrative_div, presented_form
 from shared.fhir.observations import build_observations, study_reference
@@ -118,11 +118,8 @@ def _conclusion_codes(version: ReportVersion, vocab: Vocab) -> list[dict[str, An
         if finding.finding_code is None:
             continue
         info = vocab.finding(finding.finding_code)
-        item = concept(
-            scheme_system(info.snomed.scheme),
-            info.snomed.code,
-            info.snomed.meaning,
-            text=f"{finding.region_name_en}: {info.en} / {finding.region_name_zh}{info.zh}",
+        item = vocab_concept(
+            info.snomed, f"{finding.region_name_en}: {info.en} / {finding.region_name_zh}{info.zh}"
         )
         if item not in codes:
             codes.append(item)

@@ -30,7 +30,7 @@ from shared.fhir.codes import (
     coding,
     concept,
     dicom_uid_identifier,
-    scheme_system,
+    vocab_concept,
 )
 from shared.reports.domain import RegionFindingResult, StudyHeader
 from shared.vocab.loader import Vocab
@@ -105,12 +105,7 @@ def build_observation(
     region = vocab.region(finding.region_code)
     if finding.finding_code is not None:
         info = vocab.finding(finding.finding_code)
-        value = concept(
-            scheme_system(info.snomed.scheme),
-            info.snomed.code,
-            info.snomed.meaning,
-            text=f"{info.en} / {info.zh}",
-        )
+        value = vocab_concept(info.snomed, f"{info.en} / {info.zh}")
         flag = ("AA", "Critical abnormal") if finding.critical else ("A", "Abnormal")
     else:
         value = concept(*NORMAL, text="normal / 未见明显异常")
@@ -125,11 +120,8 @@ def build_observation(
         "issued": issued,
         "valueCodeableConcept": value,
         "interpretation": [concept(INTERPRETATION, *flag)],
-        "bodySite": concept(
-            scheme_system(region.snomed.scheme),
-            region.snomed.code,
-            region.snomed.meaning,
-            text=f"{finding.region_name_en} / {finding.region_name_zh}",
+        "bodySite": vocab_concept(
+            region.snomed, f"{finding.region_name_en} / {finding.region_name_zh}"
         ),
         "derivedFrom": [study_reference(study)],
         "note": [{"text": f"{_label(finding, 'en')} — {_label(finding, 'zh')}"}],
@@ -144,9 +136,7 @@ def build_observation(
         components.append(
             {
                 "code": LATERALITY,
-                "valueCodeableConcept": concept(
-                    scheme_system(side.scheme), side.code, side.meaning
-                ),
+                "valueCodeableConcept": vocab_concept(side),
             }
         )
     if finding.probability is not None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Study
 from shared.fhir.codes import REPORT_IDENTIFIER_SYSTEM
 from tests.web.factories import DraftedStudy
+from tests.web.test_api import _edit
 
 FHIR_JSON = "application/fhir+json"
 
@@ -28,15 +29,6 @@ def _read(client: TestClient, uid: str) -> dict:
 def _sign(client: TestClient, study_id: int, version: int) -> dict:
     response = client.post(
         f"/api/v1/studies/{study_id}/report/sign", json={"base_version": version, "confirm": True}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _edit(client: TestClient, study_id: int, version: int, *ops: dict) -> dict:
-    response = client.post(
-        f"/api/v1/studies/{study_id}/report/edits",
-        json={"base_version": version, "operations": list(ops)},
     )
     assert response.status_code == 200, response.text
     return response.json()
