@@ -1,4 +1,5 @@
-# One image for the listener, Orthanc (+ python plugin), migrations and the web app.
+# One image for the listener, Orthanc (+ python plugin), migrations, the web app, the delivery
+# worker and the CPU model workers.
 # Debian bookworm: the same Orthanc 1.10.1 / orthanc-python 4.0 / DCMTK the tests run against.
 FROM debian:bookworm-slim
 
@@ -16,6 +17,11 @@ COPY services ./services
 COPY model ./model
 COPY migrations ./migrations
 COPY ops ./ops
-RUN python3.11 -m venv /opt/venv && pip install --no-cache-dir ".[cpu]" && useradd -r -u 1000 medrega \
- && mkdir -p /var/lib/medrega/storage /var/lib/orthanc && chown -R medrega /var/lib/medrega /var/lib/orthanc
+# The same uid/gid as the GPU image (services/worker/Dockerfile.gpu): every container that shares
+# the storage volume reads and writes it as one user.
+ARG MEDREGA_UID=10001
+RUN python3.11 -m venv /opt/venv && pip install --no-cache-dir ".[cpu]" \
+ && groupadd -r -g "$MEDREGA_UID" medrega && useradd -r -u "$MEDREGA_UID" -g medrega medrega \
+ && mkdir -p /var/lib/medrega/storage /var/lib/orthanc /var/cache/medrega-model \
+ && chown -R medrega:medrega /var/lib/medrega /var/lib/orthanc /var/cache/medrega-model
 USER medrega
