@@ -7,6 +7,7 @@ import base64
 
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from sqlalchemy.orm import Session
 
@@ -133,3 +134,11 @@ def test_unknown_report_is_a_404_outcome_and_signed_out_is_a_401_outcome(
     assert signed_out.status_code == 401
     assert signed_out.headers["content-type"].startswith(FHIR_JSON)
     assert signed_out.json()["issue"][0]["code"] == "login"
+
+
+def test_the_capability_statement_needs_no_sign_in(client: TestClient) -> None:
+    response = client.get("/fhir/r4/metadata")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    statement = CapabilityStatement.model_validate_json(response.content)
+    assert statement.rest[0].resource[0].type == "DiagnosticReport"

@@ -26,6 +26,7 @@ from shared.fhir.source import ehr_version
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 MAX_RESULTS = 50
+CAPABILITY_DATE = "2026-11-30"  # when what this server does last changed
 
 router = APIRouter(prefix="/fhir/r4", include_in_schema=False)
 
@@ -68,6 +69,39 @@ def _report(db: SessionDep, study: Study) -> dict[str, Any] | None:
         return configured_report_json(version)
     except FhirBuildError as exc:
         raise FhirError(500, "exception", f"the report cannot be shown as FHIR: {exc}") from exc
+
+
+@router.get("/metadata")
+def capability_statement() -> Response:
+    """What this server does (no sign-in: FHIR clients read it first; it holds no patient data)."""
+    search = [
+        {"name": "identifier", "type": "token"},
+        {"name": "based-on", "type": "reference",
+         "documentation": "with :identifier, the order's accession number"},
+    ]  # fmt: skip
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": CAPABILITY_DATE,
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "implementation": {"description": "medrega-pacs: AI-drafted, signed radiology reports"},
+        "rest": [
+            {
+                "mode": "server",
+                "security": {"description": "Sign in at /login (session cookie)."},
+                "resource": [
+                    {
+                        "type": "DiagnosticReport",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": search,
+                    }
+                ],
+            }
+        ],
+    }
+    return fhir_response(statement)
 
 
 @router.get("/DiagnosticReport/{report_id}")
