@@ -48,6 +48,7 @@ from ops.ris_checks import RisExpectations, check_message
 from shared.hl7.ack import build_ack
 from shared.hl7.er7 import Er7Error, read_er7
 from shared.hl7.mllp import END_BLOCK, START_BLOCK, frame
+from shared.observability.logs import configure_logging, log_format_from_env
 
 log = logging.getLogger("ris_sink")
 
@@ -336,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert/--tls-key")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    configure_logging(
+        "ris-sink",
+        log_format_from_env(),
+        args.log_level.upper(),
+        text_format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
 
     behaviour = SinkBehaviour(

@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from shared.config import Settings, get_settings
 from shared.db.models import StorageNode
+from shared.observability.logs import configure_logging
 from shared.storage.node_files import FILES_PREFIX, checked_token
 from shared.storage.refs import RELATIVE_PATH
 
@@ -112,8 +113,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 0 when the endpoint answers")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    configure_logging(
+        "file-server",
+        settings.effective_log_format,
+        settings.log_level,
+        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     if args.check:
         import httpx
 

@@ -11,7 +11,6 @@ comes only from the environment (MEDREGA_SERVER_API_KEY), never from the command
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import uvicorn
 from services.medrega_server.app import create_app
 from services.medrega_server.settings import ServerSettings
 from shared.config import split_csv
+from shared.observability.logs import configure_logging, log_format_from_env
 
 
 def parse_args(argv: Sequence[str] | None, defaults: ServerSettings) -> argparse.Namespace:
@@ -58,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "log_level": args.log_level,
         }
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    configure_logging(
+        "medrega-server",
+        log_format_from_env(),
+        settings.log_level.upper(),
+        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     uvicorn.run(
         create_app(settings),
@@ -68,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         # Access log lines hold method, path and status only (no PHI in our URLs).
         access_log=True,
+        log_config=None,  # uvicorn's lines go through our handler (text or JSON)
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,6 +26,18 @@ from shared.observability.correlation import current_correlation_id
 LogFormat = Literal["text", "json"]
 _OURS = "_medrega_handler"
 DEFAULT_TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
+def log_format_from_env() -> LogFormat:
+    """MEDREGA_LOG_FORMAT, else JSON when MEDREGA_ENVIRONMENT is production (the rule of
+    Settings.effective_log_format), for processes that run without the full settings (the
+    model server on a GPU host, the stand-in RIS)."""
+    chosen = os.environ.get("MEDREGA_LOG_FORMAT", "").strip().lower()
+    if chosen in ("text", "json"):
+        return "json" if chosen == "json" else "text"
+    if chosen:
+        raise ValueError(f"MEDREGA_LOG_FORMAT must be text or json, not {chosen!r}")
+    return "json" if os.environ.get("MEDREGA_ENVIRONMENT") == "production" else "text"
 
 
 class CorrelationFilter(logging.Filter):
