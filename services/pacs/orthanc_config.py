@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from shared.config import Settings, get_settings
 from shared.dicom.uids import MEDREGA_UID_ROOT
 
 PYTHON_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 DICOMWEB_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+POSTGRESQL_INDEX_PLUGIN_PATH = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ROUTING_PLUGIN_SCRIPT = Path(__file__).resolve().parent / "route_stable_studies.py"
 
@@ -182,7 +185,40 @@ def render_orthanc_config(
         },
     }
     config.update(dicom_tls_options(settings))
+    index = postgresql_index_options(settings)
+    if index:
+        config["Plugins"].append(str(POSTGRESQL_INDEX_PLUGIN_PATH))
+        config.update(index)
     return config
+
+
+def postgresql_index_options(settings: Settings) -> dict[str, Any]:
+    """Orthanc's index in PostgreSQL (MEDREGA_ORTHANC_INDEX_DATABASE; Debian orthanc-postgresql
+    4.0), the production option: SQLite's single writer and single file don't suit a hospital's
+    archive. The files stay in StorageDirectory (the plugin's storage area is not enabled: large
+    objects in PostgreSQL make backups and vacuum heavy). Same server and account as our
+    database; the database itself must exist (Compose's postgres service creates it)."""
+    if settings.orthanc_index_database is None:
+        return {}
+    url = make_url(settings.database_url)
+    return {
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": url.host or "127.0.0.1",
+            "Port": url.port or 5432,
+            "Database": settings.orthanc_index_database,
+            "Username": url.username or "postgres",
+            "Password": url.password or "",
+            # One Orthanc per index (the plugin's advisory lock); a second one fails to start
+            # instead of sharing it unnoticed.
+            "Lock": True,
+            # The database may still be starting when Orthanc does (containers).
+            "MaximumConnectionRetries": 30,
+            "ConnectionRetryInterval": 2,
+            "IndexConnectionsCount": 4,
+        }
+    }
 
 
 def dicom_tls_options(settings: Settings) -> dict[str, Any]:
