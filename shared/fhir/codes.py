@@ -15,8 +15,6 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier types (A
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-# HL7's DICOM SR → FHIR mapping IG names the kinds of DICOM identifier this way.
-DICOM_IDENTIFIER_TYPE = "http://hl7.org/fhir/uv/dicom-sr/CodeSystem/dicom-identifier-type"
 # A DICOM UID as a FHIR identifier (ImagingStudy.identifier convention): urn:oid:<uid>.
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 # The standard extension for a string's other languages (R4 core extension registry).
@@ -55,12 +53,18 @@ def concept(system: str, code: str, display: str, text: str | None = None) -> di
     return out
 
 
-def dicom_uid_identifier(uid: str, kind: str | None = None) -> dict[str, Any]:
-    """A DICOM UID as an identifier; `kind` is a dicom-identifier-type code."""
-    out: dict[str, Any] = {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{uid}"}
-    if kind:
-        out["type"] = {"coding": [coding(DICOM_IDENTIFIER_TYPE, kind)]}
-    return out
+# Identifier types as HL7's DICOM SR → FHIR mapping IG types them: DICOM concept codes.
+STUDY_UID_TYPE = ("110180", "Study Instance UID")
+TRACKING_UID_TYPE = ("112040", "Tracking Unique Identifier")
+
+
+def dicom_uid_identifier(uid: str, kind: tuple[str, str]) -> dict[str, Any]:
+    """A DICOM UID as an identifier of type `kind` (a DCM code and its meaning)."""
+    return {
+        "type": concept(DCM, *kind),
+        "system": DICOM_UID_SYSTEM,
+        "value": f"urn:oid:{uid}",
+    }
 
 
 def vocab_concept(coded: VocabCode, text: str | None = None) -> dict[str, Any]:

@@ -144,7 +144,7 @@ def diagnostic_report_json(
     issued = _instant(version.signer.signed_at if version.signer else version.created_at)
     effective = _effective(study)
     subject = _subject(study)
-    observations = build_observations(
+    observations, sites = build_observations(
         version.sent_findings,
         study=study,
         status=status,
@@ -160,7 +160,7 @@ def diagnostic_report_json(
         "meta": {"tag": [{"system": REPORT_VERSION_TAG, "code": str(version.version)}]},
         "language": LANGUAGE_TAG[languages[0]],
         "text": {"status": "generated", "div": narrative_div(version, languages, status)},
-        "contained": observations,
+        "contained": observations + sites,
         "identifier": identifiers,
         "status": status,
         "category": [RADIOLOGY, RADIOLOGY_SECTION],

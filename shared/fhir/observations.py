@@ -2,16 +2,17 @@
 
 - code: DCM 121071 "Finding"; value: the finding's SNOMED CT concept, or SNOMED "Normal" for a
   region the report calls normal (the SR's TID 1500 measurement group says the same).
-- bodySite: the region's SNOMED structure code, its text naming the side; the side itself as a
-  component coded like the SR's Finding Site modifier (SCT 272741003 "Laterality"): R4's
-  bodySite is one CodeableConcept with no place for a qualifier.
+- bodySite: the region's SNOMED structure code, its text naming the side (R4's bodySite is one
+  CodeableConcept, no qualifier). The site with its laterality is a BodyStructure (location +
+  locationQualifier, as the SR's Finding Site and its Laterality modifier), the Observation's
+  `focus`, which also carries the SR measurement group's Tracking UID (abnormal findings): what
+  HL7's DICOM SR → FHIR mapping IG does with R5's bodyStructure/focus, in R4's elements.
 - interpretation: A (abnormal), AA (critical), N (normal).
 - components: Certainty of Finding (DCM 111012, %) when the model gave a probability, Diameter.
 - derivedFrom: the ImagingStudy by its Study Instance UID (IMR's imagingStudy slice).
-- identifier: the SR measurement group's Tracking UID (abnormal findings), so an EHR can find
-  the same finding in the DICOM SR, and across report versions.
 - the region: R5 points derivedFrom at an ImagingSelection; R4 has none, so the image, frame and
   polyline go in one extension whose parts carry R5 ImagingSelection's element names.
+The BodyStructures are contained beside the Observations (references "#site-n").
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from shared.fhir.codes import (
     INTERPRETATION,
     OBSERVATION_CATEGORY,
     SNOMED,
+    STUDY_UID_TYPE,
+    TRACKING_UID_TYPE,
     UCUM,
     coding,
     concept,
@@ -37,7 +40,6 @@ from shared.vocab.loader import Vocab
 
 FINDING_CODE = concept(DCM, "121071", "Finding")
 NORMAL = (SNOMED, "17621005", "Normal")
-LATERALITY = concept(SNOMED, "272741003", "Laterality")
 CERTAINTY = concept(DCM, "111012", "Certainty of Finding")
 DIAMETER = concept(SNOMED, "81827009", "Diameter")
 
@@ -54,7 +56,7 @@ def tracking_uid(study_uid: str, finding: RegionFindingResult, nth: int) -> str:
 def study_reference(study: StudyHeader) -> dict[str, Any]:
     return {
         "type": "ImagingStudy",
-        "identifier": dicom_uid_identifier(study.study_instance_uid, "study-instance-uid"),
+        "identifier": dicom_uid_identifier(study.study_instance_uid, STUDY_UID_TYPE),
     }
 
 
@@ -89,20 +91,51 @@ def _image_region(finding: RegionFindingResult, study_uid: str) -> dict[str, Any
     return {"url": IMAGE_REGION_EXTENSION, "extension": parts}
 
 
+def _quantity(code: dict[str, Any], value: float, ucum: str) -> dict[str, Any]:
+    return {
+        "code": code,
+        "valueQuantity": {"value": value, "unit": ucum, "system": UCUM, "code": ucum},
+    }
+
+
+def build_site(
+    finding: RegionFindingResult,
+    *,
+    site_id: str,
+    subject: dict[str, Any],
+    tracking: str | None,
+    vocab: Vocab,
+) -> dict[str, Any]:
+    """The finding's site as a BodyStructure: structure, laterality, the SR's Tracking UID."""
+    region = vocab.region(finding.region_code)
+    site: dict[str, Any] = {
+        "resourceType": "BodyStructure",
+        "id": site_id,
+        "location": vocab_concept(
+            region.snomed, f"{finding.region_name_en} / {finding.region_name_zh}"
+        ),
+        "patient": subject,
+    }
+    if region.laterality is not None:
+        site["locationQualifier"] = [vocab_concept(region.laterality)]
+    if tracking:
+        site["identifier"] = [dicom_uid_identifier(tracking, TRACKING_UID_TYPE)]
+    return site
+
+
 def build_observation(
     finding: RegionFindingResult,
     *,
     obs_id: str,
+    site: dict[str, Any],
     status: str,
     study: StudyHeader,
     subject: dict[str, Any],
     effective: str | None,
     issued: str,
-    tracking: str | None,
     vocab: Vocab,
 ) -> dict[str, Any]:
     """The finding as an Observation (a dict fhir.resources validates with the report)."""
-    region = vocab.region(finding.region_code)
     if finding.finding_code is not None:
         info = vocab.finding(finding.finding_code)
         value = vocab_concept(info.snomed, f"{info.en} / {info.zh}")
@@ -117,52 +150,21 @@ def build_observation(
         "category": [concept(OBSERVATION_CATEGORY, "imaging", "Imaging")],
         "code": FINDING_CODE,
         "subject": subject,
+        "focus": [{"reference": f"#{site['id']}"}],
         "issued": issued,
         "valueCodeableConcept": value,
         "interpretation": [concept(INTERPRETATION, *flag)],
-        "bodySite": vocab_concept(
-            region.snomed, f"{finding.region_name_en} / {finding.region_name_zh}"
-        ),
+        "bodySite": site["location"],
         "derivedFrom": [study_reference(study)],
         "note": [{"text": f"{_label(finding, 'en')} — {_label(finding, 'zh')}"}],
     }
     if effective:
         observation["effectiveDateTime"] = effective
-    if tracking:
-        observation["identifier"] = [dicom_uid_identifier(tracking, "tracking-uid")]
     components: list[dict[str, Any]] = []
-    if region.laterality is not None:
-        side = region.laterality
-        components.append(
-            {
-                "code": LATERALITY,
-                "valueCodeableConcept": vocab_concept(side),
-            }
-        )
     if finding.probability is not None:
-        components.append(
-            {
-                "code": CERTAINTY,
-                "valueQuantity": {
-                    "value": round(finding.probability * 100.0, 1),
-                    "unit": "%",
-                    "system": UCUM,
-                    "code": "%",
-                },
-            }
-        )
+        components.append(_quantity(CERTAINTY, round(finding.probability * 100.0, 1), "%"))
     if finding.size_mm is not None and finding.finding_code is not None:
-        components.append(
-            {
-                "code": DIAMETER,
-                "valueQuantity": {
-                    "value": round(finding.size_mm, 1),
-                    "unit": "mm",
-                    "system": UCUM,
-                    "code": "mm",
-                },
-            }
-        )
+        components.append(_quantity(DIAMETER, round(finding.size_mm, 1), "mm"))
     if components:
         observation["component"] = components
     region_ext = _image_region(finding, study.study_instance_uid)
@@ -172,20 +174,36 @@ def build_observation(
 
 
 def build_observations(
-    findings: list[RegionFindingResult], *, study: StudyHeader, **common: Any
-) -> list[dict[str, Any]]:
-    """Observations for the findings a message carries (rejected ones are never sent)."""
+    findings: list[RegionFindingResult],
+    *,
+    study: StudyHeader,
+    subject: dict[str, Any],
+    vocab: Vocab,
+    **common: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Observations, their BodyStructures) for the findings a message carries (rejected ones
+    are never sent)."""
     seen: Counter[tuple[str, str]] = Counter()
-    out = []
+    observations, sites = [], []
     for index, finding in enumerate(findings, start=1):
         tracking = None
         if finding.finding_code is not None:
             key = (finding.region_code, finding.finding_code)
             seen[key] += 1
             tracking = tracking_uid(study.study_instance_uid, finding, seen[key])
-        out.append(
+        site = build_site(
+            finding, site_id=f"site-{index}", subject=subject, tracking=tracking, vocab=vocab
+        )
+        sites.append(site)
+        observations.append(
             build_observation(
-                finding, obs_id=f"finding-{index}", study=study, tracking=tracking, **common
+                finding,
+                obs_id=f"finding-{index}",
+                site=site,
+                study=study,
+                subject=subject,
+                vocab=vocab,
+                **common,
             )
         )
-    return out
+    return observations, sites

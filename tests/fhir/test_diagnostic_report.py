@@ -44,8 +44,10 @@ def test_each_abnormal_observation_carries_the_sr_tracking_uid_of_the_same_findi
     report = diagnostic_report_json(version, institution="Test hospital")
     fhir_uids = [
         ident["value"].removeprefix("urn:oid:")
-        for obs in report["contained"]
-        for ident in obs.get("identifier", [])
+        for site in report["contained"]
+        if site["resourceType"] == "BodyStructure"
+        for ident in site.get("identifier", [])
+        if ident["type"]["coding"][0]["code"] == TRACKING_UID
     ]
     assert len(fhir_uids) == 1  # the factory's one abnormal finding
     assert set(fhir_uids) <= set(_sr_tracking_uids(sr))
@@ -100,9 +102,12 @@ def test_laterality_certainty_and_interpretation_of_a_finding() -> None:
         _version([_finding("pleural_effusion", critical=True), _finding(None, "left_lung")]),
         institution="H",
     )
-    effusion, normal = report["contained"]
+    effusion, normal, effusion_site, normal_site = report["contained"]
+    assert effusion["focus"] == [{"reference": "#site-1"}] and effusion_site["id"] == "site-1"
+    assert effusion_site["location"]["coding"][0]["code"] == "39607008"  # Lung
+    assert effusion_site["locationQualifier"][0]["coding"][0]["code"] == "24028007"  # Right
+    assert normal_site["locationQualifier"][0]["coding"][0]["code"] == "7771000"  # Left
     components = {c["code"]["coding"][0]["code"]: c for c in effusion["component"]}
-    assert components["272741003"]["valueCodeableConcept"]["coding"][0]["code"] == "24028007"
     assert components["111012"]["valueQuantity"] == {
         "value": 90.0, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"
     }  # fmt: skip
@@ -111,7 +116,8 @@ def test_laterality_certainty_and_interpretation_of_a_finding() -> None:
     assert effusion["interpretation"][0]["coding"][0]["code"] == "AA"  # critical
     assert normal["valueCodeableConcept"]["coding"][0]["code"] == "17621005"
     assert normal["interpretation"][0]["coding"][0]["code"] == "N"
-    assert "identifier" not in normal  # normal regions have no SR tracking UID of their own
+    assert "identifier" in effusion_site
+    assert "identifier" not in normal_site  # normal regions have no SR tracking UID of their own
     assert report["subject"]["display"] == "Wang Fang (王 芳)"
     assert report["basedOn"][0]["identifier"]["value"] == "ACC9"
     assert report["effectiveDateTime"] == "2026-11-30"
@@ -120,7 +126,7 @@ def test_laterality_certainty_and_interpretation_of_a_finding() -> None:
 def test_rejected_findings_are_not_sent_and_one_language_means_one_form() -> None:
     findings = [_finding("pleural_effusion"), _finding(None, "left_lung", review="rejected")]
     report = diagnostic_report_json(_version(findings), languages=("zh",), institution="H")
-    assert len(report["contained"]) == 1
+    assert [c["resourceType"] for c in report["contained"]] == ["Observation", "BodyStructure"]
     assert [f["language"] for f in report["presentedForm"]] == ["zh-CN"]
     assert report["conclusion"] == "右侧胸腔积液。" and "_conclusion" not in report
     assert 'lang="en-US"' not in report["text"]["div"]
