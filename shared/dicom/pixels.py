@@ -147,7 +147,10 @@ def _physical(
 
     voi_lut_max = _voi_lut_max(ds) if window is None and samples == 1 else None
     if voi_lut_max is not None:
-        physical = np.asarray(apply_voi_lut(physical, ds, prefer_lut=True), np.float32)
+        # The LUT's input is the modality LUT's output: integers unless the rescale is
+        # fractional; pydicom indexes its LUT with integers (and warns on a float array).
+        lut_input = physical.astype(np.int64) if np.all(np.mod(physical, 1) == 0) else physical
+        physical = np.asarray(apply_voi_lut(lut_input, ds, prefer_lut=True), np.float32)
         window = ((voi_lut_max + 1) / 2.0, float(voi_lut_max + 1))
 
     if samples == 1 and _shown_inverted(ds, photometric):
