@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from shared.config import Settings, get_settings
 from shared.db.models import StorageNode
-from shared.observability.logs import configure_logging
+from shared.observability.logs import configure_service_logging
 from shared.storage.node_files import FILES_PREFIX, checked_token
 from shared.storage.refs import RELATIVE_PATH
 
@@ -114,11 +114,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 0 when the endpoint answers")
     args = parser.parse_args()
     settings = get_settings()
-    configure_logging(
-        "file-server",
-        settings.effective_log_format,
-        settings.log_level,
-        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    configure_service_logging(
+        "file-server", settings, "%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     if args.check:
         import httpx

@@ -55,7 +55,7 @@ from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
 from shared.log_safety import printable
 from shared.observability.exporter import serve_metrics
-from shared.observability.logs import configure_logging
+from shared.observability.logs import configure_service_logging
 from shared.observability.metrics import LISTENER
 
 logger = logging.getLogger("services.listener")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One record, one line (text or JSON): pynetdicom quotes the invalid UIDs and AE titles it
     # receives as they are; our own calls escape peer values themselves (log_safety.printable).
-    configure_logging("listener", settings.effective_log_format, settings.log_level)
+    configure_service_logging("listener", settings)
     # pynetdicom logs every PDU/DIMSE message at INFO/DEBUG: costly at our rates, and its dataset
     # dumps could carry PHI. Our own handlers log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

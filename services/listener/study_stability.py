@@ -37,7 +37,7 @@ from shared.db.models import DraftJobState, ReportStatus, StudyState
 from shared.db.outbox import notify_outbox_psycopg
 from shared.db.session import libpq_url
 from shared.observability.correlation import study_context
-from shared.observability.logs import configure_logging
+from shared.observability.logs import configure_service_logging
 from shared.observability.metrics import RECEIVED_TO_STABLE
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging("stability-sweeper", settings.effective_log_format, settings.log_level)
+    configure_service_logging("stability-sweeper", settings)
     stable_age_s = settings.stable_age_s if args.stable_age_s is None else args.stable_age_s
     if args.once:
         with psycopg.connect(libpq_url(settings.database_url)) as connection:

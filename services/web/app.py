@@ -36,7 +36,7 @@ from services.web.routes import (
 from services.web.templating import render
 from shared.config import get_settings
 from shared.db.session import get_engine
-from shared.observability.logs import configure_logging, route_to_root
+from shared.observability.logs import configure_service_logging, route_to_root
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -59,7 +59,7 @@ app = FastAPI(
 app.add_middleware(WebMiddleware)
 install_query_redaction()
 # Text or JSON lines (MEDREGA_LOG_FORMAT), uvicorn's own lines included.
-configure_logging("web", get_settings().effective_log_format, get_settings().log_level)
+configure_service_logging("web", get_settings())
 route_to_root("uvicorn", "uvicorn.error", "uvicorn.access")
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -68,7 +68,9 @@ def consumed_lanes(queue_names: set[str], prefix: str) -> list[str]:
 @setup_logging.connect
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     settings = get_settings()
-    configure_logging("worker", settings.effective_log_format, loglevel or settings.log_level)
+    configure_logging(
+        "worker", settings.effective_log_format, loglevel or settings.log_level
+    )  # -l wins
 
 
 @worker_init.connect

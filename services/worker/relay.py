@@ -43,7 +43,7 @@ from shared.db.outbox import OUTBOX_CHANNEL
 from shared.db.session import libpq_url
 from shared.observability.backlog import BacklogCollector
 from shared.observability.exporter import serve_metrics
-from shared.observability.logs import configure_logging
+from shared.observability.logs import configure_service_logging
 from shared.observability.metrics import RELAY, RELAY_PUBLISHED
 from shared.reports import deliveries as deliveries_rules
 
@@ -265,12 +265,7 @@ def main() -> None:
     from shared.config import get_settings
 
     settings = get_settings()
-    configure_logging(
-        "relay",
-        settings.effective_log_format,
-        settings.log_level,
-        text_format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_service_logging("relay", settings, "%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.check:
         from kombu import Connection
 

@@ -18,10 +18,13 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.log_safety import EscapingFormatter
 from shared.observability.correlation import current_correlation_id
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 LogFormat = Literal["text", "json"]
 _OURS = "_medrega_handler"
@@ -101,6 +104,13 @@ def configure_logging(
     setattr(handler, _OURS, True)
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else str(level).upper())
+
+
+def configure_service_logging(
+    service: str, settings: Settings, text_format: str = DEFAULT_TEXT_FORMAT
+) -> None:
+    """configure_logging with MEDREGA_LOG_FORMAT / MEDREGA_LOG_LEVEL."""
+    configure_logging(service, settings.effective_log_format, settings.log_level, text_format)
 
 
 def route_to_root(*logger_names: str) -> None:

@@ -9,8 +9,22 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
 
+from shared.reports import lifecycle
+from tests.reports.world import make_study, make_user, model_result, running_job
 from tests.worker.conftest import pipeline_factory  # noqa: F401  (the fixture, shared)
+
+
+def drafted_studies(engine: Engine, count: int) -> None:
+    """`count` studies with a stored draft each, so their deliveries are owed (tests/reports'
+    rows: a fixed model result, a radiologist on file)."""
+    with sessionmaker(engine, expire_on_commit=False).begin() as session:
+        make_user(session)
+        for _ in range(count):
+            study = make_study(session)
+            assert lifecycle.store_draft(session, running_job(session, study), model_result())
 
 
 def scrape(port: int) -> str:

@@ -15,11 +15,9 @@ from ops.ris_sink import RisSink
 from services.worker.relay import celery_publisher, relay_once
 from shared.config import get_settings
 from shared.db.models import Delivery
-from shared.reports import lifecycle
 from tests.listener.conftest import storescu
 from tests.listener.ct_files import write_ct_study
-from tests.observability.conftest import samples, scrape, value
-from tests.reports.world import make_study, make_user, model_result, running_job
+from tests.observability.conftest import drafted_studies, samples, scrape, value
 from tests.support.listener_process import free_port, listener_process
 from tests.support.worker_process import delete_test_queues, queue_prefix, start_worker
 from tests.worker.conftest import wait_for
@@ -57,11 +55,7 @@ def test_a_prefork_worker_reports_its_children_through_one_port(
         monkeypatch.setenv("MEDREGA_RIS_PORT", str(sink.port))
         get_settings.cache_clear()
         factory = sessionmaker(clean_db, expire_on_commit=False)
-        with factory.begin() as session:
-            make_user(session)
-            for _ in range(3):
-                study = make_study(session)
-                assert lifecycle.store_draft(session, running_job(session, study), model_result())
+        drafted_studies(clean_db, 3)
         multiproc = tmp_path / "prom"
         multiproc.mkdir()
         port = free_port()

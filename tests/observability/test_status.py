@@ -14,21 +14,15 @@ from sqlalchemy.orm import sessionmaker
 from ops.status import duration
 from shared.config import REPO_ROOT, Settings
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Study
-from shared.reports import lifecycle
-from tests.reports.world import make_study, make_user, model_result, running_job
+from tests.observability.conftest import drafted_studies
 from tests.support.worker_process import delete_test_queues, queue_prefix
 
 
 def _seed(engine: Engine) -> tuple[int, int]:
     """Two drafted studies with their deliveries owed; the first study's ORU has been retrying
     for an hour. Returns (that delivery's id, its study's id)."""
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
-        make_user(session)
-        for _ in range(2):
-            study = make_study(session)
-            assert lifecycle.store_draft(session, running_job(session, study), model_result())
-    with factory.begin() as session:
+    drafted_studies(engine, 2)
+    with sessionmaker(engine).begin() as session:
         first = session.scalars(
             select(Delivery).where(Delivery.kind == DeliveryKind.HL7).order_by(Delivery.id)
         ).first()
