@@ -240,12 +240,16 @@ start_services() {
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
       --host 127.0.0.1 --port "$(settings s.web_port)" "${proxy_headers[@]}"
   fi
-  [ "$PRODUCTION" = 1 ] && start_proxy
+  if [ "$PRODUCTION" = 1 ]; then
+    # Hourly retention pass (MEDREGA_RETENTION_*; none set: images are kept).
+    start_daemon retention - "$PY" -m ops.retention --every 3600
+    start_proxy
+  fi
   return 0
 }
 
 stop_services() {
-  for name in nginx web relay worker-gpu worker-interactive worker-io medrega-server ris-sink listener; do
+  for name in nginx retention web relay worker-gpu worker-interactive worker-io medrega-server ris-sink listener; do
     stop_daemon "$name"
   done
   [ -x "$PY" ] && "$PY" -m services.pacs.local_orthanc stop --workdir "$VAR/orthanc" >&2 || true
@@ -261,7 +265,8 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
-  for name in worker-gpu worker-interactive worker-io medrega-server relay ris-sink web nginx; do
+  for name in worker-gpu worker-interactive worker-io medrega-server relay retention ris-sink web \
+    nginx; do
     if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
       printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
     fi
