@@ -168,6 +168,15 @@ class Settings(BaseSettings):
     web_port: int = 8000
     secret_key: SecretStr | None = None
 
+    # --- single sign-on (optional): OpenID Connect, authorization code + PKCE. The identity
+    # provider names the user (oidc_username_claim); the account must exist here and be active.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_username_claim: str = "preferred_username"
+    oidc_scope: str = "openid profile"
+    oidc_ca: Path | None = None  # the provider's TLS CA (None: the system's CAs)
+
     # --- model ---
     model_backend: Literal["onnx", "mllm"] = "onnx"
     model_path: Path = REPO_ROOT / "model" / "artifacts" / "medrega-ref.onnx"
@@ -354,6 +363,8 @@ class Settings(BaseSettings):
                 getattr(self, f"{prefix}_tls_key") is None
             ):
                 raise ValueError(f"MEDREGA_{prefix.upper()}_TLS_CERT and _KEY must be set together")
+        if (self.oidc_issuer is None) != (self.oidc_client_id is None):
+            raise ValueError("MEDREGA_OIDC_ISSUER and _CLIENT_ID must be set together")
         if self.orthanc_tls_cert is not None and self.orthanc_tls_ca is None:
             raise ValueError(
                 "MEDREGA_ORTHANC_TLS_CERT needs MEDREGA_ORTHANC_TLS_CA (whom it trusts)"
