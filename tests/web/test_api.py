@@ -337,7 +337,10 @@ def test_sign_makes_a_final_version_with_deliveries_then_a_correction(
     assert all(o in (0, 1) for s in report["sentences"] for o in s["finding_ordinals"])
     assert detail["study"]["state"] == "signed" and detail["permissions"]["sign"] is False
     new = [d for d in detail["deliveries"] if d["report_version"] == 3]
-    assert {(d["kind"], d["state"]) for d in new} == {("sr", "pending"), ("hl7", "pending")}
+    # the PACS gets the SR, the boxes (GSPS) and the key images (KOS); the RIS the ORU
+    assert {(d["kind"], d["state"]) for d in new} == {
+        (kind, "pending") for kind in ("sr", "gsps", "kos", "hl7")
+    }
     assert rad_client.post(url, json={"base_version": 3, "confirm": True}).status_code == 409
     study = db_session.get(Study, sid)
     db_session.refresh(study)
@@ -356,7 +359,7 @@ def test_sign_makes_a_final_version_with_deliveries_then_a_correction(
     assert amended["study"]["status"] == "in_review"
     corrected = rad_client.post(url, json={"base_version": 4, "confirm": True}).json()
     assert corrected["report"]["status"] == "corrected" and corrected["report"]["version"] == 5
-    assert len([d for d in corrected["deliveries"] if d["report_version"] == 5]) == 2
+    assert len([d for d in corrected["deliveries"] if d["report_version"] == 5]) == 4
 
     # Feedback export: what was done to each AI finding, no patient identifiers.
     from shared.db.models import UserRole
