@@ -478,11 +478,15 @@
       el("li", { text: `v${v.version} ${v.status} · ${v.author || "AI"} · ${fmtTime(v.created_at)}` })));
   }
 
+  const DELIVERY_KINDS = {
+    sr: "SR → PACS", gsps: "GSPS (boxes) → PACS", kos: "KOS (key images) → PACS", hl7: "ORU → RIS",
+  };
+
   function renderDeliveries() {
     const body = document.getElementById("deliveries");
     body.replaceChildren(...detail.deliveries.map((d) => el("tr", {},
       el("td", { class: "mono", text: `v${d.report_version}` }),
-      el("td", { text: d.kind === "sr" ? "SR → PACS" : "ORU → RIS" }),
+      el("td", { text: DELIVERY_KINDS[d.kind] || d.kind }),
       el("td", {}, el("span", { class: "pill dl-" + d.state, text: d.state })),
       el("td", { class: "muted small", text: d.ack_code || (d.attempts ? `${d.attempts}×` : ""), title: d.last_error || "" }),
       el("td", {}, detail.permissions.retry && d.state === "failed"
