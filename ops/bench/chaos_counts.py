@@ -213,6 +213,11 @@ def duplicate_deliveries(
     return problems
 
 
+# What the receivers are audited for: the SR (`pacs_uids` are the SR instances in the PACS) and
+# the ORU. GSPS and KOS deliveries follow the same rules but are not looked for at the PACS.
+AUDITED_KINDS = ("sr", "hl7")
+
+
 def cancelled_but_received(
     deliveries: list[DbDelivery], ris_accepted: set[str], pacs_uids: set[str]
 ) -> list[str]:
@@ -287,7 +292,7 @@ def lost_reasons(
         elif delivery.state != "delivered":
             reasons.append(f"v{outcome.version} {kind} delivery {delivery.state}")
     for d in deliveries:
-        if d.state == "delivered":
+        if d.state == "delivered" and d.kind in AUDITED_KINDS:
             held = ris_accepted if d.kind == "hl7" else pacs_uids
             if d.message_id not in held:
                 reasons.append(f"{d.kind} {d.message_id} delivered but not at the receiver")
