@@ -124,8 +124,15 @@ def _add_noise(x: np.ndarray, domain: str, s: Sample, rng: np.random.Generator) 
     sigma = float(np.exp(rng.uniform(np.log(0.005), np.log(0.12))))
     x = x + sigma * _noise(x.shape, rng)
     if rng.random() < 0.5:
-        return stretch_content(np.clip(x, 0, 1), s.content)
+        return _restretch(x, s)
     return x
+
+
+def _restretch(x: np.ndarray, s: Sample) -> np.ndarray:
+    """`normalise`'s own-range stretch of an image whose pixels changed before it (noise,
+    a sharper kernel): undershoot below the old black lifts the background to grey, as
+    it does when a site's MR or X-ray arrives that way."""
+    return stretch_content(x, s.content)
 
 
 def _quality(s: Sample, domain: str, rng: np.random.Generator) -> None:
@@ -134,9 +141,11 @@ def _quality(s: Sample, domain: str, rng: np.random.Generator) -> None:
     r = rng.random()
     if r < 0.25:  # softer kernel / detector blur
         x = ndimage.gaussian_filter(x, rng.uniform(0.4, 2.5))
-    elif r < 0.45:  # sharper kernel
+    elif r < 0.45:  # sharper kernel (before the stretch for X-ray / MR, as a site's is)
         sigma = rng.uniform(0.7, 1.5)
         x = x + rng.uniform(0.3, 2.2) * (x - ndimage.gaussian_filter(x, sigma))
+        if MODALITY[domain] != "CT" and rng.random() < 0.5:
+            x = _restretch(x, s)
     if rng.random() < 0.2:  # lower resolution
         w, h = x2 - x1, y2 - y1
         f = rng.uniform(0.35, 0.8)

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from model.network import OUTPUT_NAMES, NetConfig, RegionNet
+from model.network import N_DOMAIN_OUTPUTS, OUTPUT_NAMES, NetConfig, RegionNet
 from shared.inference.preprocess import (
     CT_WINDOWS,
     NORMALISATION,
@@ -61,8 +61,9 @@ def load_weights(path: Path) -> RegionNet:
 
 
 def _with_defaults(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights saved before the lesion bias existed (medrega-ref 1.0.0) load with bias 0."""
-    return {"b_lesion": torch.zeros(()), **state}
+    """Weights saved before a bias existed load with it 0: the lesion bias (medrega-ref
+    1.0.0), the domain logits' offsets (up to 1.2.0)."""
+    return {"b_lesion": torch.zeros(()), "b_domain": torch.zeros(N_DOMAIN_OUTPUTS), **state}
 
 
 def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
@@ -103,7 +104,9 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "lesion_threshold": str(cal.get("lesion_threshold", 0.5)),
         "presence_threshold": "0.5",
         "calibration_temperatures": json.dumps(temps),
-        "calibration_biases": json.dumps({"lesion": float(model.b_lesion)}),
+        "calibration_biases": json.dumps(
+            {"lesion": float(model.b_lesion), "unsupported": float(model.b_domain[-1])}
+        ),
         "top_k": str(model.cfg.top_k),
         "intended_use": "synthetic-phantom reference model; NOT for clinical use",
     }

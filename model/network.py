@@ -94,6 +94,8 @@ class RegionNet(nn.Module):
         for name in TEMPERATURE_HEADS:
             self.register_buffer(f"t_{name}", torch.ones(()))
         self.register_buffer("b_lesion", torch.zeros(()))
+        # added to the calibrated domain logits: the OOD gate's offset for 'unsupported'
+        self.register_buffer("b_domain", torch.zeros(N_DOMAIN_OUTPUTS))
         # CenterNet's prior: heatmaps start near 0.01 so the focal loss is stable at step 0
         nn.init.constant_(self.region_hm.bias, -4.6)
         nn.init.constant_(self.lesion_hm.bias, -4.6)
@@ -177,7 +179,7 @@ class RegionNet(nn.Module):
     # ---- the exported inference graph ----------------------------------------------------------
     def forward(self, image: Tensor, query_boxes: Tensor) -> tuple[Tensor, ...]:
         out = self.features(image)
-        domain_probs = torch.softmax(out["domain"] / self.t_domain, dim=-1)
+        domain_probs = torch.softmax(out["domain"] / self.t_domain + self.b_domain, dim=-1)
         presence = torch.sigmoid(out["presence"] / self.t_presence)
         region_boxes = self.decode_regions(out).clamp(0.0, 1.0)
         abnormal = torch.sigmoid(out["abnormal"] / self.t_abnormal)

@@ -26,7 +26,7 @@ from model.batches import make_batch
 from model.calibration import calibrate
 from model.labels import DOMAIN_OUTPUTS, FINDING_CODES, REGION_CODES
 from model.losses import lesion_losses, region_losses
-from model.network import NetConfig, RegionNet
+from model.network import N_DOMAIN_OUTPUTS, NetConfig, RegionNet
 from model.phantoms.types import DOMAINS
 from model.training_data import load_or_build
 from shared.vocab import load_vocab
@@ -134,6 +134,7 @@ def _init_from(model: RegionNet, path: Path, log) -> None:
     for name in ("domain", "presence", "abnormal", "finding", "lesion", "r2t"):
         state[f"t_{name}"] = torch.ones(())
     state["b_lesion"] = torch.zeros(())
+    state["b_domain"] = torch.zeros(N_DOMAIN_OUTPUTS)
     model.load_state_dict(state)
     log(f"initialised from {path}")
 

@@ -1,11 +1,12 @@
-"""Lesion-score calibration: Platt scaling fitted on the detections the model reports."""
+"""Lesion-score calibration: Platt scaling fitted on the detections the model reports; the OOD
+gate's offset for 'unsupported', fitted on in-domain images (clean and shifted)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from model.calibration import fit_lesion
+from model.calibration import fit_lesion, fit_unsupported_bias
 from model.export import _with_defaults
 from model.metrics import ece_binary
 
@@ -45,3 +46,32 @@ def test_weights_from_before_the_lesion_bias_load_with_bias_zero() -> None:
     state = {"t_lesion": torch.ones(())}
     assert float(_with_defaults(state)["b_lesion"]) == 0.0
     assert _with_defaults({"b_lesion": torch.ones(())})["b_lesion"] == 1.0
+
+
+def _domain_logits(n: int, unsupported_on_top: float, seed: int = 0) -> np.ndarray:
+    """In-domain logits: domain 0 wins, except for a share whose 'unsupported' logit is higher."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1, (n, 5))
+    z[:, 0] += 6
+    flip = rng.random(n) < unsupported_on_top
+    z[flip, 4] = z[flip, 0] + rng.uniform(0.1, 3, flip.sum())
+    return z
+
+
+def test_unsupported_bias_answers_shifted_in_domain_images() -> None:
+    z = _domain_logits(4000, 0.05)
+    in_domain = np.ones(len(z), bool)
+    bias = fit_unsupported_bias(z, in_domain, 1.0, 0.005)
+    assert bias < 0
+    on_top = (z[:, 4] + bias > z[:, :4].max(1)).mean()
+    assert 0.003 <= on_top <= 0.005
+
+
+def test_unsupported_bias_is_never_raised() -> None:
+    z = _domain_logits(1000, 0.0)
+    assert fit_unsupported_bias(z, np.ones(len(z), bool), 1.0, 0.005) == 0.0
+
+
+def test_weights_from_before_the_domain_offsets_load_with_zeros() -> None:
+    got = _with_defaults({"t_domain": torch.ones(())})["b_domain"]
+    assert got.shape == (5,) and not got.any()
