@@ -60,6 +60,10 @@ def test_unknown_is_a_clear_404_and_a_bad_launch_a_400(
     unknown = rad_client.get("/launch?accession=NOPE123")
     assert unknown.status_code == 404
     assert "No study with accession number NOPE123 is here (yet)." in unknown.text
+    rad_client.cookies.set("medrega_lang", "zh")
+    chinese = rad_client.get("/launch?accession=NOPE123")
+    assert chinese.status_code == 404 and "此处（尚）无检查号为 NOPE123 的检查。" in chinese.text
+    rad_client.cookies.set("medrega_lang", "en")
     uid = rad_client.get("/studies/by-uid/1.2.3.999")
     assert uid.status_code == 404 and "Study Instance UID 1.2.3.999" in uid.text
     for url in ("/launch", f"/launch?accession=A&study_uid={drafted.study_instance_uid}"):
