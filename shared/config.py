@@ -115,9 +115,10 @@ class Settings(BaseSettings):
     orthanc_tls_key: Path | None = None
     orthanc_tls_ca: Path | None = None
     # Orthanc's index in PostgreSQL (production: several GBs of metadata, concurrent writers):
-    # this database, on the server and with the account of MEDREGA_DATABASE_URL. None: SQLite.
+    # this database, on the server and with the account of MEDREGA_DATABASE_URL. None or empty:
+    # SQLite in Orthanc's work directory (a site upgrading keeps its index by setting it empty).
     orthanc_index_database: str | None = Field(
-        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+        default=None, pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$"
     )
 
     # --- the RIS (HL7 over MLLP) ---

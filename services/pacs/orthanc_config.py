@@ -198,7 +198,7 @@ def postgresql_index_options(settings: Settings) -> dict[str, Any]:
     archive. The files stay in StorageDirectory (the plugin's storage area is not enabled: large
     objects in PostgreSQL make backups and vacuum heavy). Same server and account as our
     database; the database itself must exist (Compose's postgres service creates it)."""
-    if settings.orthanc_index_database is None:
+    if not settings.orthanc_index_database:
         return {}
     url = make_url(settings.database_url)
     return {

@@ -39,9 +39,10 @@ def _settings(index_database: str | None) -> Settings:
 
 
 def test_the_index_plugin_is_configured_only_when_asked(tmp_path: Path) -> None:
-    plain = render_orthanc_config(_settings(None), tmp_path)
-    assert "PostgreSQL" not in plain
-    assert str(POSTGRESQL_INDEX_PLUGIN_PATH) not in plain["Plugins"]
+    for sqlite in (None, ""):  # empty: a site upgrading keeps its SQLite index
+        plain = render_orthanc_config(_settings(sqlite), tmp_path)
+        assert "PostgreSQL" not in plain
+        assert str(POSTGRESQL_INDEX_PLUGIN_PATH) not in plain["Plugins"]
     indexed = render_orthanc_config(_settings("orthanc_index"), tmp_path)
     assert str(POSTGRESQL_INDEX_PLUGIN_PATH) in indexed["Plugins"]
     assert indexed["PostgreSQL"]["EnableIndex"] is True
