@@ -51,7 +51,10 @@ SERIES_DESCRIPTION = {
     "F": "Signed report findings (boxes)",
     "C": "Corrected report findings (boxes)",
 }
-_MAX_LABEL = 64  # ST allows more; viewers draw one line, and a box is rarely wider
+_MAX_LABEL = 64  # ST allows more; viewers draw one line
+# A label's width in label heights per character: CJK characters are square, Latin ones about
+# half as wide (a bounding box the text fits, for viewers that scale text into it).
+_CJK_WIDTH, _LATIN_WIDTH = 1.0, 0.55
 
 
 def boxed_findings(version: ReportVersion) -> list[RegionFindingResult]:
@@ -155,17 +158,24 @@ def _label(
     finding: RegionFindingResult, image: Dataset, languages: tuple[Language, ...]
 ) -> hd.pr.TextObject:
     """The label in a band just above the box (below it when the box touches the top edge),
-    as wide as the box, anchored (not drawn) at the box's top-left corner."""
+    starting at the box's left edge and as wide as the text needs (moved left where the image
+    ends), so a viewer that fits text to its bounding box keeps it legible."""
     box = finding.box
     assert box is not None
-    height = max(8.0, min(float(image.Rows) / 24.0, 40.0))
-    top = box.y1 - height if box.y1 - height >= 0 else min(box.y2, float(image.Rows) - height)
-    right = max(box.x2, min(box.x1 + height * 12.0, float(image.Columns)))
     text = finding_label(finding, languages)
+    if len(text) > _MAX_LABEL:
+        text = text[: _MAX_LABEL - 1] + "…"
+    columns, rows = float(image.Columns), float(image.Rows)
+    height = max(8.0, min(rows / 24.0, 40.0))
+    top = box.y1 - height if box.y1 - height >= 0 else min(box.y2, rows - height)
+    width = min(
+        columns, height * sum(_CJK_WIDTH if ord(c) > 0x2E7F else _LATIN_WIDTH for c in text)
+    )
+    left = max(0.0, min(box.x1, columns - width))
     return hd.pr.TextObject(
-        text_value=text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…",
+        text_value=text,
         units=hd.pr.AnnotationUnitsValues.PIXEL,
-        bounding_box=(box.x1, max(top, 0.0), right, max(top, 0.0) + height),
+        bounding_box=(left, max(top, 0.0), left + width, max(top, 0.0) + height),
         text_justification=hd.pr.TextJustificationValues.LEFT,
     )
 

@@ -245,8 +245,10 @@ def _draw(
     )
     draw = ImageDraw.Draw(picture)
     draw.line([(x * scale, y * scale) for x, y in polyline], fill=(255, 220, 0), width=2)
-    top_left = annotation.TextObjectSequence[0].BoundingBoxTopLeftHandCorner
-    font = ImageFont.truetype(str(CJK_FONT), 16) if CJK_FONT.exists() else None
+    box = annotation.TextObjectSequence[0]
+    top_left = box.BoundingBoxTopLeftHandCorner
+    size = int((box.BoundingBoxBottomRightHandCorner[1] - top_left[1]) * scale * 0.7)
+    font = ImageFont.truetype(str(CJK_FONT), size) if CJK_FONT.exists() else None
     draw.text((top_left[0] * scale, top_left[1] * scale), text, fill=(255, 220, 0), font=font)
     return picture
 
