@@ -33,10 +33,10 @@ from shared.dicom.presentation_common import (
     finish,
     images_by_uid,
     key_findings,
-    key_image_uids,
     source_image,
 )
 from shared.reports.domain import Language, RegionFindingResult, ReportVersion
+from shared.reports.key_images import key_image_uids
 from shared.reports.message_ids import gsps_uids
 
 LAYER = hd.pr.GraphicLayer(

@@ -31,11 +31,11 @@ from shared.dicom.presentation_common import (
     finish,
     images_by_uid,
     key_findings,
-    key_image_uids,
     source_image,
 )
 from shared.dicom.uids import derived_uid
 from shared.reports.domain import Language, RegionFindingResult, ReportVersion
+from shared.reports.key_images import key_image_uids
 from shared.reports.message_ids import kos_uids
 
 TITLE = codes.DCM.OfInterest  # DCM 113000, CID 7010

@@ -1,11 +1,8 @@
 """What the GSPS and KOS builders share: which findings and images are 'key', the document
 status they carry, the finding labels, and the finishing touches (character set, fixed times).
 
-Both objects are built from a `ReportVersion` (shared/reports/domain.py), like the SR and the ORU:
-only the findings a message carries (`sent_findings`, rejected ones left out) that name an
-abnormality; a region the report calls normal is said in the SR's narrative and never drawn or
-flagged here (a PACS viewer shows every annotation alike, and thirteen 'normal' boxes would bury
-the one finding).
+Both objects are built from a `ReportVersion` (shared/reports/domain.py), like the SR and the ORU,
+and show its key findings (shared/reports/key_images.py).
 """
 
 from __future__ import annotations
@@ -17,11 +14,10 @@ from datetime import datetime
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
+from shared.dicom.sr_builder import _needs_utf8 as needs_utf8  # the SR's rule, one for all
 from shared.reports.domain import Language, RegionFindingResult, ReportVersion
+from shared.reports.key_images import key_findings_of
 from shared.vocab import VocabError, bilingual_label, load_vocab
-
-# Text VRs whose values decide whether an object needs Specific Character Set ISO_IR 192.
-_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 
 MANUFACTURER = "medrega-pacs"
 
@@ -29,22 +25,6 @@ MANUFACTURER = "medrega-pacs"
 def key_findings(version: ReportVersion) -> list[RegionFindingResult]:
     """The findings a GSPS draws and a KOS flags: sent, abnormal, on a named image."""
     return key_findings_of(version.findings)
-
-
-def key_findings_of(findings: Iterable[RegionFindingResult]) -> list[RegionFindingResult]:
-    """`key_findings` of a version's findings (rejected ones included, and left out here)."""
-    return [
-        f for f in findings if not f.rejected and f.finding_code is not None and f.image is not None
-    ]
-
-
-def key_image_uids(findings: Iterable[RegionFindingResult]) -> list[str]:
-    """SOP Instance UIDs of the findings' images, first appearance first, each once."""
-    seen: dict[str, None] = {}
-    for finding in findings:
-        if finding.image is not None:
-            seen.setdefault(finding.image.sop_instance_uid, None)
-    return list(seen)
 
 
 @dataclass(frozen=True)
@@ -149,13 +129,3 @@ def finish(ds: Dataset, moment: datetime) -> None:
         ds.SpecificCharacterSet = "ISO_IR 192"
     elif "SpecificCharacterSet" in ds:
         del ds.SpecificCharacterSet
-
-
-def needs_utf8(ds: Dataset) -> bool:
-    for element in ds.iterall():
-        if element.VR not in _TEXT_VRS or element.value is None:
-            continue
-        values = element.value if element.VM > 1 else [element.value]
-        if any(not str(v).isascii() for v in values):
-            return True
-    return False

@@ -36,8 +36,8 @@ from shared.db.models import (
     ResultStatus,
 )
 from shared.delivery_policy import DEFAULT_POLICY, RetryPolicy, after_failure
-from shared.dicom.presentation_common import key_findings_of
 from shared.reports.domain import RESULT_STATUS
+from shared.reports.key_images import key_findings_of
 from shared.reports.mapping import finding_from_row
 from shared.reports.message_ids import gsps_series_uid, hl7_control_id, kos_uids, sr_uids
 

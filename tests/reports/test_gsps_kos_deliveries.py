@@ -17,6 +17,7 @@ from shared.config import get_settings
 from shared.db.models import Delivery, DeliveryKind, DeliveryState, Study
 from shared.reports import deliveries, lifecycle
 from shared.reports.message_ids import gsps_series_uid, kos_uids
+from tests.reports.test_deliveries import _claim, _rows, _sign
 from tests.reports.world import make_study, make_user, model_result, running_job
 
 
@@ -34,23 +35,6 @@ def _draft(factory: sessionmaker[Session], abnormal: bool = True) -> int:
         job = running_job(session, study)
         assert lifecycle.store_draft(session, job, model_result(abnormal)) is not None
         return study.id
-
-
-def _sign(factory: sessionmaker[Session], study_id: int, base_version: int) -> None:
-    with factory.begin() as session:
-        lifecycle.sign(session, session.get(Study, study_id), make_user(session), base_version)
-
-
-def _rows(factory: sessionmaker[Session], kind: str) -> list[Delivery]:
-    with factory() as session:
-        return list(
-            session.scalars(select(Delivery).where(Delivery.kind == kind).order_by(Delivery.id))
-        )
-
-
-def _claim(factory: sessionmaker[Session], delivery_id: int) -> str:
-    with factory.begin() as session:
-        return deliveries.claim(session, delivery_id, datetime.now(UTC))
 
 
 def _outcome(factory: sessionmaker[Session], delivery_id: int, error: Exception | None) -> None:
