@@ -155,7 +155,7 @@ def test_signed_while_the_pacs_is_down_the_final_sr_goes_alone(
     wait_for(draft_sr_failed_once, TIMEOUT_S, "a failed draft SR attempt while the PACS is down")
     # Sign here as the web would, with this pipeline's PACS and RIS as the destinations.
     for d in pipeline.deliveries(uid):
-        prefix = "MEDREGA_PACS_PORT" if d.kind == DeliveryKind.SR else "MEDREGA_RIS_PORT"
+        prefix = "MEDREGA_RIS_PORT" if d.kind == DeliveryKind.HL7 else "MEDREGA_PACS_PORT"
         monkeypatch.setenv(prefix, d.destination.rpartition(":")[2])
     get_settings.cache_clear()
     request.addfinalizer(get_settings.cache_clear)  # before monkeypatch restores the environment
