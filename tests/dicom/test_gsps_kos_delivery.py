@@ -35,6 +35,7 @@ from shared.hl7.oru_read import read_oru
 from shared.reports import lifecycle
 from shared.reports.domain import DraftResult, ImageRef, PixelBox, RegionFindingResult
 from shared.reports.domain import ReportSentence as Sentence
+from tests.dicom.gsps_kos_sources import BACKGROUND, LESION, LESION_BOX, lesion_dx
 from tests.reports.world import make_user, running_job
 from tests.support.listener_process import free_port
 from tests.support.study_rows import index_files
@@ -238,3 +239,26 @@ def test_a_pacs_configured_without_gsps_gets_sr_and_kos_only(
         "SR": got[Comprehensive3DSRStorage][0].SOPInstanceUID,
         "KOS": kos.SOPInstanceUID,
     }
+
+
+def test_a_key_image_without_a_window_gets_one_from_its_pixels_in_the_sent_gsps(
+    clean_db: Engine, pacs: StoreScp, tmp_path: Path
+) -> None:
+    """The worker reads only headers, except for an image that names no window: then it reads
+    its pixels so the presentation state can say how to show it."""
+    path = lesion_dx(tmp_path, window=False)
+    image = pydicom.dcmread(path, stop_before_pixels=True)
+    with sessionmaker(clean_db).begin() as session:
+        study = index_files(session, get_settings().storage_dir, [path])
+        make_user(session)
+        draft = _draft_of(image)
+        draft.findings[0].box = LESION_BOX
+        assert lifecycle.store_draft(session, running_job(session, study), draft)
+        study_id = study.id
+    assert "gsps:P" in _deliver_pacs_objects(clean_db, study_id)
+    (state,) = pacs.received(str(image.StudyInstanceUID))[GrayscaleSoftcopyPresentationStateStorage]
+    window = state.SoftcopyVOILUTSequence[0]
+    assert (window.WindowCenter, window.WindowWidth) == (
+        (BACKGROUND + LESION) / 2,
+        LESION - BACKGROUND,
+    )
