@@ -29,6 +29,7 @@ from services.web.routes import (
     images,
     interactive,
     launch,
+    oidc,
     pages,
     studies,
     worklist,
@@ -65,6 +66,7 @@ app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 for router in (
     auth.router,
+    oidc.router,
     worklist.router,
     studies.router,
     images.router,

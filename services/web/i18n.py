@@ -14,6 +14,7 @@ Lang = Literal["en", "zh"]
 LABELS: dict[str, dict[str, str]] = {
     "app_name": {"en": "MedRegA review", "zh": "MedRegA 审阅"},
     "sign_in": {"en": "Sign in", "zh": "登录"},
+    "sso_sign_in": {"en": "Sign in with single sign-on", "zh": "单点登录"},
     "sign_out": {"en": "Sign out", "zh": "退出"},
     "username": {"en": "Username", "zh": "用户名"},
     "password": {"en": "Password", "zh": "密码"},
