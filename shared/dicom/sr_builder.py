@@ -6,16 +6,24 @@ Content tree (root CONTAINER "Imaging Measurement Report", TID 1500):
     radiologist as person observer too
   - Procedure Reported: the imaging procedure of the report's domain
   - Image Library (TID 1600): every source image (OHIF needs it)
-  - Imaging Measurements: one group per region finding
-      * with a box: TID 1410 planar ROI, closed 5-point POLYLINE selected from the key image
-      * abnormal without a box: TID 1501 image-level group (source image where known)
-      * each: tracking identifier + UID, Finding (the finding's SNOMED code, or SCT "Normal"
-        for a region the report calls normal), Finding Site (+ laterality), Algorithm
-        Identification, Certainty of Finding (%) when the model gave a probability, Diameter
-        when it gave a size
+  - Imaging Measurements, per abnormal finding:
+      * with a box: a TID 1410 planar ROI group (closed 5-point POLYLINE "Image Region"
+        selected from the key image) with tracking identifier + UID, Finding (its SNOMED code),
+        Finding Site (+ laterality), Algorithm Identification and a Comment (DCM 121106)
+        labelling it "Right pleural effusion / 右侧胸腔积液 (p 0.91)"; and, when the model gave
+        a probability or a size, a TID 1501 group with the same tracking UID holding Certainty of
+        Finding (%) and Diameter, each NUM INFERRED FROM the same box (TID 300 → TID 320).
+        The numbers are kept out of the ROI group because OHIF (cornerstone adapters), on
+        tracking, takes a group's coordinates from its first NUM and loses the finding
+        otherwise; TID 1419 gives a NUM no coordinates of its own, TID 300 does.
+      * without a box: a TID 1501 image-level group (source image where known) with its NUMs.
+    Normal regions are said in the narrative only (a site may turn on a labelled group per
+    normal region with a box: `SrContext.normal_region_groups`). A report without either gets
+    one study-level "Normal" group (TID 1500 needs one).
   - Findings (DCM 121070) / Impressions (DCM 121072) containers with the narrative as TEXT
     items Finding (121071) / Impression (121073), one per language (TID 2000-shaped; TID 1500
-    is extensible and viewers that only know TID 1500 skip these containers).
+    is extensible and viewers that only know TID 1500 skip these containers; OHIF 3.13 is one:
+    it shows the content tree only of SRs whose root is not an Imaging Measurement Report).
 
 One SR per report version; its series and SOP Instance UIDs derive from (report id, version),
 so re-sending a version is idempotent at the PACS, and every date/time comes from the context,
@@ -50,12 +58,14 @@ from shared.dicom.uids import derived_uid
 from shared.reports.domain import Language, RegionFindingResult
 from shared.reports.message_ids import sr_uids
 from shared.vocab.loader import Vocab, load_vocab
+from shared.vocab.phrasing import bilingual_label, finding_label
 
 NORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Normal)
 CERTAINTY_OF_FINDING = hd.sr.CodedConcept.from_code(codes.DCM.CertaintyOfFinding)
 PERCENT = hd.sr.CodedConcept.from_code(codes.UCUM.Percent)
 DIAMETER = hd.sr.CodedConcept.from_code(codes.SCT.Diameter)
 MILLIMETER = hd.sr.CodedConcept.from_code(codes.UCUM.Millimeter)
+COMMENT = hd.sr.CodedConcept.from_code(codes.DCM.Comment)
 
 # Text VRs whose values decide whether the SR needs Specific Character Set ISO_IR 192.
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
@@ -224,7 +234,7 @@ def _measurement_groups(report: SrReport, context: SrContext, vocab: Vocab) -> l
             uid=derived_uid(
                 "medrega-sr-tracking", context.study_instance_uid, *key, str(seen[key])
             ),
-            identifier=_tracking_label(index, finding, context.primary_language),
+            identifier=_tracking_label(index, finding, context.primary_language, vocab),
         )
         finding_type = (
             hd.sr.CodedConcept(*_snomed(vocab.finding(finding.finding_code)))
@@ -242,7 +252,7 @@ def _measurement_groups(report: SrReport, context: SrContext, vocab: Vocab) -> l
                 else None
             ),
         )
-        measurements = _measurements(finding) if abnormal else []
+        measurements = _measurements(finding, None) if abnormal else []
         source = context.source_image(finding.image.sop_instance_uid) if finding.image else None
         if finding.image is not None:
             if source is None:
@@ -256,38 +266,68 @@ def _measurement_groups(report: SrReport, context: SrContext, vocab: Vocab) -> l
                     f"differs from the image's SOPClassUID {source.SOPClassUID}"
                 )
         frames = _frame_numbers(index, finding, source) if source is not None else None
+        label = bilingual_label(
+            finding.finding_code,
+            finding.region_code,
+            context.languages,
+            finding.probability if abnormal else None,
+            vocab,
+        )
         if finding.box is not None and source is not None:
             _check_box_inside(index, finding, source)
-            region_item = hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.array(finding.box.polyline(), dtype=np.float64),
-                source_image=hd.sr.SourceImageForRegion.from_source_image(source, frames),
+            polyline = np.array(finding.box.polyline(), dtype=np.float64)
+            # The box and what it shows (TID 1410), without measurements: a viewer that
+            # tracks the group (OHIF) takes its coordinates from the group's first NUM when it
+            # has one, and TID 1419 gives a NUM no coordinates of its own.
+            roi_group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=polyline,
+                    source_image=hd.sr.SourceImageForRegion.from_source_image(source, frames),
+                ),
+                finding_type=finding_type,
+                algorithm_id=_algorithm(context),
+                finding_sites=[site],
             )
-            groups.append(
-                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    referenced_region=region_item,
-                    finding_type=finding_type,
-                    algorithm_id=_algorithm(context),
-                    finding_sites=[site],
-                    measurements=measurements or None,
+            _add_label(roi_group, label)
+            groups.append(roi_group)
+            if measurements:
+                # The numbers (TID 1501, same Tracking UID: the same finding), each inferred
+                # from the box on its image (TID 300 → TID 320).
+                groups.append(
+                    hd.sr.MeasurementsAndQualitativeEvaluations(
+                        tracking_identifier=tracking,
+                        finding_type=finding_type,
+                        algorithm_id=_algorithm(context),
+                        finding_sites=[site],
+                        measurements=_measurements(
+                            finding,
+                            hd.sr.CoordinatesForMeasurement(
+                                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                graphic_data=polyline,
+                                source_image=hd.sr.SourceImageForRegion.from_source_image(
+                                    source, frames
+                                ),
+                            ),
+                        ),
+                    )
                 )
-            )
         else:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    finding_type=finding_type,
-                    algorithm_id=_algorithm(context),
-                    finding_sites=[site],
-                    measurements=measurements or None,
-                    source_images=(
-                        [hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames)]
-                        if source is not None
-                        else None
-                    ),
-                )
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=finding_type,
+                algorithm_id=_algorithm(context),
+                finding_sites=[site],
+                measurements=measurements or None,
+                source_images=(
+                    [hd.sr.SourceImageForMeasurementGroup.from_source_image(source, frames)]
+                    if source is not None
+                    else None
+                ),
             )
+            _add_label(group, label)
+            groups.append(group)
     if not groups:
         # TID 1500 needs at least one measurement group; a report with neither abnormal
         # findings nor boxed normal regions is a normal study, said once at study level.
@@ -309,15 +349,18 @@ def _snomed(item: object) -> tuple[str, str, str]:
     return concept.code, concept.scheme, concept.meaning
 
 
-def _tracking_label(index: int, finding: RegionFindingResult, language: Language) -> str:
-    if language == "zh":
-        what = finding.finding_name_zh or "未见明显异常"
-        return f"{index + 1}: {finding.region_name_zh} {what}"
-    what_en = finding.finding_name_en or "normal"
-    return f"{index + 1}: {finding.region_name_en}, {what_en}"
+def _tracking_label(
+    index: int, finding: RegionFindingResult, language: Language, vocab: Vocab
+) -> str:
+    """ "1: Right pleural effusion": the finding's place in the report and its name."""
+    name = finding_label(finding.finding_code, finding.region_code, language, vocab)
+    return f"{index + 1}: {name}"
 
 
-def _measurements(finding: RegionFindingResult) -> list[hd.sr.Measurement]:
+def _measurements(
+    finding: RegionFindingResult, inferred_from: hd.sr.CoordinatesForMeasurement | None
+) -> list[hd.sr.Measurement]:
+    coordinates = [inferred_from] if inferred_from is not None else None
     measurements = []
     if finding.probability is not None:
         measurements.append(
@@ -325,6 +368,7 @@ def _measurements(finding: RegionFindingResult) -> list[hd.sr.Measurement]:
                 name=CERTAINTY_OF_FINDING,
                 value=round(finding.probability * 100.0, 1),
                 unit=PERCENT,
+                referenced_coordinates=coordinates,
             )
         )
     if finding.size_mm is not None:
@@ -333,9 +377,25 @@ def _measurements(finding: RegionFindingResult) -> list[hd.sr.Measurement]:
                 f"{finding.region_code}: size_mm must be positive, got {finding.size_mm}"
             )
         measurements.append(
-            hd.sr.Measurement(name=DIAMETER, value=round(finding.size_mm, 1), unit=MILLIMETER)
+            hd.sr.Measurement(
+                name=DIAMETER,
+                value=round(finding.size_mm, 1),
+                unit=MILLIMETER,
+                referenced_coordinates=coordinates,
+            )
         )
     return measurements
+
+
+def _add_label(group: Group, label: str) -> None:
+    """The finding's name, side and certainty as a Comment (DCM 121106): TID 1410/1501 are
+    extensible, and OHIF labels a tracked measurement with its group's Comment (otherwise
+    only the Finding Site's meaning, "Lung", shows)."""
+    group[0].ContentSequence.append(
+        TextContentItem(
+            name=COMMENT, value=label, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
 
 
 def _frame_numbers(index: int, finding: RegionFindingResult, image: Dataset) -> list[int] | None:

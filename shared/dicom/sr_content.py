@@ -206,10 +206,11 @@ class SrContext:
     software_version: str | None = None  # medrega-pacs' own version
     institution_name: str | None = None
     series_number: int | None = None  # default: DEFAULT_SERIES_NUMBER[status]
-    # A region the report calls normal, with a box, gets its own planar ROI group (finding
-    # "Normal") so a viewer can show every region the grounded report talks about. A site
-    # that finds that cluttered in its viewer turns it off; the narrative still says it.
-    normal_region_groups: bool = True
+    # Normal regions are said in the narrative ("The left lung is unremarkable."), not as
+    # measurement groups: a viewer lists every group as a measurement (OHIF tracks each one),
+    # and a dozen "normal" boxes bury the one finding the radiologist must see. A site that
+    # wants every region the grounded report talks about drawn turns this on.
+    normal_region_groups: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in get_args(ReportStatusName):

@@ -111,6 +111,8 @@ class NormalWording:
     impression_en: str
     impression_zh: str
     region_sentence_plural_en: str = ""  # for plural region names; Chinese needs none
+    label_en: str = "{Region}: normal"  # a normal region's short label ({region}/{Region})
+    label_zh: str = "{region}：未见异常"
 
     def region_sentence(self, lang: Language, region_name: str, plural: bool = False) -> str:
         template = self.region_sentence_en if lang == "en" else self.region_sentence_zh
@@ -120,6 +122,11 @@ class NormalWording:
 
     def impression(self, lang: Language) -> str:
         return self.impression_en if lang == "en" else self.impression_zh
+
+    def label(self, lang: Language, region: RegionInfo) -> str:
+        name = region.name(lang)
+        template = self.label_en if lang == "en" else self.label_zh
+        return template.format(region=name, Region=_capitalised(name))
 
 
 @dataclass(frozen=True)

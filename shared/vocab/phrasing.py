@@ -14,15 +14,20 @@ LABEL_JOINER = " / "
 
 
 def finding_label(
-    finding_code: str, region_code: str, lang: Language, vocab: Vocab | None = None
+    finding_code: str | None, region_code: str, lang: Language, vocab: Vocab | None = None
 ) -> str:
-    """ "Right pleural effusion" (en), "右侧胸腔积液" (zh). Unknown codes raise VocabError."""
+    """A finding's name with its side: "Right pleural effusion" (en), "右侧胸腔积液" (zh); a
+    normal region (no finding code): "Left lung: normal", "左肺：未见异常". Unknown codes raise
+    VocabError."""
     vocab = vocab or load_vocab()
-    return vocab.finding(finding_code).label(lang, vocab.region(region_code))
+    region = vocab.region(region_code)
+    if finding_code is None:
+        return vocab.normal.label(lang, region)
+    return vocab.finding(finding_code).label(lang, region)
 
 
 def bilingual_label(
-    finding_code: str,
+    finding_code: str | None,
     region_code: str,
     languages: Sequence[Language] = ("en", "zh"),
     probability: float | None = None,

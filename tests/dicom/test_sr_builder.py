@@ -222,6 +222,24 @@ def measurement_report(ds: Dataset) -> hd.sr.MeasurementReport:
     return content
 
 
+def comments_of(group: Dataset) -> list[str]:
+    """The group's Comment (DCM 121106) texts: the label a viewer shows."""
+    return [
+        str(item.TextValue)
+        for item in group[0].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+
+
+def tracking_identifier_of(group: Dataset) -> str:
+    [item] = [
+        item
+        for item in group[0].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "112039"
+    ]
+    return str(item.TextValue)
+
+
 def roi_of(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> hd.sr.ImageRegion:
     roi = group.roi
     assert isinstance(roi, hd.sr.ImageRegion)
@@ -292,21 +310,45 @@ def test_draft_cxr_validates_and_round_trips(
     assert site.value == hd.sr.CodedConcept("39607008", "SCT", "Lung")
     assert site.laterality == hd.sr.CodedConcept("24028007", "SCT", "Right")
     assert nodule.tracking_uid is not None and is_own_uid(nodule.tracking_uid)
-    certainty = nodule.get_measurements(name=codes.DCM.CertaintyOfFinding)
+    # The box's group holds no NUM (OHIF reads a tracked group's coordinates from its first
+    # NUM) and is labelled with the finding, its side and the certainty (OHIF's label).
+    assert nodule.get_measurements() == []
+    certainty_text = " (p 0.87)" if with_probabilities else ""
+    label = {
+        "en": "Right pulmonary nodule",
+        "zh": "右肺结节",
+        "both": "Right pulmonary nodule / 右肺结节",
+    }[language]
+    assert comments_of(nodule) == [label + certainty_text]
+    assert tracking_identifier_of(nodule) == (
+        "1: 右肺结节" if language == "zh" else "1: Right pulmonary nodule"
+    )
+
+    # Its numbers: a TID 1501 group of the same finding (same tracking UID), each NUM inferred
+    # from the same box on the same image.
+    [numbers] = content.get_image_measurement_groups(tracking_uid=nodule.tracking_uid)
+    assert numbers.finding_type == nodule.finding_type
+    certainty = numbers.get_measurements(name=codes.DCM.CertaintyOfFinding)
     if with_probabilities:
         assert [m.value for m in certainty] == [87.3]
         assert certainty[0].unit == codes.UCUM.Percent
     else:
         assert certainty == []
-    assert [m.value for m in nodule.get_measurements(name=codes.SCT.Diameter)] == [12.0]
+    [diameter] = numbers.get_measurements(name=codes.SCT.Diameter)
+    assert diameter.value == 12.0
+    for measurement in numbers.get_measurements():
+        [scoord] = measurement.referenced_coordinates or []
+        np.testing.assert_allclose(scoord.value, np.array(box.polyline()))
+        [selected] = scoord.ContentSequence
+        assert selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx.SOPInstanceUID
 
-    # Normal region with a box: its own group, finding type Normal, no certainty.
-    [normal] = content.get_planar_roi_measurement_groups(finding_type=codes.SCT.Normal)
-    assert normal.finding_sites[0].laterality == hd.sr.CodedConcept("7771000", "SCT", "Left")
-    assert normal.get_measurements() == []
+    # The normal region is said in the narrative only: no "Normal" group to bury the finding.
+    assert content.get_planar_roi_measurement_groups(finding_type=codes.SCT.Normal) == []
+    narrative = " ".join(t for t, _ in text_items(ds, codes.DCM.Findings))
+    assert "left lung is unremarkable" in narrative or "左肺未见明显异常" in narrative
 
     # Algorithm identification in every group, device observer at the root.
-    for group in (nodule, normal):
+    for group in (nodule, numbers):
         names = {
             item.ConceptNameCodeSequence[0].CodeMeaning: item for item in group[0].ContentSequence
         }
@@ -657,14 +699,22 @@ def test_bad_input_is_refused_with_the_attribute_named(dx: Dataset, ct: list[Dat
         build_report_sr(english_only, context([dx], language="both"))
 
 
-def test_normal_region_groups_can_be_turned_off(dx: Dataset, tmp_path: Path) -> None:
+def test_normal_region_groups_can_be_turned_on(dx: Dataset, tmp_path: Path) -> None:
+    """A site that wants every region drawn: each normal region is its own labelled group,
+    after the finding."""
     report = cxr_report(dx, with_probabilities=True)
     ctx = context([dx])
-    quiet = SrContext(**{**ctx.__dict__, "normal_region_groups": False})
-    ds = save_and_validate(build_report_sr(report, quiet), tmp_path / "quiet.dcm")
+    drawn = SrContext(**{**ctx.__dict__, "normal_region_groups": True})
+    ds = save_and_validate(build_report_sr(report, drawn), tmp_path / "drawn.dcm")
     groups = measurement_report(ds).get_planar_roi_measurement_groups()
-    assert [g.finding_type for g in groups] == [hd.sr.CodedConcept("27925004", "SCT", "Nodule")]
-    assert "unremarkable" in text_items(ds, codes.DCM.Findings)[0][0]  # still in the narrative
+    assert [g.finding_type for g in groups] == [
+        hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
+        hd.sr.CodedConcept.from_code(codes.SCT.Normal),
+    ]
+    normal = groups[1]
+    assert normal.finding_sites[0].laterality == hd.sr.CodedConcept("7771000", "SCT", "Left")
+    assert normal.get_measurements() == []
+    assert comments_of(normal) == ["Left lung: normal / 左肺：未见异常"]
 
 
 def test_source_without_type2_patient_study_attributes(dx_ascii: Dataset, tmp_path: Path) -> None:
