@@ -160,7 +160,7 @@ def test_study_detail_has_the_grounded_report_images_and_deliveries_and_is_audit
     assert report["sentences"][0]["zh"]
     (series,) = detail["series"]
     assert [i["sop_instance_uid"] for i in series["images"]] == drafted.sop_instance_uids
-    assert {d["kind"] for d in detail["deliveries"]} == {"sr", "hl7"}
+    assert {d["kind"] for d in detail["deliveries"]} == {"sr", "gsps", "kos", "hl7"}
     assert detail["permissions"] == {"edit": True, "sign": True, "retry": False}
     events = db_session.scalars(select(AuditEvent).where(AuditEvent.action == "view")).all()
     assert len(events) == 1 and events[0].user_id == radiologist.id
