@@ -6,8 +6,8 @@ interactive workers, the web app) may share one cache directory. A file appears 
 only complete and fsynced (written aside, then `os.replace`d). A hit refreshes the file's mtime;
 when the total passes the bound, the oldest files go first, down to 90 % of it (so a full cache
 does not rescan on every insert). An evicted file a reader already opened stays readable (POSIX
-unlink), so the bound should hold a few studies; readers re-fetch a file evicted before it was
-opened (instance_reader).
+unlink); one evicted by another process between "fetched" and "opened" is unreadable for that
+read, so the bound should hold several studies.
 """
 
 from __future__ import annotations

@@ -68,7 +68,10 @@ class NodeInstanceReader(LocalInstanceReader):
     def local_path(self, ref: StoredFileRef) -> Path:
         if ref.node is None or ref.node == self.own_node:
             return super().local_path(ref)
-        checked_relative_path(ref.file_path)
+        try:
+            checked_relative_path(ref.file_path)
+        except ValueError as exc:  # a corrupt row: never ask another node for it
+            raise InstanceUnavailable(str(exc)) from None
         node = ref.node
 
         def download(out: BinaryIO) -> None:

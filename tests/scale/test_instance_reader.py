@@ -79,6 +79,12 @@ def test_another_nodes_file_is_fetched_verified_cached_and_read_without_it_later
     with pytest.raises(InstanceUnavailable, match="other bytes"):
         reader.local_path(lying)
     assert not reader.cache.path_of("0" * 64).exists()
+    # A corrupt row never makes a request (nor reads outside a storage directory).
+    for bad in ("../../etc/passwd", "/etc/passwd"):
+        with pytest.raises(InstanceUnavailable):
+            reader.local_path(StoredFileRef(bad, ref.sha256, ref.size_bytes, "node-a"))
+        with pytest.raises(InstanceUnavailable):
+            reader.local_path(StoredFileRef(bad, ref.sha256, ref.size_bytes, None))
 
     server.stop()  # node A goes away: its cached file is still readable here, others are not
     assert reader.local_path(ref) == path

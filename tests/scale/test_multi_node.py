@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,25 +40,23 @@ from shared.reports.message_ids import sr_uids
 from tests.scale.nodes import Node, start_node
 from tests.support.listener_process import free_port
 from tests.support.worker_process import delete_test_queues, queue_prefix
+from tests.worker.conftest import wait_for
 
 SENDER_AE = "MEDREGA_TEST"
 TIMEOUT_S = 150.0
 
 
 def _wait(predicate, timeout_s: float, what: str, nodes: list[Node]):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(
-                f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
-                for node in nodes
-                for p in sorted(node.work.glob("*.log"))
-            )
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n{logs}")
-        time.sleep(0.05)
+    """`wait_for`, with every node's logs in the failure."""
+    try:
+        return wait_for(predicate, timeout_s, what)
+    except AssertionError as exc:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
+            for node in nodes
+            for p in sorted(node.work.glob("*.log"))
+        )
+        raise AssertionError(f"{exc}\n{logs}") from None
 
 
 def _worker_name(node: Node) -> str:
