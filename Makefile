@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale
 
 install:
 	ops/stack.sh install
@@ -49,3 +49,6 @@ bench-e2e:
 
 bench-web:
 	$(PY) -m ops.bench.web
+
+bench-scale:
+	nice $(PY) -m ops.bench.scale
