@@ -11,10 +11,9 @@ from services.pacs.local_orthanc import RunningOrthanc, free_tcp_port, running_o
 from shared.config import Settings
 from tests.ohif.ohif_dist import ohif_dist
 from tests.ohif.one_origin import one_origin
+from tests.web.test_browser import chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+__all__ = ["chromium"]  # Debian's Chromium under Playwright, as the review UI's browser test
 
 
 @pytest.fixture(scope="session")
@@ -43,17 +42,3 @@ def viewer_origin(viewer_dist: Path, pacs: RunningOrthanc) -> Iterator[str]:
         settings.secret("pacs_http_password"),
     ) as origin:
         yield origin
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is missing: `make install` installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
