@@ -1,4 +1,4 @@
-"""A small real run — a chest X-ray through Orthanc, the listener, the draft worker, the relay,
+"""A small real run — a chest X-ray through Orthanc (drafted, then signed), the listener, the draft worker, the relay,
 the delivery worker (SR to Orthanc, ORU to a RIS that NAKs the first message and checks the
 envelope and OBR-4), a Locate on the interactive worker, a refused association, the web app —
 then every process's /metrics, scraped on its own port, shows what happened, and the JSON logs
@@ -24,10 +24,12 @@ from sqlalchemy import select
 from ops.ris_checks import RisExpectations
 from ops.ris_sink import RisSink, SinkBehaviour
 from shared.config import get_settings
-from shared.db.models import Delivery, DeliveryKind, Instance, Series, Study
+from shared.db.models import Delivery, DeliveryKind, DeliveryState, Instance, Series, Study
 from shared.hl7.er7 import read_er7
+from shared.reports import lifecycle
 from shared.worker_client import ask_worker
 from tests.observability.conftest import json_lines, scrape, value
+from tests.reports.world import make_user
 from tests.support.listener_process import free_port
 from tests.support.web_process import start_web
 from tests.support.worker_process import start_relay, start_worker
@@ -71,7 +73,8 @@ def test_every_process_reports_the_run(
     get_settings.cache_clear()
     pipeline: Pipeline = pipeline_factory(with_worker=False, with_sink=False)
     assert pipeline.orthanc is not None
-    monkeypatch.setenv("MEDREGA_QUEUE_PREFIX", pipeline.worker_env["MEDREGA_QUEUE_PREFIX"])
+    for name, setting in pipeline.worker_env.items():  # queue prefix; the PACS and RIS that
+        monkeypatch.setenv(name, setting)  # signing here records as the deliveries' destinations
     get_settings.cache_clear()
     env = pipeline.worker_env
     pipeline.sink = RisSink(
@@ -110,6 +113,14 @@ def test_every_process_reports_the_run(
             select(Delivery).where(Delivery.study_id == study.id, Delivery.kind == DeliveryKind.HL7)
         ).one()
     assert oru.attempts == 2  # AE, then AA
+    with pipeline.session() as session, session.begin():  # the radiologist signs the draft
+        signed = session.get(Study, study.id)
+        assert signed is not None
+        lifecycle.sign(session, signed, make_user(session), base_version=1)
+    try:
+        wait_for(lambda: _final_delivered(pipeline, study.id), 120, "the final report delivered")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {_states(pipeline, study.id)}") from None
     assert ask_worker("medrega.locate", [instance_id, 1, "right lung"], 60)["ok"] is True
 
     # The RIS checked and took the ORU: the configured envelope, OBR-4 from the study.
@@ -135,12 +146,13 @@ def test_every_process_reports_the_run(
 
     delivery = metrics["delivery_worker"]
     assert value(delivery, "medrega_delivery_attempts_total", kind="hl7", state="retrying") == 1
-    assert value(delivery, "medrega_delivery_attempts_total", kind="hl7", state="delivered") == 1
-    assert value(delivery, "medrega_delivery_attempts_total", kind="sr", state="delivered") == 1
+    assert value(delivery, "medrega_delivery_attempts_total", kind="hl7", state="delivered") == 2
+    assert value(delivery, "medrega_delivery_attempts_total", kind="sr", state="delivered") == 2
     for kind in ("sr", "hl7"):
-        assert value(
-            delivery, "medrega_drafted_to_delivered_seconds_count", kind=kind, status="P"
-        ) == 1  # fmt: skip
+        for status in ("P", "F"):  # the draft's, then the signed report's
+            assert value(
+                delivery, "medrega_drafted_to_delivered_seconds_count", kind=kind, status=status
+            ) == 1  # fmt: skip
         assert value(delivery, "medrega_received_to_delivered_seconds_count", kind=kind) == 1
 
     interactive = metrics["interactive_worker"]
@@ -152,15 +164,15 @@ def test_every_process_reports_the_run(
     relay = metrics["relay"]
     prefix = pipeline.worker_env["MEDREGA_QUEUE_PREFIX"]
     assert value(relay, "medrega_relay_published_total", kind="draft") >= 1
-    assert value(relay, "medrega_relay_published_total", kind="deliver") >= 3  # SR, ORU, retry
+    assert value(relay, "medrega_relay_published_total", kind="deliver") >= 5  # P, retry, F
     assert value(relay, "medrega_broker_up") == 1
     assert value(relay, "medrega_queue_consumers", queue=f"{prefix}draft") == 1
     assert value(relay, "medrega_queue_messages", queue=f"{prefix}delivery") == 0
-    assert value(relay, "medrega_deliveries", kind="hl7", state="delivered") == 1
+    assert value(relay, "medrega_deliveries", kind="hl7", state="delivered") == 2
     assert value(relay, "medrega_oldest_undelivered_seconds", kind="hl7") == 0
 
     web_metrics = metrics["web"]
-    assert value(web_metrics, "medrega_studies", state="drafted") == 1
+    assert value(web_metrics, "medrega_studies", state="signed") == 1
     assert value(
         web_metrics, "medrega_web_requests_total", method="GET", route="/healthz", status="200"
     ) >= 1  # fmt: skip
@@ -169,6 +181,26 @@ def test_every_process_reports_the_run(
     ) == 1  # fmt: skip
 
     _json_logs_carry_the_study_and_no_phi(pipeline, study)
+
+
+def _final_delivered(pipeline: Pipeline, study_id: int) -> bool:
+    with pipeline.session() as session:
+        states = session.scalars(
+            select(Delivery.state).where(
+                Delivery.study_id == study_id, Delivery.report_version == 2
+            )
+        ).all()
+    return bool(states) and all(state == DeliveryState.DELIVERED for state in states)
+
+
+def _states(pipeline: Pipeline, study_id: int) -> list[tuple[object, ...]]:
+    with pipeline.session() as session:
+        rows = session.execute(
+            select(
+                Delivery.kind, Delivery.report_version, Delivery.state, Delivery.last_error
+            ).where(Delivery.study_id == study_id)
+        ).all()
+    return [tuple(row) for row in rows]
 
 
 def _scrape_web(base_url: str) -> str:
