@@ -51,6 +51,9 @@ install_debian() {
   for p in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # npm fetches the OHIF viewer for tests/ohif; NodeSource's nodejs ships its own npm and
+  # conflicts with Debian's npm package, so only ask for them where there is no npm at all.
+  command -v npm >/dev/null || missing+=(nodejs npm)
   if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
