@@ -51,11 +51,15 @@ CANCELLED_LOAD_ERROR = "error in event listener of type:  IMAGE_LOAD_ERROR"
 LOAD_TIMEOUT_MS = 90_000
 STEP_TIMEOUT_MS = 30_000
 # The image in the viewport (cornerstone's image id names it: .../instances/<uid>/frames/1),
-# and the annotations drawn on it (cornerstone's SVG layer, one <g> per annotation).
+# and the boxes drawn on it (cornerstone's SVG layer: a rectangle's <rect data-id="<uid>-rect">),
+# each of a real size on screen.
 SHOWS_IMAGE = """uid => window.cornerstone.getEnabledElements().some(
     e => (e.viewport.getCurrentImageId?.() ?? '').includes(`/instances/${uid}/`))"""
-BOXES_DRAWN_ARE = """n => document.querySelectorAll(
-    'svg.svg-layer g[data-annotation-uid]').length === n"""
+BOXES_DRAWN_ARE = """n => {
+    const boxes = [...document.querySelectorAll('svg.svg-layer rect[data-id$="-rect"]')];
+    return boxes.length === n && boxes.every(
+        b => b.width.baseVal.value > 2 && b.height.baseVal.value > 2);
+}"""
 LABEL = re.compile(r"^[A-Z][^/]+ / [^/]*[\u4e00-\u9fff][^/]* \(p [01]\.\d\d\)$")
 
 
@@ -219,7 +223,13 @@ def test_every_finding_is_tracked_with_its_label_and_its_box_on_its_image(
             page.wait_for_function(
                 BOXES_DRAWN_ARE, arg=study.boxes_on(uid), timeout=STEP_TIMEOUT_MS
             )
+        first = study.findings[0].image
+        assert first is not None
         rows.first.locator('[data-cy="data-row"]').click()
+        page.wait_for_function(SHOWS_IMAGE, arg=first.sop_instance_uid, timeout=STEP_TIMEOUT_MS)
+        page.wait_for_function(
+            BOXES_DRAWN_ARE, arg=study.boxes_on(first.sop_instance_uid), timeout=STEP_TIMEOUT_MS
+        )
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}.png"))
     except Exception:
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}-failed.png"))
