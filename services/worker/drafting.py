@@ -198,7 +198,9 @@ def _defer(session: Session, job_id: int, error: str, waiting_for: str = "the mo
     decision = after_failure(job.attempts, transient=True, now=now, policy=policy)
     if decision.next_attempt_at is None:
         return _fail(
-            session, job_id, f"{waiting_for} unavailable after {job.attempts} attempts: {error}"
+            session,
+            job_id,
+            f"{waiting_for.removeprefix('the ')} unavailable after {job.attempts} attempts: {error}",
         )
     delay = (decision.next_attempt_at - now).total_seconds()
     job.state = DraftJobState.PENDING
