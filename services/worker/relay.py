@@ -28,10 +28,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from services.worker.lanes import (
+    delivery_priority,
     delivery_priority_of,
     job_priority,
     make_queued_drafts_due,
@@ -46,6 +47,7 @@ from shared.observability.exporter import serve_metrics
 from shared.observability.logs import configure_service_logging
 from shared.observability.metrics import RELAY, RELAY_PUBLISHED
 from shared.reports import deliveries as deliveries_rules
+from shared.reports.deliveries import OPEN_STATES as OPEN_DELIVERY_STATES
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +91,39 @@ def _due_draft_jobs(engine: Engine, now: datetime) -> list[tuple[int, str]]:
     return [(row.id, row.state) for row in rows]
 
 
-def _due_deliveries(engine: Engine, now: datetime) -> list[int]:
-    with sessionmaker(engine)() as session:
-        return list(
-            session.scalars(
-                select(Delivery.id)
-                .where(
-                    Delivery.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING]),
-                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-                )
-                # The ORU first: it is what the RIS and the referring clinician read, it is
-                # cheap, and an SR C-STORE to a busy PACS must not hold it up.
-                .order_by(
-                    Delivery.next_attempt_at.nulls_first(),
-                    (Delivery.kind == DeliveryKind.HL7).desc(),
-                    Delivery.id,
-                )
-                .limit(BATCH)
-            ).all()
-        )
+def _take_due_deliveries(engine: Engine, now: datetime) -> list[tuple[int, int]]:
+    """(delivery id, message priority) of the deliveries due now, in publishing order, each
+    pushed REPUBLISH_UNCLAIMED_AFTER on (published, not claimed: if no worker claims it by then,
+    it is published again). One transaction for the whole batch: during a burst the relay
+    publishes four messages a study (SR, GSPS, KOS, ORU), and a transaction per row made them
+    queue behind each other. Rows a worker is claiming right now are skipped, not waited for."""
+    with sessionmaker(engine).begin() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.kind, Delivery.result_status)
+            .where(
+                Delivery.state.in_(OPEN_DELIVERY_STATES),
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+            # The ORU first: it is what the RIS and the referring clinician read, it is
+            # cheap, and an SR C-STORE to a busy PACS must not hold it up.
+            .order_by(
+                Delivery.next_attempt_at.nulls_first(),
+                (Delivery.kind == DeliveryKind.HL7).desc(),
+                Delivery.id,
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if rows:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_([row.id for row in rows]))
+                .values(next_attempt_at=now + REPUBLISH_UNCLAIMED_AFTER)
+                .execution_options(synchronize_session=False)
+            )
+    return [
+        (row.id, delivery_priority(kind=row.kind, result_status=row.result_status)) for row in rows
+    ]
 
 
 def _expired_leases(engine: Engine, now: datetime) -> list[int]:
@@ -148,39 +164,50 @@ def relay_once(engine: Engine, publish: Publisher, now: datetime | None = None) 
                 log.warning("delivery %s: attempt lease ran out; scheduled again", delivery_id)
 
     deliveries = 0
-    for delivery_id in _due_deliveries(engine, now):
-        with factory.begin() as session:
-            delivery = session.get(Delivery, delivery_id, with_for_update=True)
-            if delivery is None or delivery.state not in (
-                DeliveryState.PENDING,
-                DeliveryState.RETRYING,
-            ):
-                continue
-            # Published, not claimed: if no worker claims it by then, publish it again.
-            delivery.next_attempt_at = now + REPUBLISH_UNCLAIMED_AFTER
-        publish("deliver", delivery_id)
+    for delivery_id, priority in _take_due_deliveries(engine, now):
+        publish_delivery(publish, delivery_id, priority)
         deliveries += 1
     if drafts or deliveries:
         log.info("relay published %d draft job(s), %d delivery(ies)", drafts, deliveries)
     return RelayCounts(drafts, deliveries)
 
 
-def celery_publisher(engine: Engine) -> Publisher:
-    from services.worker.celery_app import DELIVERY_QUEUE, DRAFT_QUEUE, app
+class CeleryPublisher:
+    """Sends the relay's messages to the lanes, each with its message priority; optionally
+    counting them (medrega_relay_published_total)."""
 
-    def publish(kind: str, row_id: int) -> None:
+    def __init__(self, engine: Engine, *, count: bool = False) -> None:
+        self.engine = engine
+        self.count = count
+
+    def __call__(self, kind: str, row_id: int, priority: int | None = None) -> None:
+        from services.worker.celery_app import DELIVERY_QUEUE, DRAFT_QUEUE, app
+
         if kind == "draft":
             # The draft lane is a priority queue: X-rays and critical studies go first.
-            priority = job_priority(engine, row_id)
+            priority = job_priority(self.engine, row_id) if priority is None else priority
             app.send_task(
                 "medrega.draft_study", args=[row_id], queue=DRAFT_QUEUE, priority=priority
             )
         else:
             # Signed reports before drafts, ORUs before SRs.
-            priority = delivery_priority_of(engine, row_id)
+            if priority is None:
+                priority = delivery_priority_of(self.engine, row_id)
             app.send_task("medrega.deliver", args=[row_id], queue=DELIVERY_QUEUE, priority=priority)
+        if self.count:
+            RELAY_PUBLISHED.labels(kind=kind).inc()
 
-    return publish
+
+def publish_delivery(publish: Publisher, delivery_id: int, priority: int) -> None:
+    """Publish with the priority the relay already read (a plain publisher takes none)."""
+    if isinstance(publish, CeleryPublisher):
+        publish("deliver", delivery_id, priority)
+    else:
+        publish("deliver", delivery_id)
+
+
+def celery_publisher(engine: Engine) -> CeleryPublisher:
+    return CeleryPublisher(engine)
 
 
 def retire_legacy_queues(engine: Engine) -> None:
@@ -242,16 +269,6 @@ def run_forever(
             stop.wait(interval_s)
 
 
-def counted(publish: Publisher) -> Publisher:
-    """The publisher, counting what it published (medrega_relay_published_total)."""
-
-    def publish_and_count(kind: str, row_id: int) -> None:
-        publish(kind, row_id)
-        RELAY_PUBLISHED.labels(kind=kind).inc()
-
-    return publish_and_count
-
-
 def main() -> None:
     from shared.db.session import get_engine
 
@@ -291,7 +308,7 @@ def main() -> None:
     )
     run_forever(
         engine,
-        counted(celery_publisher(engine)),
+        CeleryPublisher(engine, count=True),
         threading.Event(),
         args.interval,
         on_leadership=retire_legacy_queues,
