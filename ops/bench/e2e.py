@@ -24,7 +24,12 @@ the last X-ray ORU. Goals: cxr_p95_s ≤ 1.5 × cxr_alone_s, ct_p95_s ≤ 15 s, 
 1.5 × interactive_alone_ms, delivered == sent.
 
     python -m ops.bench.e2e [--cxr 20] [--ct 5] [--ct-slices 120] [--senders 4] [--io-threads 3]
-        [--alone 3] [--interactive 20] [--click-every 1.0]
+        [--alone 3] [--interactive 20] [--click-every 1.0] [--profile-dir DIR]
+
+On stderr: per study class the median queue/draft/deliver split, and per delivery kind (SR,
+GSPS, KOS, ORU) the median wait from recorded to claimed and from claim to acknowledged. With
+`--profile-dir` the delivery worker and the relay run under py-spy (wall clock, idle threads
+kept); a summary of where `attempt_delivery` and `relay_once` spend their time is printed.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +60,7 @@ from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.dicom_writer import WrittenStudy
 from model.phantoms.splits import seeds
 from ops.bench import harness
+from ops.bench.ingest import profiled
 from ops.ris_sink import RisSink
 from services.pacs.local_orthanc import running_orthanc
 from shared.config import REPO_ROOT, Settings
@@ -199,6 +207,61 @@ def wait_delivered(
         time.sleep(0.2)
 
 
+def delivery_breakdown(
+    factory: sessionmaker[Session], studies: list[WrittenStudy]
+) -> dict[str, tuple[int, float, float]]:
+    """Per delivery kind: (count, median s from recorded to claimed, median s claim → ACK)."""
+    uids = [s.study_instance_uid for s in studies]
+    with factory() as session:
+        rows = session.execute(
+            select(Delivery.kind, Delivery.created_at, Delivery.last_attempt_at,
+                   Delivery.delivered_at)
+            .join(Study, Study.id == Delivery.study_id)
+            .where(Study.study_instance_uid.in_(uids), Delivery.state == DeliveryState.DELIVERED)
+        ).all()  # fmt: skip
+    by_kind: dict[str, list[tuple[float, float]]] = {}
+    for kind, created, attempted, delivered in rows:
+        if attempted is None or delivered is None:
+            continue  # a delivered row has both; the columns are nullable
+        by_kind.setdefault(str(kind), []).append(
+            ((attempted - created).total_seconds(), (delivered - attempted).total_seconds())
+        )
+    return {
+        kind: (
+            len(times),
+            statistics.median(t[0] for t in times),
+            statistics.median(t[1] for t in times),
+        )
+        for kind, times in sorted(by_kind.items())
+    }
+
+
+OWN_CODE = ("services/", "shared/", "ops/")
+
+
+def where_time_goes(collapsed: Path, entry: str, top: int = 12) -> list[str]:
+    """Wall-clock samples under `entry` (a function name), by the innermost frame of our own code
+    and by the innermost frame overall: where that function's time goes."""
+    own: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count_text.isdigit() or not any(f.startswith(entry + " ") for f in frames):
+            continue
+        count = int(count_text)
+        total += count
+        leaf[frames[-1]] += count
+        own[next((f for f in reversed(frames) if any(k in f for k in OWN_CODE)), "?")] += count
+    lines = [f"{entry}: {total} samples (250/s per thread)"]
+    lines += [f"  {100 * c / max(total, 1):5.1f}%  own {name}" for name, c in own.most_common(top)]
+    lines += [
+        f"  {100 * c / max(total, 1):5.1f}%  leaf {name}" for name, c in leaf.most_common(top)
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cxr", type=int, default=20)
@@ -213,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stable-age", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--profile-dir", type=Path, help="py-spy the delivery worker and the relay (wall clock)"
+    )
     args = parser.parse_args(argv)
 
     url = harness.scratch_database(DB_NAME)
@@ -264,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             workers.append(start_relay(env, work / "relay.log"))
+            profiling = ExitStack()
+            if args.profile_dir is not None:
+                for name, process in (("delivery", workers[2]), ("relay", workers[3])):
+                    profiling.enter_context(
+                        profiled(
+                            process.process.pid, args.profile_dir / f"{name}.collapsed", idle=True
+                        )
+                    )
             web = start_web(env, work / "web.log")
             reader = Radiologist(web.base_url, env)
             engine = create_engine(url)
@@ -311,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = wait_delivered(factory, studies, args.timeout)
             burst_over.set()
             clicker.join(timeout=120)
+            profiling.close()
+            kinds_alone = delivery_breakdown(factory, alone[1:])
+            kinds_burst = delivery_breakdown(factory, [s for s in studies if s.domain == "cxr"])
             engine.dispose()
     finally:
         if web is not None:
@@ -353,6 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                 "after the claim)",
                 file=sys.stderr,
             )
+    for name, kinds in (("cxr alone", kinds_alone), ("cxr", kinds_burst)):
+        for kind, (n, claim_s, send_s) in kinds.items():
+            print(f"{name} {kind}: n={n} recorded→claimed {claim_s:.2f} s, "
+                  f"claim→ACK {send_s:.2f} s", file=sys.stderr)  # fmt: skip
+    if args.profile_dir is not None:
+        for name, entry in (("delivery", "attempt_delivery"), ("relay", "relay_once")):
+            collapsed = args.profile_dir / f"{name}.collapsed"
+            if collapsed.exists():
+                print("\n".join(where_time_goes(collapsed, entry)), file=sys.stderr)
     print(json.dumps(result))
     ok = len(rows) == len(studies) and not result["interactive_failed"]
     return 0 if ok else 1

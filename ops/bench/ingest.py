@@ -336,8 +336,9 @@ def listener_receiver(workdir: Path, processes: int) -> Iterator[Endpoint]:
 
 
 @contextmanager
-def profiled(pid: int | None, output: Path | None) -> Iterator[None]:
-    """Sample `pid` and its children with py-spy: on-CPU collapsed stacks (idle threads left out)."""
+def profiled(pid: int | None, output: Path | None, *, idle: bool = False) -> Iterator[None]:
+    """Sample `pid` and its children with py-spy: on-CPU collapsed stacks (idle threads left out;
+    with `idle` they are kept, for where a latency's wall-clock time goes)."""
     if pid is None or output is None:
         yield
         return
@@ -345,6 +346,8 @@ def profiled(pid: int | None, output: Path | None) -> Iterator[None]:
     py_spy = str(Path(sys.executable).parent / "py-spy")
     command = [py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "250",
                "--format", "raw", "--nonblocking", "-o", str(output)]  # fmt: skip
+    if idle:
+        command.append("--idle")
     sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let it attach to every process
     try:
