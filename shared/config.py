@@ -237,6 +237,11 @@ class Settings(BaseSettings):
     # One token shared by every node (a secrets file: medrega_node_read_token), >= 32 bytes.
     node_read_token: SecretStr | None = None
     node_read_timeout_s: float = Field(default=30.0, gt=0)
+    # TLS for the file endpoint: its certificate and key (MEDREGA_NODE_READ_URL is then https://),
+    # and the CA the other nodes verify it with (None: the system's CAs).
+    node_read_tls_cert: Path | None = None
+    node_read_tls_key: Path | None = None
+    node_read_tls_ca: Path | None = None
     # Files fetched from other nodes: a size-bounded LRU cache on this machine's own disk.
     instance_cache_dir: Path = REPO_ROOT / "var" / "instance-cache"
     instance_cache_max_bytes: int = Field(default=4 * 1024**3, ge=1)
@@ -359,7 +364,7 @@ class Settings(BaseSettings):
                     f"MEDREGA_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes in "
                     "production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
                 )
-        for prefix in ("listener", "pacs", "ris", "orthanc"):
+        for prefix in ("listener", "pacs", "ris", "orthanc", "node_read"):
             if (getattr(self, f"{prefix}_tls_cert") is None) != (
                 getattr(self, f"{prefix}_tls_key") is None
             ):
