@@ -15,7 +15,9 @@ from the PACS: see shared/storage/instance_reader.py.
   URL (MEDREGA_NODE_READ_URL) in `storage_nodes`, so the other nodes find it.
 
 Run it beside the listener, on the same storage directory: `python -m services.listener.file_server`
-(`--check`: exit 0 when it answers). Put TLS in front of it on an untrusted network.
+(`--check`: exit 0 when it answers). With MEDREGA_NODE_READ_TLS_CERT/_KEY it speaks HTTPS only
+(the other nodes verify it against MEDREGA_NODE_READ_TLS_CA); use that on any network that is
+not the stack's own.
 """
 
 from __future__ import annotations
@@ -117,11 +119,14 @@ def main() -> None:
     configure_service_logging(
         "file-server", settings, "%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    tls = settings.node_read_tls_cert is not None
     if args.check:
         import httpx
 
-        url = f"http://{settings.node_read_host}:{settings.node_read_port}/healthz"
-        sys.exit(0 if httpx.get(url, timeout=5).status_code == 200 else 1)
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://127.0.0.1:{settings.node_read_port}/healthz"
+        # A liveness probe of this process on loopback: whether it answers, not who it is.
+        sys.exit(0 if httpx.get(url, timeout=5, verify=False).status_code == 200 else 1)
     name, read_url, token = _configured(settings)
     from shared.db.session import get_engine
 
@@ -135,6 +140,8 @@ def main() -> None:
         timeout_keep_alive=30,
         log_level="warning",
         server_header=False,
+        ssl_certfile=str(settings.node_read_tls_cert) if tls else None,
+        ssl_keyfile=str(settings.node_read_tls_key) if tls else None,
     )
 
 

@@ -99,7 +99,7 @@ def instance_reader(storage_dir: Path) -> InstanceReader:
         storage_dir,
         settings.node_name,
         FileCache(settings.instance_cache_dir, settings.instance_cache_max_bytes),
-        NodeFileClient(token or "", settings.node_read_timeout_s),
+        NodeFileClient(token or "", settings.node_read_timeout_s, settings.node_read_tls_ca),
         NodeDirectory(get_engine),
     )
 

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 import httpx
@@ -62,9 +64,12 @@ class NodeDirectory:
 class NodeFileClient:
     """GET <node>/v1/files/<path> with the shared token; the bytes must be the row's bytes."""
 
-    def __init__(self, token: str, timeout_s: float) -> None:
+    def __init__(self, token: str, timeout_s: float, tls_ca: Path | None = None) -> None:
+        # HTTPS endpoints are verified against tls_ca (the site's CA), else the system's CAs.
+        verify = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
         self._client = httpx.Client(
             timeout=timeout_s,
+            verify=verify,
             headers={"Authorization": f"Bearer {checked_token(token)}"},
             follow_redirects=False,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),

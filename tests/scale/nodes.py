@@ -7,6 +7,7 @@ endpoints (services/listener/file_server.py) into the node's own cache folder.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import time
@@ -30,13 +31,15 @@ def start_file_server(env: Mapping[str, str], log_path: Path) -> RunningWorker:
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     server = RunningWorker(process, log_path)
-    url = f"http://{env['MEDREGA_NODE_READ_HOST']}:{env['MEDREGA_NODE_READ_PORT']}/healthz"
+    url = env["MEDREGA_NODE_READ_URL"] + "/healthz"
+    ca = env.get("MEDREGA_NODE_READ_TLS_CA")
+    verify = ssl.create_default_context(cafile=ca) if ca else True
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"file server exited {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -24,6 +24,7 @@ from shared.storage.file_cache import FileCache
 from shared.storage.instance_reader import NodeInstanceReader
 from shared.storage.node_files import NodeDirectory, NodeFileClient
 from shared.storage.refs import InstanceUnavailable, StoredFileRef
+from tests.production.pki import make_pki
 from tests.scale.nodes import node_env, start_file_server
 
 
@@ -161,3 +162,39 @@ def test_the_cache_keeps_its_bound_and_evicts_the_least_recently_used(tmp_path: 
         cache.get_or_put(hashes[1], 1_000, refuse)
     assert cache.get(hashes[1], 1_000) is None
     assert not list((tmp_path / "cache" / ".partial").iterdir())
+
+
+def test_over_tls_the_endpoint_is_verified_against_the_sites_ca(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki.issue("node-a")
+    token = secrets.token_urlsafe(32)
+    env = {**os.environ, **node_env("node-a", tmp_path / "a", {}, token)}
+    env["MEDREGA_NODE_READ_URL"] = env["MEDREGA_NODE_READ_URL"].replace("http://", "https://")
+    env.update(
+        MEDREGA_NODE_READ_TLS_CERT=str(cert),
+        MEDREGA_NODE_READ_TLS_KEY=str(key),
+        MEDREGA_NODE_READ_TLS_CA=str(pki.ca),
+    )
+    study = write_phantom_study("cxr", 13, tmp_path / "in", max_side=128)
+    ref = _store_like_the_listener(study.files[0], Path(env["MEDREGA_STORAGE_DIR"]))
+    server = start_file_server(env, tmp_path / "file-server.log")
+    try:
+        trusting = NodeInstanceReader(
+            tmp_path / "b" / "storage", "node-b", FileCache(tmp_path / "b" / "cache", 10**7),
+            NodeFileClient(token, timeout_s=10, tls_ca=pki.ca), NodeDirectory(lambda: clean_db),
+        )  # fmt: skip
+        assert trusting.local_path(ref).read_bytes() == study.files[0].read_bytes()
+        # Without the site's CA the endpoint is not believed (the system CAs never signed it).
+        other = _reader(clean_db, tmp_path / "other", token)
+        with pytest.raises(InstanceUnavailable, match="unreachable"):
+            other.local_path(ref)
+        # Plain HTTP gets no answer from the HTTPS-only endpoint.
+        plain = env["MEDREGA_NODE_READ_URL"].replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(
+                plain + "/v1/files/" + ref.file_path, headers={"Authorization": f"Bearer {token}"}
+            )
+    finally:
+        server.stop()
