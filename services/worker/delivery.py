@@ -270,6 +270,7 @@ def _send(session: Session, delivery: Delivery) -> tuple[str, str | None]:
                 calling_ae=settings.listener_ae_title,
                 timeout_s=30.0,
                 tls_context=pacs_tls_context(settings),
+                keep_warm=True,  # SR, GSPS and KOS of a study go over one association
             )
             for dataset in datasets  # same UIDs on every attempt: a re-sent one replaces itself
         ]

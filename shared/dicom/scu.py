@@ -4,19 +4,30 @@ A delivery task retries only `TransientStoreError` (the peer is down, busy, slow
 resources); a `PermanentStoreError` (the peer refuses the SOP class, rejects the association
 permanently, or says the dataset is wrong) will fail the same way next time, so it is recorded
 and surfaced instead.
+
+With `keep_warm` the association stays open for the next C-STORE to the same peer (for two
+seconds: association_pool.py). A warm association the peer closed while idle fails fast; that
+C-STORE is then tried once more on a fresh association (the same UIDs: a re-sent object replaces
+itself at the PACS).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 
 from shared.config import Settings
+from shared.dicom.association_pool import (
+    DELIVERY_SOP_CLASSES,
+    POOL,
+    PeerKey,
+    WarmAssociation,
+    open_association,
+)
 from shared.tls import client_tls_context
 
 logger = logging.getLogger(__name__)
@@ -79,13 +90,15 @@ def store_dataset(
     calling_ae: str = "MEDREGA",
     timeout_s: float = 30.0,
     tls_context: ssl.SSLContext | None = None,
+    keep_warm: bool = False,
 ) -> int:
     """Send `ds` by C-STORE and return the DIMSE status (0x0000, or a warning status).
 
     `timeout_s` bounds each phase separately: TCP connect, association negotiation (ACSE),
     the wait for the C-STORE response (DIMSE) and network idle time. Raises
     `TransientStoreError` or `PermanentStoreError` otherwise. With `tls_context` the
-    association runs over TLS and the peer's certificate must match `host`.
+    association runs over TLS and the peer's certificate must match `host`. With `keep_warm`
+    the association is taken from and given back to the pool (module docstring).
     """
     _check_ae_title("Called AE Title", ae_title)
     _check_ae_title("Calling AE Title", calling_ae)
@@ -100,33 +113,25 @@ def store_dataset(
         raise ValueError("dataset has no file meta TransferSyntaxUID (0002,0010)")
 
     peer = f"{ae_title}@{host}:{port}"
-    ae = AE(ae_title=calling_ae)
-    ae.connection_timeout = timeout_s
-    ae.acse_timeout = timeout_s
-    ae.dimse_timeout = timeout_s
-    ae.network_timeout = timeout_s
-    # Explicit VR Little Endian first (what we encode); Implicit VR Little Endian is the one
-    # syntax every SCP must accept, and pynetdicom re-encodes to it if that is what is agreed.
-    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-
-    tls_args = (tls_context, host) if tls_context is not None else None
-    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
-    try:
-        if not assoc.is_established:
-            raise _association_failure(assoc, peer)
-        try:
-            response = assoc.send_c_store(ds)
-        except RuntimeError as exc:
-            # The peer released or aborted between negotiation and our request.
-            raise TransientStoreError(f"association lost before C-STORE: {exc}", peer=peer) from exc
-        if "Status" not in response:
-            # No response within the DIMSE timeout, or the association was aborted meanwhile.
-            raise TransientStoreError("no C-STORE response (timeout or abort)", peer=peer)
-        status = int(response.Status)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+    key: PeerKey = (calling_ae, ae_title, host, port, tls_context is not None)
+    sop_class = str(ds.SOPClassUID)
+    status: int | None = None
+    if keep_warm:
+        warm = POOL.take(key, sop_class)
+        if warm is not None:
+            started = time.monotonic()
+            try:
+                status = _send(warm.assoc, ds, peer)
+                POOL.give_back(key, warm)
+            except TransientStoreError:
+                warm.close()
+                # Lost at once: the peer had closed it while idle; a fresh one follows. Lost
+                # after a while (no response in time): the peer is slow; that is the answer.
+                if time.monotonic() - started > min(timeout_s / 2, 5.0):
+                    raise
+                logger.info("warm association to %s was closed by the peer; opening anew", peer)
+    if status is None:
+        status = _store_fresh(ds, key, peer, timeout_s, tls_context, keep_warm)
 
     error = classify_status(status)
     if error is not None:
@@ -134,6 +139,54 @@ def store_dataset(
     if status != SUCCESS:
         logger.warning("C-STORE to %s stored with warning status 0x%04X", peer, status)
     return status
+
+
+def _store_fresh(
+    ds: Dataset,
+    key: PeerKey,
+    peer: str,
+    timeout_s: float,
+    tls_context: ssl.SSLContext | None,
+    keep_warm: bool,
+) -> int:
+    """C-STORE over a new association; released after, or given to the pool with `keep_warm`."""
+    sop_class = str(ds.SOPClassUID)
+    offered = [sop_class, *DELIVERY_SOP_CLASSES] if keep_warm else [sop_class]
+    ae, assoc = open_association(key, offered, timeout_s, tls_context)
+    kept: WarmAssociation | None = None
+    try:
+        if not assoc.is_established:
+            raise _association_failure(assoc, peer)
+        accepted = frozenset(str(cx.abstract_syntax) for cx in assoc.accepted_contexts)
+        if sop_class not in accepted:
+            # Others of the offered classes were accepted, not this one.
+            raise PermanentStoreError(
+                "no presentation context accepted for the SOP class", peer=peer
+            )
+        status = _send(assoc, ds, peer)
+        if keep_warm:
+            kept = WarmAssociation(ae, assoc, accepted)
+    finally:
+        if kept is not None:
+            POOL.give_back(key, kept)
+        else:
+            if assoc.is_established:
+                assoc.release()
+            ae.shutdown()
+    return status
+
+
+def _send(assoc: Association, ds: Dataset, peer: str) -> int:
+    """The C-STORE on an established association: its DIMSE status."""
+    try:
+        response = assoc.send_c_store(ds)
+    except RuntimeError as exc:
+        # The peer released or aborted between negotiation and our request.
+        raise TransientStoreError(f"association lost before C-STORE: {exc}", peer=peer) from exc
+    if "Status" not in response:
+        # No response within the DIMSE timeout, or the association was aborted meanwhile.
+        raise TransientStoreError("no C-STORE response (timeout or abort)", peer=peer)
+    return int(response.Status)
 
 
 def _association_failure(assoc: Association, peer: str) -> StoreError:
