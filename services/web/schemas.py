@@ -161,6 +161,9 @@ class FindingOut(BaseModel):
     finding_code: str | None
     finding_en: str | None
     finding_zh: str | None
+    # The vocabulary's wording, as the SR, GSPS and OHIF show it: "Right pleural effusion".
+    label_en: str
+    label_zh: str
     probability: float | None
     critical: bool
     size_mm: float | None

@@ -38,12 +38,24 @@ from shared.db.models import (
 from shared.reports.domain import RegionFindingResult
 from shared.reports.lifecycle import current_report
 from shared.reports.mapping import report_version
-from shared.vocab import load_vocab
+from shared.vocab import VocabError, finding_label, load_vocab
+from shared.vocab.loader import Language
 
 
 def _person(users: dict[int, User], user_id: int | None) -> PersonOut | None:
     user = users.get(user_id) if user_id is not None else None
     return PersonOut(id=user.id, username=user.username, full_name=user.full_name) if user else None
+
+
+def _label(f: RegionFindingResult, lang: Language) -> str:
+    """The vocabulary's label; a version stored under codes the vocabulary no longer knows keeps
+    the names it was stored with."""
+    try:
+        return finding_label(f.finding_code, f.region_code, lang)
+    except VocabError:
+        region = f.region_name_zh if lang == "zh" else f.region_name_en
+        name = f.finding_name_zh if lang == "zh" else f.finding_name_en
+        return f"{region} — {name}" if name else region
 
 
 def finding_out(ordinal: int, f: RegionFindingResult) -> FindingOut:
@@ -56,6 +68,8 @@ def finding_out(ordinal: int, f: RegionFindingResult) -> FindingOut:
         finding_code=f.finding_code,
         finding_en=f.finding_name_en,
         finding_zh=f.finding_name_zh,
+        label_en=_label(f, "en"),
+        label_zh=_label(f, "zh"),
         probability=f.probability,
         critical=f.critical,
         size_mm=f.size_mm,

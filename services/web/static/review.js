@@ -56,11 +56,9 @@
     return NORMAL_COLOURS[normal.indexOf(f) % NORMAL_COLOURS.length];
   }
 
+  // The vocabulary's wording ("Right pleural effusion", "Left lung: normal"), as in the SR.
   function findingName(f) {
-    const zh = Medrega.lang === "zh";
-    const region = zh ? f.region_zh : f.region_en;
-    const name = f.finding_code ? (zh ? f.finding_zh : f.finding_en) : t("normal");
-    return `${region} — ${name}`;
+    return Medrega.lang === "zh" ? f.label_zh : f.label_en;
   }
 
   function svg(tag, attrs) {
