@@ -17,6 +17,7 @@ from pydicom import Dataset, dcmread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from services.worker.fhir_push import push_version
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, try_advisory_lock
 from shared.db.instance_inputs import stored_file
@@ -276,6 +277,8 @@ def _send(session: Session, delivery: Delivery) -> tuple[str, str | None]:
         ]
         detail = f"{len(datasets)} instances stored" if len(datasets) > 1 else None
         return f"0x{max(statuses):04X}", detail
+    if delivery.kind == DeliveryKind.FHIR:
+        return push_version(session, version, study_id, delivery.destination)
     sent_to_pacs = session.scalars(
         select(Delivery.kind).where(
             Delivery.report_id == delivery.report_id, Delivery.kind.in_(PACS_KINDS)

@@ -57,11 +57,6 @@ def report_identifier(study_instance_uid: str) -> dict[str, str]:
     return {"system": REPORT_IDENTIFIER_SYSTEM, "value": study_instance_uid}
 
 
-def fhir_message_id(report_id: int, version: int) -> str:
-    """The delivery's message ID: which version of which report was pushed."""
-    return f"DiagnosticReport-{report_id}-v{version}"
-
-
 def _instant(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # the database stores UTC

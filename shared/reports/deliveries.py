@@ -39,7 +39,13 @@ from shared.delivery_policy import DEFAULT_POLICY, RetryPolicy, after_failure
 from shared.reports.domain import RESULT_STATUS
 from shared.reports.key_images import key_findings_of
 from shared.reports.mapping import finding_from_row
-from shared.reports.message_ids import gsps_series_uid, hl7_control_id, kos_uids, sr_uids
+from shared.reports.message_ids import (
+    fhir_message_id,
+    gsps_series_uid,
+    hl7_control_id,
+    kos_uids,
+    sr_uids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +90,17 @@ def pacs_targets(report: Report) -> list[tuple[DeliveryKind, str]]:
 
 def create_deliveries(session: Session, report: Report) -> list[Delivery]:
     """The rows of a version that is sent (draft, signed, corrected): what the PACS gets of it
-    (SR, GSPS, KOS: `pacs_targets`) and the ORU. Every kind follows the same order rules."""
+    (SR, GSPS, KOS: `pacs_targets`), the ORU and, with MEDREGA_FHIR_SERVER_URL, the FHIR
+    DiagnosticReport. Every kind follows the same order rules."""
     status = RESULT_STATUS[report.status]
     _cancel_superseded(session, report, status)
     pacs = pacs_destination()
     targets = [(kind, pacs, message_id) for kind, message_id in pacs_targets(report)] + [
         (DeliveryKind.HL7, ris_destination(), hl7_control_id(report.id, report.version))
     ]
+    fhir_server = get_settings().fhir_server_url
+    if fhir_server:  # the EHR's FHIR server, when one is configured: the DiagnosticReport
+        targets.append((DeliveryKind.FHIR, fhir_server, fhir_message_id(report.id, report.version)))
     deliveries = [
         Delivery(
             report_id=report.id,

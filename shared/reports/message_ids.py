@@ -70,3 +70,9 @@ def hl7_control_id(report_id: int, version: int, kind: str = "ORU") -> str:
         return readable
     digest = hashlib.sha256(f"{report_id}:{version}:{kind.upper()}".encode()).digest()
     return "X-" + base64.b32encode(digest).decode("ascii")[:18]
+
+
+def fhir_message_id(report_id: str | int, version: int) -> str:
+    """The FHIR delivery's message ID: which version of which report was PUT (the resource's
+    own identity is the study's, so every version updates the same DiagnosticReport)."""
+    return f"DiagnosticReport-{report_id}-v{version}"
