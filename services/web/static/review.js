@@ -478,6 +478,7 @@
 
   const DELIVERY_KINDS = {
     sr: "SR → PACS", gsps: "GSPS (boxes) → PACS", kos: "KOS (key images) → PACS", hl7: "ORU → RIS",
+    fhir: "FHIR DiagnosticReport → EHR",
   };
 
   function renderDeliveries() {
