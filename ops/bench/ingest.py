@@ -12,7 +12,14 @@ storescu processes, to each receiver in turn:
 - our listener with Postgres indexing into a scratch database (durable before 0x0000).
 Every DCMTK-based process gets TCP_NODELAY=1 (otherwise ~11 instances/s per association here).
 The last line is JSON: {"n", "ours_1", "ours_8", "storescp_1", "storescp_8", "orthanc_1",
-"orthanc_8", "ratio_orthanc_8", "ratio_storescp_8"} in instances/s.
+"orthanc_8", "ratio_orthanc_8", "ratio_storescp_8"} in instances/s, and "cpu_ms_<receiver>_8":
+the receiver's CPU time (all its processes, reaped children included) per instance with 8
+associations, which other work on a shared machine disturbs far less than the rates.
+
+With --route-slices N (e.g. 1000) a single N-slice CT series is also sent to an Orthanc whose
+routing plugin forwards stable studies to our listener (StableAge --route-stable-age s), and
+"route_<N>_s" in the JSON is the time from Orthanc's last accepted instance to the last of the
+N rows committed in our database; "route_<N>_minus_stable_s" subtracts the StableAge wait.
 
 With --profile-dir the listener runs under py-spy (sampling all its processes); the collapsed
 stacks and a per-category summary are written there.
@@ -47,6 +54,8 @@ PG_ADMIN_DSN = os.environ.get(
     "MEDREGA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
+# The Orthanc that routes to our listener (--route-slices) calls under the PACS's AE title.
+ROUTING_ORTHANC_AE = get_settings().pacs_ae_title
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,30 @@ class Endpoint:
     ae_title: str
     count_received: Callable[[], int]
     pid: int | None = None  # the receiver's top process (profiled with py-spy when asked)
+
+
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, reaped children included) of `pid` and its descendants."""
+    if pid is None:
+        return None
+    ticks: dict[int, int] = {}
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # it exited meanwhile
+        fields = text[text.rindex(")") + 2 :].split()
+        process = int(stat.parent.name)
+        parent[process] = int(fields[1])
+        ticks[process] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    tree = {pid}
+    grew = True
+    while grew:
+        children = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # --- test data ----------------------------------------------------------------------------------
@@ -100,21 +133,23 @@ def _template(size: int) -> Dataset:
     return ds
 
 
-def write_instances(directory: Path, n: int, size: int) -> list[Path]:
-    """`n` CT instances (studies of INSTANCES_PER_STUDY) under `directory`, in send order."""
+def write_instances(
+    directory: Path, n: int, size: int, per_study: int = INSTANCES_PER_STUDY
+) -> list[Path]:
+    """`n` CT instances (studies of `per_study`) under `directory`, in send order."""
     directory.mkdir(parents=True, exist_ok=True)
     ds = _template(size)
     paths: list[Path] = []
     for index in range(n):
-        if index % INSTANCES_PER_STUDY == 0:
+        if index % per_study == 0:
             ds.StudyInstanceUID = generate_uid(prefix=BENCH_UID_ROOT)
             ds.SeriesInstanceUID = generate_uid(prefix=BENCH_UID_ROOT)
             ds.FrameOfReferenceUID = generate_uid(prefix=BENCH_UID_ROOT)
         sop_uid = generate_uid(prefix=BENCH_UID_ROOT)
         ds.SOPInstanceUID = sop_uid
         ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        ds.InstanceNumber = index % INSTANCES_PER_STUDY + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(index % INSTANCES_PER_STUDY)]
+        ds.InstanceNumber = index % per_study + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(index % per_study)]
         path = directory / f"{index:06d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -207,7 +242,7 @@ def storescp_receiver(workdir: Path) -> Iterator[Endpoint]:
     )
     try:
         wait_for_echo(port, "STORESCP")
-        yield Endpoint("127.0.0.1", port, "STORESCP", lambda: len(list(out.iterdir())))
+        yield Endpoint("127.0.0.1", port, "STORESCP", lambda: len(list(out.iterdir())), process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -227,7 +262,8 @@ def orthanc_receiver(workdir: Path) -> Iterator[Endpoint]:
         def count() -> int:
             return int(orthanc.client.get_json("/statistics")["CountInstances"])
 
-        yield Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, count)
+        pid = orthanc.process.pid if orthanc.process is not None else None
+        yield Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, count, pid)
 
 
 # A reference point, not a product: pynetdicom writing `encoded_dataset()` to files, no fsync, no
@@ -302,7 +338,7 @@ def listener_receiver(workdir: Path, processes: int) -> Iterator[Endpoint]:
             "MEDREGA_LISTENER_HOST": "127.0.0.1",
             "MEDREGA_LISTENER_PROCESSES": str(processes),
             # The bench sender by AE title and address (the defaults hold no test senders).
-            "MEDREGA_LISTENER_ALLOWED_PEERS": "STORESCU@127.0.0.1",
+            "MEDREGA_LISTENER_ALLOWED_PEERS": f"STORESCU@127.0.0.1,{ROUTING_ORTHANC_AE}@127.0.0.1",
             "MEDREGA_LISTENER_ALLOWED_AES": "",
             "MEDREGA_STORAGE_DIR": str(workdir / "listener"),
             "MEDREGA_STORAGE_MIN_FREE_BYTES": str(1 << 30),
@@ -330,6 +366,32 @@ def listener_receiver(workdir: Path, processes: int) -> Iterator[Endpoint]:
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+def route_seconds(
+    workdir: Path, files: Path, listener: Endpoint, stable_age_s: int, timeout_s: float = 900.0
+) -> float:
+    """Seconds from Orthanc's last accepted instance of the series in `files` to the last of its
+    rows in our database, through the routing plugin (StableAge included)."""
+    from services.pacs.local_orthanc import running_orthanc
+
+    n = len(list(files.iterdir()))
+    already = listener.count_received()
+    with running_orthanc(
+        workdir / "orthanc-route",
+        get_settings(),
+        stable_age_s=stable_age_s,
+        listener_port=listener.port,
+    ) as orthanc:
+        endpoint = Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, lambda: 0)
+        send(endpoint, [files])
+        sent_at = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        while listener.count_received() < already + n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the routed series did not arrive within {timeout_s} s")
+            time.sleep(0.05)
+        return time.perf_counter() - sent_at
 
 
 # --- profile summary ----------------------------------------------------------------------------
@@ -417,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         help="bare = pynetdicom writing files only (reference, not in the JSON line)",
     )
     parser.add_argument("--profile-dir", type=Path, help="run the listener under py-spy")
+    parser.add_argument(
+        "--route-slices", type=int, default=0, help="also route one CT of N slices via Orthanc"
+    )
+    parser.add_argument("--route-stable-age", type=int, default=2, help="Orthanc StableAge, s")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
 
@@ -453,19 +519,37 @@ def main(argv: list[str] | None = None) -> int:
                     # Flush what earlier runs left dirty (storescp does not fsync) so that no
                     # receiver pays for another's writeback.
                     os.sync()
+                    cpu_before = tree_cpu_s(endpoint.pid)
                     with profiled(endpoint.pid, profile):
                         seconds = send(endpoint, directories)
                     rate = args.n / seconds
+                    cpu_after = tree_cpu_s(endpoint.pid)
+                    cpu_ms = (
+                        round((cpu_after - cpu_before) * 1000 / args.n, 2)
+                        if cpu_before is not None and cpu_after is not None
+                        else None
+                    )
+                    if label == "8":
+                        results[f"cpu_ms_{name}_8"] = cpu_ms
                     if name == "bare":
                         reference[f"{name}_{label}"] = round(rate, 1)
                     else:
                         results[f"{name}_{label}"] = round(rate, 1)
                     print(
                         f"{name:9s} {len(directories)} assoc: {seconds:6.2f} s  {rate:7.1f} inst/s"
-                        f"  (load {load()})",
+                        f"  cpu {cpu_ms} ms/instance  (load {load()})",
                         flush=True,
                     )
                 received = endpoint.count_received()
+                if name == "ours" and args.route_slices > 0:
+                    route_dir = workdir / "route"
+                    write_instances(route_dir, args.route_slices, args.size, args.route_slices)
+                    routed = route_seconds(workdir, route_dir, endpoint, args.route_stable_age)
+                    key = f"route_{args.route_slices}"
+                    results[f"{key}_s"] = round(routed, 2)
+                    results[f"{key}_minus_stable_s"] = round(routed - args.route_stable_age, 2)
+                    print(f"routed {args.route_slices} slices via Orthanc in {routed:.2f} s "
+                          f"(StableAge {args.route_stable_age} s)  (load {load()})", flush=True)  # fmt: skip
                 if received != 2 * args.n:
                     print(f"WARNING: {name} holds {received} instances, expected {2 * args.n}")
             shutil.rmtree(receiver_dir, ignore_errors=True)
