@@ -38,6 +38,7 @@ from shared.fhir.codes import (
 from shared.fhir.narrative import narrative_div, presented_form
 from shared.fhir.observations import build_observations, study_reference
 from shared.reports.domain import Language, ReportVersion, StudyHeader
+from shared.vocab import bilingual_label
 from shared.vocab.loader import Vocab, load_vocab
 
 # LOINC 18748-4 "Diagnostic imaging study": the report document's code (IMR, US Core).
@@ -107,15 +108,17 @@ def _conclusion(version: ReportVersion, languages: tuple[Language, ...]) -> dict
     return out
 
 
-def _conclusion_codes(version: ReportVersion, vocab: Vocab) -> list[dict[str, Any]]:
+def _conclusion_codes(
+    version: ReportVersion, vocab: Vocab, languages: tuple[Language, ...]
+) -> list[dict[str, Any]]:
     codes: list[dict[str, Any]] = []
     for finding in version.sent_findings:
         if finding.finding_code is None:
             continue
         info = vocab.finding(finding.finding_code)
-        item = vocab_concept(
-            info.snomed, f"{finding.region_name_en}: {info.en} / {finding.region_name_zh}{info.zh}"
-        )
+        # The SR's, GSPS's and review page's wording: "Right pleural effusion / 右侧胸腔积液".
+        label = bilingual_label(finding.finding_code, finding.region_code, languages, vocab=vocab)
+        item = vocab_concept(info.snomed, label)
         if item not in codes:
             codes.append(item)
     return codes
@@ -178,7 +181,7 @@ def diagnostic_report_json(
             {"type": "Practitioner", "display": version.signer.name_pn.replace("^", " ").strip()}
         ]
     report.update(_conclusion(version, languages))
-    codes = _conclusion_codes(version, vocab)
+    codes = _conclusion_codes(version, vocab, languages)
     if codes:
         report["conclusionCode"] = codes
     elif version.sent_findings:

@@ -121,6 +121,7 @@ def test_laterality_certainty_and_interpretation_of_a_finding() -> None:
     assert report["subject"]["display"] == "Wang Fang (王 芳)"
     assert report["basedOn"][0]["identifier"]["value"] == "ACC9"
     assert report["effectiveDateTime"] == "2026-11-30"
+    assert report["conclusionCode"][0]["text"] == "Right pleural effusion / 右侧胸腔积液"
 
 
 def test_rejected_findings_are_not_sent_and_one_language_means_one_form() -> None:
@@ -129,6 +130,7 @@ def test_rejected_findings_are_not_sent_and_one_language_means_one_form() -> Non
     assert [c["resourceType"] for c in report["contained"]] == ["Observation", "BodyStructure"]
     assert [f["language"] for f in report["presentedForm"]] == ["zh-CN"]
     assert report["conclusion"] == "右侧胸腔积液。" and "_conclusion" not in report
+    assert report["conclusionCode"][0]["text"] == "右侧胸腔积液"  # the vocabulary's label
     assert 'lang="en-US"' not in report["text"]["div"]
 
 
