@@ -157,7 +157,11 @@ def _store(event: events.Event, context: ListenerContext) -> int:
 
     try:
         stored = context.store.write(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid, data
+            header.study_instance_uid,
+            header.series_instance_uid,
+            header.sop_instance_uid,
+            data,
+            sync_directory=False,  # the index writer fsyncs it with its batch, before commit
         )
     except OSError:
         logger.exception("C-STORE %s: writing to storage failed", logged_instance)
@@ -168,6 +172,7 @@ def _store(event: events.Event, context: ListenerContext) -> int:
         stored=stored,
         transfer_syntax_uid=str(event.context.transfer_syntax),
         calling_ae_title=event.assoc.requestor.ae_title.strip() or None,
+        directory_to_sync=context.store.directory_of(stored),
     )
     try:
         outcome = context.index_writer.submit(record).result(timeout=context.index_timeout_s)

@@ -1,8 +1,10 @@
 """Record received instances in PostgreSQL with group commit.
 
-Every association thread makes its file durable itself (storage.py: file and directory fsyncs,
+Every association thread makes its file's bytes durable itself (storage.py: file fsyncs,
 concurrent across associations), then hands the row to one `IndexWriter` thread per process and
-waits. The writer takes whatever has queued up meanwhile as one batch, writes all rows in one
+waits. The writer takes whatever has queued up meanwhile as one batch, fsyncs each directory the
+batch's files were linked into once (their names become durable: one journal commit for the
+batch instead of one per instance), writes all rows in one
 transaction (one statement inserts the instances and updates their studies; study and series ids
 are cached), commits, and only then releases the waiting handlers, which answer 0x0000. Under load
 one WAL flush covers many instances; an idle listener pays the same latency as a per-instance
@@ -40,13 +42,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from services.listener.dataset_header import InstanceHeader
-from services.listener.storage import StoredFile
+from services.listener.storage import StoredFile, fsync_directory
 from shared.config import get_settings
 from shared.db.models import ReportStatus, StudyState
 from shared.db.session import libpq_url
@@ -73,6 +76,8 @@ class InstanceRecord:
     stored: StoredFile
     transfer_syntax_uid: str
     calling_ae_title: str | None
+    # Where the file's name still has to be made durable (fsynced) before its row commits.
+    directory_to_sync: Path | None = None
 
 
 _SELECT_STUDY = "SELECT id FROM studies WHERE study_instance_uid = %(uid)s"
@@ -509,6 +514,12 @@ class IndexWriter:
                         pending.future.set_exception(exc)
 
     def _make_durable(self, batch: list[_Pending]) -> None:
+        # The files' names first: no row may point at a name a crash could lose. A failure here
+        # fails the whole batch (each C-STORE is answered 0xA700; the sender retries).
+        for directory in dict.fromkeys(
+            p.record.directory_to_sync for p in batch if p.record.directory_to_sync is not None
+        ):
+            fsync_directory(directory)
         try:
             outcomes = self._commit_with_retries([pending.record for pending in batch])
         except psycopg.Error:

@@ -3,9 +3,12 @@
 A file is written as a hidden `.part` file next to its final name, fsynced, hard-linked to its
 final name (never renamed over it), the temp name unlinked and the directory fsynced: a reader
 never sees a half-written instance, and the file survives a crash before its row is committed
-(indexer.py). Each association thread does its own fsyncs: concurrent fsyncs share the
+(indexer.py). Each association thread does its own file fsyncs: concurrent fsyncs share the
 filesystem's journal commits, so they cost far less than the same fsyncs made one after another
-by a single thread.
+by a single thread. The directory fsync that makes the final name durable may be left to the
+caller (`sync_directory=False`): the listener's index writer does it once per directory for a
+whole group-commit batch, before the batch's rows commit (indexer.py). A directory fsync forces
+a journal commit; one per instance was most of a single association's time on ext4.
 
 Bytes once under a final name are never overwritten or deleted here (invariant: an acknowledged
 instance is never lost or silently replaced). `os.link` fails when the name exists, so a second
@@ -67,23 +70,30 @@ class ContentStore:
         return f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
 
     def write(
-        self, study_uid: str, series_uid: str, sop_instance_uid: str, data: bytes
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        data: bytes,
+        *,
+        sync_directory: bool = True,
     ) -> StoredFile:
         """Write `data` durably under its instance's name, or beside the different bytes already
         there (see the module docstring). Raises OSError on any storage failure, leaving no temp
-        file and nothing changed under a final name."""
+        file and nothing changed under a final name. With `sync_directory=False` the bytes are
+        durable but the name is not until the caller fsyncs `directory_of(...)`."""
         relative = self.relative_path(study_uid, series_uid, sop_instance_uid)
         final_path = self.root / relative
         sha256 = hashlib.sha256(data).hexdigest()
         self._ensure_directory(final_path.parent)
         try:
-            name = self._write_new(final_path, data, sha256)
+            name = self._write_new(final_path, data, sha256, sync_directory)
         except FileNotFoundError:
             # The series directory was removed behind our back (clean-up): recreate, retry once.
             with self._known_dirs_lock:
                 self._known_dirs.pop(final_path.parent, None)
             self._ensure_directory(final_path.parent)
-            name = self._write_new(final_path, data, sha256)
+            name = self._write_new(final_path, data, sha256, sync_directory)
         if name != final_path.name:
             relative = str(Path(relative).with_name(name))
         return StoredFile(
@@ -92,8 +102,12 @@ class ContentStore:
             sha256=sha256,
         )
 
+    def directory_of(self, stored: StoredFile) -> Path:
+        """The directory whose fsync makes `stored`'s name durable."""
+        return (self.root / stored.relative_path).parent
+
     @staticmethod
-    def _write_new(final_path: Path, data: bytes, sha256: str) -> str:
+    def _write_new(final_path: Path, data: bytes, sha256: str, sync_directory: bool) -> str:
         """The file name (in `final_path`'s directory) that now holds `data` durably."""
         # The temp file lives next to its final name: the link stays inside one directory (one
         # directory fsync covers it) and no shared scratch directory serialises every writer.
@@ -112,8 +126,10 @@ class ContentStore:
                 os.close(fd)
             name = _link_beside(temp_path, final_path, data, sha256)
             os.unlink(temp_path)
-            # The link (or the existing name we answer with) and the unlink must survive a crash.
-            fsync_directory(final_path.parent)
+            # The link (or the existing name we answer with) must survive a crash: now, or in the
+            # caller's batch (then a crash may also leave the .part name behind, unreferenced).
+            if sync_directory:
+                fsync_directory(final_path.parent)
             return name
         except BaseException:
             try:

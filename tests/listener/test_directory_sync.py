@@ -1,0 +1,80 @@
+"""The directory fsync the listener leaves to the index writer's batch: names become durable
+before their rows commit, once per directory per batch, and a batch whose directory cannot be
+synced commits nothing (its C-STOREs are answered 0xA700)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from services.listener.dataset_header import read_header
+from services.listener.indexer import IndexOutcome, IndexWriter, InstanceRecord
+from services.listener.storage import ContentStore
+from tests.listener.conftest import rows
+from tests.listener.ct_files import write_ct_study
+
+
+def _records(store: ContentStore, files: list[Path]) -> list[InstanceRecord]:
+    records = []
+    for path in files:
+        data = path.read_bytes()
+        header = read_header(data)
+        stored = store.write(
+            header.study_instance_uid,
+            header.series_instance_uid,
+            header.sop_instance_uid,
+            data,
+            sync_directory=False,
+        )
+        records.append(
+            InstanceRecord(
+                header=header,
+                stored=stored,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+                calling_ae_title="TEST",
+                directory_to_sync=store.directory_of(stored),
+            )
+        )
+    return records
+
+
+def test_rows_commit_after_their_directory_sync(clean_db: Engine, tmp_path: Path) -> None:
+    study = write_ct_study(tmp_path / "in", 3)
+    store = ContentStore(tmp_path / "storage", min_free_bytes=0)
+    records = _records(store, study.files)
+    assert {r.directory_to_sync for r in records} == {
+        tmp_path / "storage" / study.study_uid / study.series_uid
+    }
+    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
+    writer.start()
+    try:
+        futures = [writer.submit(r) for r in records]
+        assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * 3
+    finally:
+        writer.stop()
+    assert len(rows(clean_db, "SELECT id FROM instances")) == 3
+
+
+def test_a_directory_that_cannot_be_synced_commits_nothing(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    study = write_ct_study(tmp_path / "in", 2)
+    store = ContentStore(tmp_path / "storage", min_free_bytes=0)
+    records = _records(store, study.files)
+    gone = InstanceRecord(
+        header=records[0].header,
+        stored=records[0].stored,
+        transfer_syntax_uid=records[0].transfer_syntax_uid,
+        calling_ae_title="TEST",
+        directory_to_sync=tmp_path / "no-such-directory",
+    )
+    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
+    writer.start()
+    try:
+        with pytest.raises(FileNotFoundError):
+            writer.submit(gone).result(timeout=30)
+    finally:
+        writer.stop()
+    assert rows(clean_db, "SELECT id FROM instances") == []
