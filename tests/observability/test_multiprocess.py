@@ -12,14 +12,18 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 from ops.ris_sink import RisSink
-from services.worker.relay import celery_publisher, relay_once
 from shared.config import get_settings
 from shared.db.models import Delivery
 from tests.listener.conftest import storescu
 from tests.listener.ct_files import write_ct_study
 from tests.observability.conftest import drafted_studies, samples, scrape, value
 from tests.support.listener_process import free_port, listener_process
-from tests.support.worker_process import delete_test_queues, queue_prefix, start_worker
+from tests.support.worker_process import (
+    delete_test_queues,
+    queue_prefix,
+    start_relay,
+    start_worker,
+)
 from tests.worker.conftest import wait_for
 
 
@@ -49,7 +53,7 @@ def _total(exposition: str, name: str) -> float:
 def test_a_prefork_worker_reports_its_children_through_one_port(
     clean_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prefix = queue_prefix()
+    prefix = queue_prefix() + "prefork-"  # not the pipeline tests' queues
     with RisSink(tmp_path / "ris").start() as sink:
         monkeypatch.setenv("MEDREGA_QUEUE_PREFIX", prefix)
         monkeypatch.setenv("MEDREGA_RIS_PORT", str(sink.port))
@@ -69,8 +73,12 @@ def test_a_prefork_worker_reports_its_children_through_one_port(
             pool="prefork",
             concurrency=2,
         )
+        # The relay as its own process, like the worker: the worker module's queue names are
+        # fixed when it is first imported, which in a full test run is under another prefix.
+        relay = start_relay({}, tmp_path / "relay.log")
         try:
-            published = relay_once(clean_db, celery_publisher(clean_db)).deliveries
+            with factory() as session:
+                published = int(session.scalar(select(func.count(Delivery.id))) or 0)
             assert published >= 6  # an SR and an ORU per study, at least
 
             def attempted() -> int:
@@ -89,6 +97,7 @@ def test_a_prefork_worker_reports_its_children_through_one_port(
                 "the children's counts at the parent's port",
             )
         finally:
+            relay.stop()
             worker.stop()
             delete_test_queues(prefix)
             get_settings.cache_clear()
