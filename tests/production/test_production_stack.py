@@ -37,7 +37,9 @@ from tests.worker.conftest import phantom, wait_for
 pytestmark = pytest.mark.slow
 
 STACK = REPO_ROOT / "ops" / "stack.sh"
-SCREENSHOT = Path(os.environ.get("MEDREGA_PROD_SCREENSHOT", "/work/notes/prod-signin.png"))
+SCREENSHOT = Path(
+    os.environ.get("MEDREGA_PROD_SCREENSHOT", REPO_ROOT / "test-artifacts" / "prod-signin.png")
+)
 
 
 @dataclass
