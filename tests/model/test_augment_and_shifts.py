@@ -140,3 +140,22 @@ def test_shift_summary_takes_the_worst() -> None:
     assert got["shift_worst_cxr_lesion_f1"] == 0.85
     table = markdown_tables(clean, shifted)
     assert "| b | 0.950 |" in table and "| clean |" in table and "—" in table
+
+
+def test_evaluation_keeps_only_what_the_grids_draw() -> None:
+    """The shifted run keeps full-resolution pixels per kept image: only the grids' few."""
+    from types import SimpleNamespace
+
+    from model.evaluate import GRID_ABNORMAL, GRID_NORMAL, _wanted_for_grid
+
+    kept: list = []
+    for seed in range(20):
+        study = SimpleNamespace(domain="cxr", images=[None])
+        im = SimpleNamespace(findings=["x"] if seed % 2 else [], slice_index=0)
+        if _wanted_for_grid(kept, study, im):  # type: ignore[arg-type]
+            kept.append((study, im, None))
+    assert sum(bool(e[1].findings) for e in kept) == GRID_ABNORMAL
+    assert sum(not e[1].findings for e in kept) == GRID_NORMAL
+    # a normal CT slice away from the sampled positions is not kept at all
+    ct = SimpleNamespace(domain="abd_ct", images=[None] * 30)
+    assert not _wanted_for_grid([], ct, SimpleNamespace(findings=[], slice_index=4))  # type: ignore[arg-type]
