@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.web import audit, sessions
 from services.web.deps import AdminDep, RowId, SessionDep
@@ -267,13 +267,19 @@ def sign_out_everywhere(
     user = db.get(User, user_id)
     if user is None:
         raise HTTPException(status_code=404, detail="no such user")
+    return SessionsEnded(sessions_ended=end_every_session(db, request, admin, user))
+
+
+def end_every_session(db: Session, request: Request, admin: User, user: User) -> int:
+    """An admin's "sign out everywhere", audited and committed (the API and the admin page);
+    how many sessions were open."""
     ended = sessions.revoke_user_sessions(db, user.id, "admin_sign_out")
     audit.record(
         db, request, admin, "sessions_revoked", object_type="user", object_id=user.id,
         details={"sessions_ended": ended},
     )  # fmt: skip
     db.commit()
-    return SessionsEnded(sessions_ended=ended)
+    return ended
 
 
 @router.get(

@@ -12,11 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
-from services.web import audit, sessions
+from services.web import audit
 from services.web.deps import AdminDep, RowId, SessionDep, UserDep
 from services.web.password_policy import PasswordRejected
 from services.web.passwords import hash_new_password
-from services.web.routes.admin import audit_page
+from services.web.routes.admin import audit_page, end_every_session
 from services.web.routes.studies import load_study
 from services.web.schemas import CreateUserRequest
 from services.web.study_view import study_detail
@@ -185,12 +185,7 @@ def sign_out_everywhere_form(
     user = db.get(User, user_id)
     if user is None:
         return _users_page(request, db, "no such user", status=404)
-    ended = sessions.revoke_user_sessions(db, user.id, "admin_sign_out")
-    audit.record(
-        db, request, admin, "sessions_revoked", object_type="user", object_id=user.id,
-        details={"sessions_ended": ended},
-    )  # fmt: skip
-    db.commit()
+    ended = end_every_session(db, request, admin, user)
     if user.id == admin.id:  # their own, this one included: back to the sign-in page
         return RedirectResponse("/login", status_code=303)
     return _users_page(request, db, f"{user.username}: {ended} session(s) ended")
