@@ -147,9 +147,7 @@ def backlog_metrics(backlog: DatabaseBacklog) -> Iterable[Metric]:
         "are the ones to watch.",
         labels=["kind", "state"],
     )
-    kinds = sorted(
-        {DeliveryKind.SR.value, DeliveryKind.HL7.value} | {k for k, _ in backlog.deliveries}
-    )
+    kinds = [kind.value for kind in DeliveryKind]  # every kind, 0 where none: stable series
     for kind in kinds:
         for delivery_state in DeliveryState:
             n = backlog.deliveries.get((kind, delivery_state.value), 0)
