@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu
 
 install:
 	ops/stack.sh install
@@ -52,3 +52,6 @@ bench-web:
 
 bench-scale:
 	nice $(PY) -m ops.bench.scale
+
+bench-scu:
+	$(PY) -m ops.bench.scu
