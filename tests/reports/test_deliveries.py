@@ -44,6 +44,15 @@ def _sign(factory: sessionmaker[Session], study_id: int, base_version: int) -> N
         lifecycle.sign(session, session.get(Study, study_id), make_user(session), base_version)
 
 
+def _amend_and_sign(factory: sessionmaker[Session], study_id: int) -> None:
+    """Edit the signed version 2 and sign the correction (version 3)."""
+    with factory.begin() as session:
+        study, user = session.get(Study, study_id), make_user(session)
+        version = lifecycle.editable_version(session, study, 2)
+        lifecycle.new_edited_version(session, study, user, 2, version.findings, version.sentences)
+        lifecycle.sign(session, study, user, 3)
+
+
 def _rows(factory: sessionmaker[Session], kind: str = "hl7") -> list[Delivery]:
     with factory() as session:
         return list(
@@ -99,11 +108,7 @@ def test_a_preliminary_that_failed_in_flight_never_goes_after_the_final(factory)
 def test_a_correction_waits_for_the_final_and_the_database_agrees(factory) -> None:
     study_id = _draft(factory)
     _sign(factory, study_id, 1)
-    with factory.begin() as session:
-        study, user = session.get(Study, study_id), make_user(session)
-        version = lifecycle.editable_version(session, study, 2)
-        lifecycle.new_edited_version(session, study, user, 2, version.findings, version.sentences)
-        lifecycle.sign(session, study, user, 3)
+    _amend_and_sign(factory, study_id)
     _, f, c = _rows(factory)
     assert (f.result_status, c.result_status) == ("F", "C")
     assert _claim(factory, c.id) == "waiting"

@@ -14,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
-from shared.db.models import Delivery, DeliveryKind, DeliveryState, Study
+from shared.db.models import Delivery, DeliveryKind, DeliveryState
 from shared.reports import deliveries, lifecycle
 from shared.reports.message_ids import gsps_series_uid, kos_uids
-from tests.reports.test_deliveries import _claim, _rows, _sign
+from tests.reports.test_deliveries import _amend_and_sign, _claim, _rows, _sign
 from tests.reports.world import make_study, make_user, model_result, running_job
 
 
@@ -121,11 +121,7 @@ def test_a_draft_gsps_on_the_wire_holds_back_only_the_final_gsps(factory) -> Non
 def test_a_corrected_kos_waits_for_the_final_kos(factory) -> None:
     study_id = _draft(factory)
     _sign(factory, study_id, 1)
-    with factory.begin() as session:
-        study, user = session.get(Study, study_id), make_user(session)
-        version = lifecycle.editable_version(session, study, 2)
-        lifecycle.new_edited_version(session, study, user, 2, version.findings, version.sentences)
-        lifecycle.sign(session, study, user, 3)
+    _amend_and_sign(factory, study_id)
     _, f, c = _rows(factory, DeliveryKind.KOS)
     assert (f.result_status, c.result_status) == ("F", "C")
     assert _claim(factory, c.id) == "waiting"
