@@ -4,62 +4,25 @@ copies once it answers — in-process worker code, a real file endpoint process.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from model.phantoms.__main__ import write_phantom_study
 from services.listener.file_server import register_node
 from services.worker.drafting import run_draft_job
 from shared.config import get_settings
-from shared.db.models import DraftJob, DraftJobState, Instance, Series, Study, StudyState
+from shared.db.models import DraftJob, DraftJobState
 from shared.inference.onnx_backend import OnnxBackend
 from shared.storage.instance_reader import instance_reader
 from tests.scale.nodes import node_env, start_file_server
 from tests.support.listener_process import free_port
-from tests.support.study_rows import draft_job_for
-
-
-def _stored_on_node_a(session: Session, files: list[Path], storage: Path) -> Study:
-    """Rows as node A's listener writes them (storage_node 'node-a'), files in A's folder."""
-    first = pydicom.dcmread(files[0], stop_before_pixels=True)
-    study = Study(study_instance_uid=first.StudyInstanceUID, state=StudyState.STABLE)
-    session.add(study)
-    session.flush()
-    series = Series(
-        study_id=study.id, series_instance_uid=first.SeriesInstanceUID, modality=first.Modality
-    )
-    session.add(series)
-    session.flush()
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        relative = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        (storage / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, storage / relative)
-        data = path.read_bytes()
-        session.add(
-            Instance(
-                series_id=series.id,
-                study_id=study.id,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                file_path=relative,
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                storage_node="node-a",
-            )  # fmt: skip
-        )
-    session.flush()
-    return study
+from tests.support.study_rows import draft_job_for, index_files
 
 
 @pytest.fixture
@@ -84,7 +47,10 @@ def test_a_draft_waits_for_the_images_node_then_drafts_from_its_files(
     a_env = {**os.environ, **node_env("node-a", tmp_path / "a", {}, on_node_b)}
     factory = sessionmaker(clean_db, expire_on_commit=False)
     with factory.begin() as session:
-        study = _stored_on_node_a(session, written.files, Path(a_env["MEDREGA_STORAGE_DIR"]))
+        # Rows as node A's listener writes them, files in A's folder.
+        study = index_files(
+            session, Path(a_env["MEDREGA_STORAGE_DIR"]), written.files, storage_node="node-a"
+        )
         job = draft_job_for(session, study)
     # Node A registered once, and is down now (nothing listens at its address).
     register_node(clean_db, "node-a", f"http://127.0.0.1:{free_port()}")

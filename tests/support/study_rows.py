@@ -17,8 +17,11 @@ from shared.db.models import DraftJob, Instance, Series, Study, StudyState
 from shared.inference.backend import InstanceInput, StudyInput
 
 
-def index_files(session: Session, storage: Path, files: list[Path]) -> Study:
-    """Record files as the listener would (copy into storage, one row each)."""
+def index_files(
+    session: Session, storage: Path, files: list[Path], *, storage_node: str | None = None
+) -> Study:
+    """Record files as the listener would (copy into storage under its layout
+    `<study>/<series>/<sop>.dcm`, one row each, naming the node that holds them)."""
     study: Study | None = None
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -41,7 +44,7 @@ def index_files(session: Session, storage: Path, files: list[Path]) -> Study:
             )
             session.add(series)
             session.flush()
-        relative = Path(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+        relative = Path(ds.StudyInstanceUID) / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         (storage / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, storage / relative)
         data = path.read_bytes()
@@ -56,6 +59,7 @@ def index_files(session: Session, storage: Path, files: list[Path]) -> Study:
                 file_path=str(relative),
                 size_bytes=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
+                storage_node=storage_node,
             )
         )
     assert study is not None
