@@ -14,7 +14,7 @@ from datetime import datetime
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
-from shared.dicom.sr_builder import _needs_utf8 as needs_utf8  # the SR's rule, one for all
+from shared.dicom.sr_builder import needs_utf8  # the SR's rule, one for all
 from shared.reports.domain import Language, RegionFindingResult, ReportVersion
 from shared.reports.key_images import key_findings_of
 from shared.vocab import VocabError, bilingual_label, load_vocab

@@ -149,7 +149,7 @@ def build_report_sr(
         content_time=TM(content_dt.time()),
     )
     _pin_datetimes(sr, context)
-    if _needs_utf8(sr):
+    if needs_utf8(sr):
         sr.SpecificCharacterSet = "ISO_IR 192"
     return sr
 
@@ -527,7 +527,7 @@ def _pin_datetimes(sr: Dataset, context: SrContext) -> None:
             observer.VerificationDateTime = DT(context.verifying_observer.verified_at)
 
 
-def _needs_utf8(sr: Dataset) -> bool:
+def needs_utf8(sr: Dataset) -> bool:
     for element in sr.iterall():
         if element.VR not in _TEXT_VRS or element.value is None:
             continue
