@@ -4,10 +4,6 @@ defined in `ops/bench/chaos_counts.py`."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -19,8 +15,8 @@ import psycopg
 
 from ops.bench import chaos_counts as counts
 from ops.bench.chaos_stack import ChaosStack
+from ops.bench.harness import create_radiologist, sign_in_to_api
 from services.pacs.local_orthanc import OrthancClient
-from shared.config import REPO_ROOT
 
 if TYPE_CHECKING:
     from ops.bench.chaos import BenchStudy, Run
@@ -111,31 +107,13 @@ class RadiologistApi:
 
     @classmethod
     def create(cls, stack: ChaosStack, database_url: str) -> RadiologistApi:
-        subprocess.run(
-            [sys.executable, "-m", "services.web.cli", "create-user", "--username", USERNAME,
-             "--full-name", "Chaos Reader", "--dicom-name", "Reader^Chaos",
-             "--role", "radiologist"],
-            input=PASSWORD + "\n", text=True, check=True, capture_output=True, cwd=REPO_ROOT,
-            env={**os.environ, **stack.env}, timeout=120,
-        )  # fmt: skip
+        create_radiologist(stack.env, USERNAME, PASSWORD, "Chaos Reader", "Reader^Chaos")
         api = cls(stack.web_url)
         api.sign_in()
         return api
 
     def sign_in(self) -> None:
-        page = self.client.get("/login")
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        if token is None:
-            raise RuntimeError("login form without a CSRF token")
-        response = self.client.post(
-            "/login",
-            data={"username": USERNAME, "password": PASSWORD, "csrf_token": token.group(1)},
-            follow_redirects=False,
-        )
-        if response.status_code != 303:
-            raise RuntimeError(f"sign-in answered {response.status_code}")
-        csrf = self.client.get("/api/v1/session").json()["csrf_token"]
-        self.client.headers["X-CSRF-Token"] = csrf
+        sign_in_to_api(self.client, USERNAME, PASSWORD)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         with self.lock:

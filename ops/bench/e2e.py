@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -63,7 +61,7 @@ from ops.bench import harness
 from ops.bench.ingest import profiled
 from ops.ris_sink import RisSink
 from services.pacs.local_orthanc import running_orthanc
-from shared.config import REPO_ROOT, Settings
+from shared.config import Settings
 from shared.db.models import (
     Delivery,
     DeliveryKind,
@@ -104,28 +102,11 @@ class Radiologist:
     PASSWORD = "bench-reader-password-1"
 
     def __init__(self, base_url: str, env: dict[str, str]) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "services.web.cli", "create-user", "--username", self.USERNAME,
-             "--full-name", "Bench Reader", "--dicom-name", "Reader^Bench",
-             "--role", "radiologist"],
-            input=self.PASSWORD + "\n", text=True, check=True, capture_output=True,
-            cwd=REPO_ROOT, env={**os.environ, **env}, timeout=120,
-        )  # fmt: skip
-        self.client = httpx.Client(base_url=base_url, timeout=60)
-        page = self.client.get("/login")
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        if token is None:
-            raise RuntimeError("login form without a CSRF token")
-        signed_in = self.client.post(
-            "/login",
-            data={"username": self.USERNAME, "password": self.PASSWORD, "csrf_token": token[1]},
-            follow_redirects=False,
+        harness.create_radiologist(
+            env, self.USERNAME, self.PASSWORD, "Bench Reader", "Reader^Bench"
         )
-        if signed_in.status_code != 303:
-            raise RuntimeError(f"sign-in answered {signed_in.status_code}")
-        self.client.headers["X-CSRF-Token"] = self.client.get("/api/v1/session").json()[
-            "csrf_token"
-        ]
+        self.client = httpx.Client(base_url=base_url, timeout=60)
+        harness.sign_in_to_api(self.client, self.USERNAME, self.PASSWORD)
 
     def click(self, study_id: int, sop_instance_uid: str, which: int) -> float | None:
         """Locate (even) or Identify (odd); milliseconds until the answer, None if it failed."""

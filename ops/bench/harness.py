@@ -7,9 +7,12 @@ head, dropped afterwards), never the developer's stack or a test run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import psycopg
 from alembic import command
 from alembic.config import Config
@@ -57,3 +60,31 @@ def storescu(
         check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"},
         timeout=timeout_s,
     )  # fmt: skip
+
+
+def create_radiologist(
+    env: dict[str, str], username: str, password: str, full_name: str, dicom_name: str
+) -> None:
+    """A radiologist account made with the web app's own CLI (the password on stdin)."""
+    subprocess.run(
+        [sys.executable, "-m", "services.web.cli", "create-user", "--username", username,
+         "--full-name", full_name, "--dicom-name", dicom_name, "--role", "radiologist"],
+        input=password + "\n", text=True, check=True, capture_output=True, cwd=REPO_ROOT,
+        env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+
+
+def sign_in_to_api(client: httpx.Client, username: str, password: str) -> None:
+    """Sign in through the login form (its CSRF token), then carry the API's CSRF header."""
+    page = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    if token is None:
+        raise RuntimeError("login form without a CSRF token")
+    response = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    if response.status_code != 303:
+        raise RuntimeError(f"sign-in answered {response.status_code}")
+    client.headers["X-CSRF-Token"] = client.get("/api/v1/session").json()["csrf_token"]
