@@ -57,6 +57,9 @@ class Recipe:
     # epoch): fine-tuning draws a weak domain more often without rendering more phantoms
     domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     lesion_weight: float = 1.0  # multiplies the lesion detection losses
+    # extra abdominal CT images where lesions are confused or misplaced (model.hard_abdomen),
+    # added to the training set
+    hard_abd: int = 0
 
 
 SMOKE = Recipe(
@@ -170,6 +173,12 @@ def train(recipe: Recipe, log=print) -> dict:
     rng = np.random.default_rng(recipe.seed)
     workers = 1 if recipe.per_domain < 50 or recipe.threads < 2 else 2
     data = load_or_build("train", recipe.per_domain, recipe.input_size, recipe.max_side, workers)
+    if recipe.hard_abd:
+        hard = load_or_build(
+            "hard_abd", recipe.hard_abd, recipe.input_size, recipe.max_side, workers
+        )
+        data = {k: np.concatenate([data[k], hard[k]]) for k in data}
+        log(f"training set: {len(data['image'])} images ({recipe.hard_abd} extra abd_ct)")
     cfg = NetConfig(
         input_size=recipe.input_size, n_regions=len(REGION_CODES), n_findings=len(FINDING_CODES)
     )
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", help="start from these torch weights (fine-tuning)")
     ap.add_argument("--lr", type=float, help="peak learning rate")
     ap.add_argument("--lesion-weight", type=float, help="multiplies the lesion losses")
+    ap.add_argument("--hard-abd", type=int, help="extra abdominal CT images (model.hard_abdomen)")
     ap.add_argument(
         "--domain-weights", type=parse_domain_weights, help="e.g. abd_ct=2.5 (others weigh 1)"
     )
@@ -278,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe.lesion_weight = args.lesion_weight
     if args.domain_weights is not None:
         recipe.domain_weights = args.domain_weights
+    if args.hard_abd is not None:
+        recipe.hard_abd = args.hard_abd
     result = train(recipe, log=lambda s: print(s, flush=True))
     fell = result["loss_last"] < result["loss_first"]
     print(

@@ -11,10 +11,12 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from model.augment import MODALITY
+from model.hard_abdomen import generate_hard_image, hard_seeds
 from model.labels import FINDING_INDEX, REGION_CODES, REGION_INDEX
 from model.phantoms.generator import generate_image
 from model.phantoms.splits import Split, seeds
@@ -82,11 +84,30 @@ def build(
     jobs = [
         (d, seed, size, max_side) for seed in seeds(split, per_domain) for d in range(len(DOMAINS))
     ]
+    return _stack(_run(_work, jobs, workers))
+
+
+def _work_hard(args: tuple[int, int, int]) -> Encoded:
+    seed, size, max_side = args
+    return encode(generate_hard_image(seed, max_side), DOMAINS.index("abd_ct"), size)
+
+
+def build_hard_abdomen(
+    count: int, size: int, max_side: int = 384, workers: int = 2
+) -> dict[str, np.ndarray]:
+    """`count` extra abdominal CT images (model.hard_abdomen), training split seeds only."""
+    jobs = [(seed, size, max_side) for seed in hard_seeds(count)]
+    return _stack(_run(_work_hard, jobs, workers))
+
+
+def _run(fn, jobs: list, workers: int) -> list[Encoded]:
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
-            items = pool.map(_work, jobs, chunksize=64)
-    else:
-        items = [_work(j) for j in jobs]
+            return pool.map(fn, jobs, chunksize=64)
+    return [fn(j) for j in jobs]
+
+
+def _stack(items: list[Encoded]) -> dict[str, np.ndarray]:
     return {
         "image": np.stack([e.image for e in items]),
         "domain": np.array([e.domain for e in items], np.int64),
@@ -101,15 +122,24 @@ def build(
 
 
 def load_or_build(
-    split: Split, per_domain: int, size: int, max_side: int = 384, workers: int = 2
+    split: Split | Literal["hard_abd"],
+    per_domain: int,
+    size: int,
+    max_side: int = 384,
+    workers: int = 2,
 ) -> dict[str, np.ndarray]:
+    """The cached images of a split (`per_domain` of each domain), or with split 'hard_abd'
+    `per_domain` extra abdominal CT images (model.hard_abdomen, training seeds)."""
     # v2: modality-aware preprocessing and content boxes (older caches are not reused)
     path = CACHE_DIR / f"v2-{split}-{per_domain}-{size}-{max_side}.npz"
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     t0 = time.time()
-    data = build(split, per_domain, size, max_side, workers)
+    if split == "hard_abd":
+        data = build_hard_abdomen(per_domain, size, max_side, workers)
+    else:
+        data = build(split, per_domain, size, max_side, workers)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **data)

@@ -272,6 +272,8 @@ def render_slice(
             value = 12.0
         elif les.code == "pancreatic_mass":
             value = scene.hu["pancreas"] - 45.0
+        if les.value is not None:
+            value = les.value
         m = paint_sphere(cv, les, z, value)
         if les.marked_at(z):
             b = m.box()

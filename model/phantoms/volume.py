@@ -56,6 +56,9 @@ class Sphere:
     y: float
     z: float
     r: float  # mm
+    # its own value (HU) instead of the renderer's rule for its code: only training's extra
+    # studies set it (model.hard_abdomen); every seed's phantom leaves it None
+    value: float | None = None
 
     def radius_at(self, z: float) -> float:
         dz = abs(z - self.z)
