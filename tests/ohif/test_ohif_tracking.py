@@ -60,6 +60,19 @@ BOXES_DRAWN_ARE = """n => {
     return boxes.length === n && boxes.every(
         b => b.width.baseVal.value > 2 && b.height.baseVal.value > 2);
 }"""
+# The hydrated image on screen with its boxes, each of a real size.
+BOXES_SHOWN = """() => {
+    const boxes = [...document.querySelectorAll('svg.svg-layer rect[data-id$="-rect"]')];
+    return boxes.length > 0 && boxes.every(
+        b => b.width.baseVal.value > 2 && b.height.baseVal.value > 2);
+}"""
+# What the viewer shows when a wait fails: every viewport's image and the boxes in each SVG layer.
+VIEWER_STATE = """() => ({
+    images: window.cornerstone.getEnabledElements().map(e => e.viewport.getCurrentImageId?.() ?? null),
+    layers: [...document.querySelectorAll('svg.svg-layer')].map(layer =>
+        [...layer.querySelectorAll('rect[data-id$="-rect"]')].map(
+            b => [b.dataset.id, Math.round(b.width.baseVal.value), Math.round(b.height.baseVal.value)])),
+})"""
 LABEL = re.compile(r"^[A-Z][^/]+ / [^/]*[\u4e00-\u9fff][^/]* \(p [01]\.\d\d\)$")
 
 
@@ -144,12 +157,31 @@ def _upload(pacs: RunningOrthanc, study: DraftedStudy) -> None:
         assert answer["Status"] == "Success", (path.name, answer)
 
 
-def _open_sr_and_track(page: Any, origin: str, study: DraftedStudy) -> int:
-    """Open the study, load our SR, answer "Yes"; the attempt it took (1 or 2).
+class ImageNeverRendered(AssertionError):
+    """OHIF's render race (see `_open_sr_and_track`): every box there, all collapsed to 1 px."""
 
-    A fresh browser sometimes shows the first SR without its annotations until it is opened
-    again; that, and only that, is retried once, by opening the study afresh. A second
-    failure is a failure."""
+
+def _wait_for(page: Any, expression: str, arg: object, what: str) -> None:
+    """Wait for the viewer to show something; a timeout says what it showed instead."""
+    try:
+        page.wait_for_function(expression, arg=arg, timeout=STEP_TIMEOUT_MS)
+    except PlaywrightTimeout as timeout:
+        state = page.evaluate(VIEWER_STATE)
+        message = f"{what} not shown in {STEP_TIMEOUT_MS} ms; viewer: {state}"
+        boxes = [box for layer in state["layers"] for box in layer]
+        if boxes and all(width <= 2 and height <= 2 for _, width, height in boxes):
+            raise ImageNeverRendered(message) from timeout
+        raise AssertionError(message) from timeout
+
+
+def _open_sr_and_track(page: Any, origin: str, study: DraftedStudy) -> int:
+    """Open the study, load our SR, answer "Yes", see its boxes; the attempt it took (1 or 2).
+
+    Two races of OHIF's hydration are retried once, by opening the study afresh: a fresh
+    browser sometimes shows the first SR without its annotations, and on a busy machine the
+    viewport sometimes never renders the image after hydration (black, every box drawn 1 × 1 px
+    at its centre; seen in CI on 2026-11-30; OHIF/Viewers#5907's review mentions hydration not
+    telling the viewports to render). A second failure is a failure."""
     rows = page.locator('[data-cy^="measurement-table-row-"]')
     for attempt in (1, 2):
         page.goto(f"{origin}/viewer?StudyInstanceUIDs={study.study_instance_uid}")
@@ -163,12 +195,42 @@ def _open_sr_and_track(page: Any, origin: str, study: DraftedStudy) -> int:
             if not panel.is_visible():
                 page.locator('[data-cy="trackedMeasurements-btn"]').click()
             rows.first.wait_for(timeout=STEP_TIMEOUT_MS)
+            page.wait_for_function(BOXES_SHOWN, timeout=STEP_TIMEOUT_MS)
         except PlaywrightTimeout:
             if attempt == 2:
                 raise
+            print(f"attempt 1 failed; viewer: {page.evaluate(VIEWER_STATE)}")
             continue
         return attempt
     raise AssertionError("unreachable")
+
+
+def _check_rows_and_boxes(page: Any, study: DraftedStudy) -> list[str]:
+    """The tracked rows match the SR's findings, and each row shows its boxes on its image."""
+    rows = page.locator('[data-cy^="measurement-table-row-"]')
+
+    # Every finding tracked, none lost, no normal region among them.
+    page.get_by_text(f"Measurements ({len(study.findings)})").wait_for(timeout=STEP_TIMEOUT_MS)
+    assert rows.count() == len(study.findings)
+    titles: list[str] = page.locator('[data-cy="data-row-title"]').all_inner_texts()
+    assert titles == study.labels  # SR order: critical first, then the most certain
+    assert all(LABEL.match(title) for title in titles), titles
+
+    # Each finding's box on its own key image (selecting a row shows its image), with the
+    # other boxes of that image and no more.
+    for index, finding in enumerate(study.findings):
+        assert finding.image is not None
+        rows.nth(index).locator('[data-cy="data-row"]').click()
+        uid = finding.image.sop_instance_uid
+        _wait_for(page, SHOWS_IMAGE, uid, f"row {index}'s image {uid}")
+        _wait_for(page, BOXES_DRAWN_ARE, study.boxes_on(uid), f"row {index}'s boxes")
+    first = study.findings[0].image
+    assert first is not None
+    rows.first.locator('[data-cy="data-row"]').click()
+    uid = first.sop_instance_uid
+    _wait_for(page, SHOWS_IMAGE, uid, f"the first row's image {uid}")
+    _wait_for(page, BOXES_DRAWN_ARE, study.boxes_on(uid), "the first row's boxes")
+    return titles
 
 
 @pytest.mark.parametrize("domain", ["cxr", "chest_ct"])
@@ -203,33 +265,15 @@ def test_every_finding_is_tracked_with_its_label_and_its_box_on_its_image(
     page.on("requestfailed", lambda request: failed.append(f"{request.failure} {request.url}"))
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        attempt = _open_sr_and_track(page, viewer_origin, study)
-        rows = page.locator('[data-cy^="measurement-table-row-"]')
-
-        # Every finding tracked, none lost, no normal region among them.
-        page.get_by_text(f"Measurements ({len(study.findings)})").wait_for(timeout=STEP_TIMEOUT_MS)
-        assert rows.count() == len(study.findings)
-        titles = page.locator('[data-cy="data-row-title"]').all_inner_texts()
-        assert titles == study.labels  # SR order: critical first, then the most certain
-        assert all(LABEL.match(title) for title in titles), titles
-
-        # Each finding's box on its own key image (selecting a row shows its image), with the
-        # other boxes of that image and no more.
-        for index, finding in enumerate(study.findings):
-            assert finding.image is not None
-            rows.nth(index).locator('[data-cy="data-row"]').click()
-            uid = finding.image.sop_instance_uid
-            page.wait_for_function(SHOWS_IMAGE, arg=uid, timeout=STEP_TIMEOUT_MS)
-            page.wait_for_function(
-                BOXES_DRAWN_ARE, arg=study.boxes_on(uid), timeout=STEP_TIMEOUT_MS
-            )
-        first = study.findings[0].image
-        assert first is not None
-        rows.first.locator('[data-cy="data-row"]').click()
-        page.wait_for_function(SHOWS_IMAGE, arg=first.sop_instance_uid, timeout=STEP_TIMEOUT_MS)
-        page.wait_for_function(
-            BOXES_DRAWN_ARE, arg=study.boxes_on(first.sop_instance_uid), timeout=STEP_TIMEOUT_MS
-        )
+        for retry in (0, 1):
+            try:
+                attempt = _open_sr_and_track(page, viewer_origin, study) + retry
+                titles = _check_rows_and_boxes(page, study)
+                break
+            except ImageNeverRendered as race:
+                if retry:
+                    raise
+                print(f"{domain}: retried after OHIF's render race: {race}")
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}.png"))
     except Exception:
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}-failed.png"))
