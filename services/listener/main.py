@@ -24,6 +24,7 @@ import warnings
 from types import FrameType
 from typing import Any, cast
 
+import pynetdicom
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -50,6 +51,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from services.listener.handlers import ListenerContext, handle_echo, handle_requested
 from services.listener.indexer import IndexWriter
 from services.listener.observed import ObservedRefusalCounter, observed_store
+from services.listener.reactor import (
+    PYNETDICOM_VERSION,
+    EventDrivenRequestHandler,
+    event_driven_supported,
+)
 from services.listener.storage import ContentStore
 from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
@@ -190,7 +196,16 @@ class ListenerProcess:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, observed_store, [context]),
         ]
-        server_class = ReusePortAssociationServer if self._reuse_port else ThreadedAssociationServer
+        server_class = ReusePortAssociationServer if self._reuse_port else NoDelayAssociationServer
+        extra: dict[str, Any] = {}
+        if event_driven_supported():
+            extra["request_handler"] = EventDrivenRequestHandler
+        else:
+            logger.warning(
+                "pynetdicom %s is not %s: its own polling association loops are used",
+                pynetdicom.__version__,
+                PYNETDICOM_VERSION,
+            )
         server = cast(
             ThreadedAssociationServer,
             self.ae.make_server(
@@ -198,6 +213,7 @@ class ListenerProcess:
                 evt_handlers=handlers,
                 ssl_context=build_tls_context(self.settings),
                 server_class=server_class,
+                **extra,
             ),
         )
         self._server = server
