@@ -28,8 +28,9 @@ the last X-ray ORU. Goals: cxr_p95_s ≤ 1.5 × cxr_alone_s, ct_p95_s ≤ 15 s, 
 
 On stderr: per study class the median queue/draft/deliver split, and per delivery kind (SR,
 GSPS, KOS, ORU) the median wait from recorded to claimed and from claim to acknowledged. With
-`--profile-dir` the delivery worker and the relay run under py-spy (wall clock, idle threads
-kept); a summary of where `attempt_delivery` and `relay_once` spend their time is printed.
+`--profile-dir` the draft worker, the delivery worker and the relay run under py-spy (wall clock,
+idle threads kept); a summary of where `run_draft_job`, `attempt_delivery` and `relay_once` spend
+their time is printed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -217,6 +218,102 @@ def delivery_breakdown(
     }
 
 
+@dataclass(frozen=True)
+class JobSpan:
+    """One draft job's timestamps from the database (seconds from the first job's creation)."""
+
+    job_id: int
+    domain: str
+    created: float
+    published: float | None
+    started: float
+    finished: float
+    oru_claimed: float | None
+    oru_acked: float | None
+    timings: dict[str, float]
+
+
+def job_timeline(factory: sessionmaker[Session], studies: list[WrittenStudy]) -> list[JobSpan]:
+    """Every burst study's draft job and ORU, as the database recorded them, in creation order."""
+    domain_of = {s.study_instance_uid: s.domain for s in studies}
+    with factory() as session:
+        rows = session.execute(
+            select(Study.study_instance_uid, DraftJob.id, DraftJob.created_at, DraftJob.published_at,
+                   DraftJob.started_at, DraftJob.finished_at, DraftJob.timings,
+                   Delivery.last_attempt_at, Delivery.delivered_at)
+            .join(DraftJob, DraftJob.study_id == Study.id)
+            .join(Report, Report.study_id == Study.id, isouter=True)
+            .join(Delivery, (Delivery.report_id == Report.id)
+                  & (Delivery.kind == DeliveryKind.HL7), isouter=True)
+            .where(Study.study_instance_uid.in_(domain_of))
+            .order_by(DraftJob.created_at)
+        ).all()  # fmt: skip
+    if not rows:
+        return []
+    origin = min(r.created_at for r in rows)
+
+    def at(moment: datetime | None) -> float | None:
+        return None if moment is None else (moment - origin).total_seconds()
+
+    return [
+        JobSpan(
+            r.id,
+            domain_of[r.study_instance_uid],
+            at(r.created_at) or 0.0,
+            at(r.published_at),
+            at(r.started_at) or 0.0,
+            at(r.finished_at) or 0.0,
+            at(r.last_attempt_at),
+            at(r.delivered_at),
+            dict(r.timings or {}),
+        )  # fmt: skip
+        for r in rows
+        if r.started_at is not None and r.finished_at is not None
+    ]
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def where_xray_waits(spans: list[JobSpan]) -> list[str]:
+    """Per chest X-ray of the burst: its wait for the model (created → started) split by what the
+    model was doing meanwhile — drafting a CT, drafting another X-ray, or nothing (relay and
+    broker hops, the worker between tasks) — then its draft and delivery; medians and p95."""
+    parts: dict[str, list[float]] = {}
+    for span in spans:
+        if span.domain != "cxr":
+            continue
+        wait = (span.created, span.started)
+        ct = sum(overlap(wait, (o.started, o.finished)) for o in spans if o.domain != "cxr")
+        xr = sum(
+            overlap(wait, (o.started, o.finished))
+            for o in spans
+            if o.domain == "cxr" and o is not span
+        )
+        values = {
+            "wait_s": span.started - span.created,
+            "behind_ct_s": ct,
+            "behind_xray_s": xr,
+            "model_idle_s": max(0.0, span.started - span.created - ct - xr),
+            "draft_s": span.finished - span.started,
+            "claim_ms": span.timings.get("claim_ms", float("nan")),
+            "read_ms": span.timings.get("read_ms", float("nan")),
+            "model_ms": span.timings.get("preprocess_ms", 0.0)
+            + span.timings.get("inference_ms", 0.0),
+            "store_ms": span.timings.get("store_ms", float("nan")),
+            "deliver_s": (span.oru_acked - span.finished)
+            if span.oru_acked is not None
+            else float("nan"),
+        }
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value)
+    return [
+        f"cxr burst {key}: median {statistics.median(v):.2f}, p95 {percentile(v, 95):.2f}"
+        for key, v in parts.items()
+    ]
+
+
 OWN_CODE = ("services/", "shared/", "ops/")
 
 
@@ -259,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument(
         "--profile-dir", type=Path, help="py-spy the delivery worker and the relay (wall clock)"
+    )
+    parser.add_argument(
+        "--timeline", type=Path, help="write each burst job's timestamps here (JSON lines)"
     )
     args = parser.parse_args(argv)
 
@@ -313,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             workers.append(start_relay(env, work / "relay.log"))
             profiling = ExitStack()
             if args.profile_dir is not None:
-                for name, process in (("delivery", workers[2]), ("relay", workers[3])):
+                profiled_processes = (
+                    ("draft", workers[0]), ("delivery", workers[2]), ("relay", workers[3])
+                )  # fmt: skip
+                for name, process in profiled_processes:
                     profiling.enter_context(
                         profiled(
                             process.process.pid, args.profile_dir / f"{name}.collapsed", idle=True
@@ -369,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             profiling.close()
             kinds_alone = delivery_breakdown(factory, alone[1:])
             kinds_burst = delivery_breakdown(factory, [s for s in studies if s.domain == "cxr"])
+            spans = job_timeline(factory, studies)
             engine.dispose()
     finally:
         if web is not None:
@@ -415,8 +519,14 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (n, claim_s, send_s) in kinds.items():
             print(f"{name} {kind}: n={n} recorded→claimed {claim_s:.2f} s, "
                   f"claim→ACK {send_s:.2f} s", file=sys.stderr)  # fmt: skip
+    print("\n".join(where_xray_waits(spans)), file=sys.stderr)
+    if args.timeline is not None:
+        args.timeline.write_text("".join(json.dumps(asdict(span)) + "\n" for span in spans))
     if args.profile_dir is not None:
-        for name, entry in (("delivery", "attempt_delivery"), ("relay", "relay_once")):
+        entries = (
+            ("draft", "run_draft_job"), ("delivery", "attempt_delivery"), ("relay", "relay_once")
+        )  # fmt: skip
+        for name, entry in entries:
             collapsed = args.profile_dir / f"{name}.collapsed"
             if collapsed.exists():
                 print("\n".join(where_time_goes(collapsed, entry)), file=sys.stderr)
