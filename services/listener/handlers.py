@@ -13,6 +13,7 @@ import logging
 import ssl
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import events
@@ -23,6 +24,7 @@ from services.listener.dataset_header import (
     UndecodableDatasetError,
     read_header,
 )
+from services.listener.encoding import part10_header
 from services.listener.indexer import IndexWriter, InstanceRecord
 from services.listener.refusals import RefusalCounter
 from services.listener.storage import ContentStore
@@ -124,6 +126,21 @@ def handle_store(event: events.Event, context: ListenerContext) -> int:
         return STATUS_HANDLER_FAILED
 
 
+def _part10_bytes(event: events.Event, request: C_STORE) -> bytes:
+    """The received dataset behind pynetdicom's File Meta Information: the bytes of
+    `event.encoded_dataset(include_meta=True)`, packed without pydicom."""
+    dataset = cast(BytesIO, request.DataSet).getvalue()
+    try:
+        header = part10_header(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+        )
+    except UnicodeEncodeError:
+        return event.encoded_dataset(include_meta=True)  # let pydicom encode what it can
+    return header + dataset
+
+
 def _store(event: events.Event, context: ListenerContext) -> int:
     request = cast(C_STORE, event.request)
     requested_instance = str(request.AffectedSOPInstanceUID)
@@ -132,7 +149,7 @@ def _store(event: events.Event, context: ListenerContext) -> int:
         logger.error("C-STORE %s refused: storage below its watermark", logged_instance)
         return STATUS_OUT_OF_RESOURCES
 
-    data = event.encoded_dataset(include_meta=True)  # as received: no decode, no re-encode
+    data = _part10_bytes(event, request)  # as received: no decode, no re-encode
     try:
         header = read_header(data)
     except UndecodableDatasetError as exc:

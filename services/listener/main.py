@@ -44,6 +44,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     # pynetdicom logs every PDU/DIMSE message at INFO/DEBUG: costly at our rates, and its dataset
     # dumps could carry PHI. Our own handlers log what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # ... and its default event handlers format those messages even when nothing logs them.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     # pydicom warns about non-conformant values by quoting them: names, IDs (PHI). Received data
     # is stored as received anyway, so these warnings carry nothing we act on.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
