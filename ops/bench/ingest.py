@@ -398,9 +398,13 @@ def route_seconds(
 
 
 @contextmanager
-def profiled(pid: int | None, output: Path | None, *, idle: bool = False) -> Iterator[None]:
+def profiled(
+    pid: int | None, output: Path | None, *, idle: bool = False, gil: bool = False
+) -> Iterator[None]:
     """Sample `pid` and its children with py-spy: on-CPU collapsed stacks (idle threads left out;
-    with `idle` they are kept, for where a latency's wall-clock time goes)."""
+    with `idle` they are kept, for where a latency's wall-clock time goes; with `gil` only the
+    thread holding the GIL is sampled: Python's own CPU, without the threads py-spy counts as
+    active while they wait in select, sleep or fsync)."""
     if pid is None or output is None:
         yield
         return
@@ -410,6 +414,8 @@ def profiled(pid: int | None, output: Path | None, *, idle: bool = False) -> Ite
                "--format", "raw", "--nonblocking", "-o", str(output)]  # fmt: skip
     if idle:
         command.append("--idle")
+    if gil:
+        command.append("--gil")
     sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let it attach to every process
     try:
@@ -421,18 +427,23 @@ def profiled(pid: int | None, output: Path | None, *, idle: bool = False) -> Ite
             print(f"py-spy wrote no profile: {errors.decode(errors='replace')[-500:]}")
 
 
+# A sample goes to the first category any of whose keys appears anywhere in its stack, in this
+# order: what a C-STORE handler calls first, then pynetdicom's message coding, then the loops
+# every association thread runs in.
 CATEGORIES = [
-    ("pynetdicom reactor/DUL polling (sleep/select/queue)", ("dul.py", "association.py:_run_reactor", "time.sleep", "select")),
-    ("pynetdicom PDU/DIMSE decode+encode", ("pdu.py", "pdu_primitives.py", "dimse", "fsm.py", "transport.py")),
-    ("pydicom header parse", ("pydicom/",)),
-    ("file write + fsync", ("storage.py",)),
+    ("header parse (pydicom)", ("dataset_header.py",)),
+    ("file write + fsync + sha256", ("storage.py",)),
     ("index (psycopg, SQL)", ("indexer.py", "psycopg")),
-    ("thread hand-off (waiting on group commit)", ("concurrent/futures", "threading.py:wait")),
+    ("waiting on the group commit", ("concurrent/futures",)),
+    ("DIMSE/PDU decode + encode", ("dimse", "pdu.py", "pdu_primitives.py", "fsm.py", "encoding.py",
+                                   "Socket.recv", "Socket.send", "_read_pdu_data", "_decode_pdu")),
+    ("association loops (poll/wait/wake)", ("reactor.py", "dul.py", "association.py", "select",
+                                            "sleep", "queue.py", "threading.py")),
 ]  # fmt: skip
 
 
 def summarise_profile(collapsed: Path) -> list[str]:
-    """Per-category share of samples (leaf-most matching frame) plus the top leaf functions."""
+    """Per-category share of samples (CATEGORIES) plus the top leaf functions."""
     totals: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
@@ -444,14 +455,9 @@ def summarise_profile(collapsed: Path) -> list[str]:
         total += count
         frames = stack.split(";")
         leaves[frames[-1]] += count
-        category = "other"
-        for frame in reversed(frames):
-            matched = next(
-                (name for name, keys in CATEGORIES if any(k in frame for k in keys)), None
-            )
-            if matched:
-                category = matched
-                break
+        category = next(
+            (name for name, keys in CATEGORIES if any(k in stack for k in keys)), "other"
+        )
         totals[category] += count
     lines = [f"profile: {total} on-CPU samples"]
     lines += [f"  {100 * c / max(total, 1):5.1f}%  {name}" for name, c in totals.most_common()]
@@ -479,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         help="bare = pynetdicom writing files only (reference, not in the JSON line)",
     )
     parser.add_argument("--profile-dir", type=Path, help="run the listener under py-spy")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="py-spy samples only the GIL holder"
+    )
     parser.add_argument(
         "--route-slices", type=int, default=0, help="also route one CT of N slices via Orthanc"
     )
@@ -520,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                     # receiver pays for another's writeback.
                     os.sync()
                     cpu_before = tree_cpu_s(endpoint.pid)
-                    with profiled(endpoint.pid, profile):
+                    with profiled(endpoint.pid, profile, gil=args.profile_gil):
                         seconds = send(endpoint, directories)
                     rate = args.n / seconds
                     cpu_after = tree_cpu_s(endpoint.pid)
