@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     draft_retry_base_s: float = Field(default=30.0, gt=0)
     draft_retry_max_s: float = Field(default=900.0, gt=0)
     draft_max_attempts: int = Field(default=6, ge=1)
+    # A draft worker that takes an X-ray job drafts up to this many waiting X-ray jobs in the
+    # same model pass (services/worker/drafting.py); 1 turns batching off.
+    draft_xray_batch: int = Field(default=8, ge=1)
+    # CPU priority a Celery worker process lowers itself to at start (os.nice; 0 leaves it):
+    # e.g. 10 for a draft worker sharing CPU cores with the interactive worker.
+    worker_nice: int = Field(default=0, ge=0, le=19)
 
     # --- several machines, no shared disk (shared/storage, services/listener/file_server.py) ---
     # This node's name: the rows its listener stores carry it, and other nodes fetch those files

@@ -15,13 +15,17 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.worker.lanes import is_xray_job, waiting_xray_jobs
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace, lock_study, try_advisory_lock
 from shared.db.instance_inputs import instance_input
@@ -125,54 +129,185 @@ def _store_result(
     assert job is not None
     if job.state != DraftJobState.RUNNING:  # someone else finished or superseded it meanwhile
         return None
-    job.timings = {k: round(v, 1) for k, v in timings.items()}
+    started = time.perf_counter()
     report = lifecycle.store_draft(session, job, result)
+    session.flush()
+    timings["store_ms"] = (time.perf_counter() - started) * 1000.0  # without the commit
+    job.timings = {k: round(v, 1) for k, v in timings.items()}
     return report.id if report else None
 
 
+class BatchBackend(Protocol):
+    """A backend that drafts several studies in one pass (the onnx backend)."""
+
+    def draft_many(self, studies: Sequence[StudyInput]) -> list[DraftResult | Exception]: ...
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    job_id: int
+    study_input: StudyInput
+    claim_ms: float
+
+
 def run_draft_job(
-    engine: Engine, job_id: int, backend: ModelBackend, storage_dir: Path
+    engine: Engine, job_id: int, backend: ModelBackend, storage_dir: Path, *, batch_max: int = 1
 ) -> DraftOutcome:
+    """Draft one job. An X-ray job takes with it up to `batch_max - 1` other X-ray jobs waiting
+    in the lane (each claimed under its own advisory lock, exactly as its own message would
+    claim it; their messages later find them done): one model pass for a burst's X-rays instead
+    of one task each. Each job's draft is still stored in its own transaction."""
     factory = sessionmaker(engine, expire_on_commit=False)
-    with try_advisory_lock(engine, LockSpace.DRAFT_JOB, job_id) as held:
-        if not held:
+    claiming = time.perf_counter()
+    with ExitStack() as held_locks:
+        if not held_locks.enter_context(try_advisory_lock(engine, LockSpace.DRAFT_JOB, job_id)):
             return DraftOutcome(job_id, "busy")
         with factory.begin() as session:
             claimed = _claim(session, job_id, storage_dir)
             if claimed is None:
                 job = session.get(DraftJob, job_id)
                 return DraftOutcome(job_id, job.state if job else "missing")
-            _, _, study_input = claimed
+            batch = [_Claimed(job_id, claimed[2], (time.perf_counter() - claiming) * 1000.0)]
+        if batch_max > 1 and hasattr(backend, "draft_many"):
+            with factory() as session:
+                xray = is_xray_job(session, job_id)
+            if xray:
+                batch += _claim_companions(
+                    engine, factory, held_locks, job_id, batch_max - 1, storage_dir
+                )
+        outcomes = _draft_claimed(factory, backend, batch, storage_dir)
+    return outcomes[0]
 
-        started = time.perf_counter()
+
+def _claim_companions(
+    engine: Engine,
+    factory: sessionmaker[Session],
+    held_locks: ExitStack,
+    job_id: int,
+    limit: int,
+    storage_dir: Path,
+) -> list[_Claimed]:
+    """Claim up to `limit` waiting X-ray jobs; their advisory locks (on one connection) are held
+    until `held_locks` closes. A job another worker holds, or one no longer waiting, is skipped."""
+    with factory() as session:
+        candidates = waiting_xray_jobs(session, exclude=job_id, limit=2 * limit)
+    if not candidates:
+        return []
+    connection = held_locks.enter_context(engine.connect())
+    claimed: list[_Claimed] = []
+    for candidate in candidates:
+        if len(claimed) >= limit:
+            break
+        claiming = time.perf_counter()
+        if not _try_lock(connection, candidate):
+            continue
+        held_locks.callback(_unlock, connection, candidate)
+        try:
+            with factory.begin() as session:
+                got = _claim(session, candidate, storage_dir)
+        except LookupError:
+            continue  # deleted meanwhile
+        if got is not None:
+            claimed.append(_Claimed(candidate, got[2], (time.perf_counter() - claiming) * 1000.0))
+    if claimed:
+        log.info(
+            "draft job %s takes waiting X-ray jobs %s with it", job_id, [c.job_id for c in claimed]
+        )
+    return claimed
+
+
+def _try_lock(connection: Connection, job_id: int) -> bool:
+    held = bool(
+        connection.execute(
+            text("SELECT pg_try_advisory_lock(:space, :key)"),
+            {"space": int(LockSpace.DRAFT_JOB), "key": job_id},
+        ).scalar()
+    )
+    connection.commit()  # a session-level lock outlives the transaction; don't sit idle in one
+    return held
+
+
+def _unlock(connection: Connection, job_id: int) -> None:
+    connection.execute(
+        text("SELECT pg_advisory_unlock(:space, :key)"),
+        {"space": int(LockSpace.DRAFT_JOB), "key": job_id},
+    )
+    connection.commit()
+
+
+def _model_results(
+    backend: ModelBackend, studies: list[StudyInput]
+) -> list[DraftResult | Exception]:
+    if len(studies) > 1:
+        return cast(BatchBackend, backend).draft_many(studies)
+    try:
+        return [backend.draft(studies[0])]
+    except (ModelServerUnavailable, ModelAnswerInvalid) as exc:
+        return [exc]
+
+
+def _draft_claimed(
+    factory: sessionmaker[Session],
+    backend: ModelBackend,
+    batch: list[_Claimed],
+    storage_dir: Path,
+) -> list[DraftOutcome]:
+    """Run the model on claimed jobs and record each outcome in its own transaction; the
+    outcomes in `batch` order. An unexpected error of the first job (the task's own) is raised
+    after the others are stored; a companion's is recorded as its failure."""
+    started = time.perf_counter()
+    outcomes: dict[int, DraftOutcome] = {}
+    ready: list[_Claimed] = []
+    for claimed in batch:
         try:
             # Outside the claim's transaction: another node's files may take a while to fetch.
-            study_input = localize_study(study_input, instance_reader(storage_dir))
+            localized = localize_study(claimed.study_input, instance_reader(storage_dir))
         except InstanceUnavailable as exc:
             with factory.begin() as session:
-                state = _defer(session, job_id, str(exc), waiting_for="the images' storage node")
-            return DraftOutcome(job_id, state)
-        fetch_ms = (time.perf_counter() - started) * 1000.0
-        try:
-            result = backend.draft(study_input)
-        except ModelServerUnavailable as exc:
+                state = _defer(
+                    session, claimed.job_id, str(exc), waiting_for="the images' storage node"
+                )
+            outcomes[claimed.job_id] = DraftOutcome(claimed.job_id, state)
+            continue
+        ready.append(_Claimed(claimed.job_id, localized, claimed.claim_ms))
+    fetch_ms = (time.perf_counter() - started) * 1000.0
+    results = _model_results(backend, [c.study_input for c in ready]) if ready else []
+    total_ms = (time.perf_counter() - started) * 1000.0
+    own_error: Exception | None = None
+    for claimed, result in zip(ready, results, strict=True):
+        job_id = claimed.job_id
+        if isinstance(result, ModelServerUnavailable):
             with factory.begin() as session:
-                state = _defer(session, job_id, str(exc))
-            return DraftOutcome(job_id, state)
-        except ModelAnswerInvalid as exc:
+                outcomes[job_id] = DraftOutcome(job_id, _defer(session, job_id, str(result)))
+            continue
+        if isinstance(result, ModelAnswerInvalid):
             with factory.begin() as session:
-                state = _fail(session, job_id, f"model answer not usable: {exc}")
-            return DraftOutcome(job_id, state)
+                state = _fail(session, job_id, f"model answer not usable: {result}")
+            outcomes[job_id] = DraftOutcome(job_id, state)
+            continue
+        if isinstance(result, Exception):
+            if job_id == batch[0].job_id:
+                own_error = result  # the task records it and logs the traceback
+                continue
+            log.error("draft job %s failed", job_id, exc_info=result)
+            with factory.begin() as session:
+                state = _fail(session, job_id, f"{type(result).__name__}: {result}")
+            outcomes[job_id] = DraftOutcome(job_id, state)
+            continue
         timings = dict(result.timings_ms)
         timings["fetch_ms"] = fetch_ms
-        timings["total_ms"] = (time.perf_counter() - started) * 1000.0
-
+        timings["claim_ms"] = claimed.claim_ms  # the job's lock and claim, before `started_at`
+        timings["total_ms"] = total_ms
+        timings["batch"] = float(len(ready))
         with factory.begin() as session:
             report_id = _store_result(session, job_id, result, timings)
             job = session.get(DraftJob, job_id)
             state = job.state if job else "missing"
         log.info("draft job %s: %s (report %s)", job_id, state, report_id)
-        return DraftOutcome(job_id, state, report_id)
+        outcomes[job_id] = DraftOutcome(job_id, state, report_id)
+    if own_error is not None:
+        raise own_error
+    return [outcomes[c.job_id] for c in batch]
 
 
 def draft_retry_policy() -> RetryPolicy:

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 
 from amqp.exceptions import NotFound
 from kombu import Connection
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import ColumnElement, Engine, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared.db.models import (
     Delivery,
@@ -52,6 +52,54 @@ def draft_priority(*, instance_count: int, modalities: set[str], critical: bool)
         if instance_count <= most:
             return priority
     return PRIORITY_LARGEST
+
+
+def _xray_study_job() -> ColumnElement[bool]:
+    """SQL: the draft job's study is an X-ray study in `draft_priority`'s sense — it has an X-ray
+    series and no series of another modality (our own output and unknown modalities aside) —
+    and is small (one to a few images)."""
+    xray, other = aliased(Series), aliased(Series)
+    has_xray = exists().where(
+        xray.study_id == DraftJob.study_id,
+        xray.is_own_output.is_(False),
+        xray.modality.in_(XRAY_MODALITIES),
+    )
+    has_other = exists().where(
+        other.study_id == DraftJob.study_id,
+        other.is_own_output.is_(False),
+        other.modality.is_not(None),
+        other.modality.not_in(XRAY_MODALITIES),
+    )
+    return has_xray & ~has_other & (DraftJob.instance_count <= PRIORITY_BY_SIZE[0][0])
+
+
+def is_xray_job(session: Session, job_id: int) -> bool:
+    return (
+        session.scalar(select(DraftJob.id).where(DraftJob.id == job_id, _xray_study_job()))
+        is not None
+    )
+
+
+def waiting_xray_jobs(session: Session, *, exclude: int, limit: int) -> list[int]:
+    """X-ray jobs waiting for the draft lane (published and not started, or recorded and not yet
+    published by the relay; not those waiting out a backoff), critical studies first, then in
+    arrival order: the companions a draft run may take with it (`drafting.run_draft_job`)."""
+    return list(
+        session.scalars(
+            select(DraftJob.id)
+            .join(Study, Study.id == DraftJob.study_id)
+            .where(
+                DraftJob.id != exclude,
+                or_(
+                    DraftJob.state == DraftJobState.QUEUED,
+                    (DraftJob.state == DraftJobState.PENDING) & DraftJob.next_attempt_at.is_(None),
+                ),
+                _xray_study_job(),
+            )
+            .order_by(Study.critical.desc(), DraftJob.id)
+            .limit(limit)
+        )
+    )
 
 
 def job_priority(engine: Engine, job_id: int) -> int:

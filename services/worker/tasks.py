@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from typing import Any
 
+from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from services.worker.celery_app import DELIVERY_QUEUE, DRAFT_QUEUE, app
@@ -43,6 +45,35 @@ def _is_row_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@worker_init.connect
+def _lower_cpu_priority(**_: object) -> None:
+    """MEDREGA_WORKER_NICE: this worker process (every thread it starts later, ONNX Runtime's
+    included, inherits it) yields the CPU to processes of a higher priority. For a shared CPU:
+    run the draft worker at 10 and the interactive worker at 0, so a radiologist's Locate gets
+    the cores before a CT series' slices. 0 (the default) leaves the priority alone; raising a
+    priority back would need CAP_SYS_NICE, so this only ever lowers it."""
+    nice = get_settings().worker_nice
+    if nice > 0:
+        lower_cpu_priority(nice)
+        log.info("CPU priority lowered by %d: nice %d", nice, os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def lower_cpu_priority(increment: int) -> None:
+    """Every thread of this process (Linux keeps a nice value per thread) by `increment`, and so
+    every thread started later (a new thread inherits its creator's)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process's own priority
+        os.nice(increment)
+        return
+    for tid in threads:
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+
+
 @lru_cache(maxsize=1)
 def model_backend() -> ModelBackend:
     """Loaded once per worker process, on first use (never before a fork)."""
@@ -58,7 +89,14 @@ def draft_study(job_id: int) -> dict[str, Any]:
         return {"state": "rejected"}
     engine = get_engine()
     try:
-        outcome = run_draft_job(engine, job_id, model_backend(), get_settings().storage_dir)
+        settings = get_settings()
+        outcome = run_draft_job(
+            engine,
+            job_id,
+            model_backend(),
+            settings.storage_dir,
+            batch_max=settings.draft_xray_batch,
+        )
     except TRANSIENT_DB_ERRORS:
         raise
     except LookupError:

@@ -17,14 +17,17 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from pydicom import Dataset
 
 from shared.dicom.pixels import DecodedFrame
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.grounded_text import region_code
-from shared.inference.onnx_session import create_session
+from shared.inference.onnx_session import cpu_threads, create_session
+from shared.inference.preprocess import LetterboxTransform
 from shared.inference.reference_onnx import (
     UNSUPPORTED,
     ImagePrediction,
@@ -37,7 +40,7 @@ from shared.inference.study_images import (
     ReadImage,
     merge_across_slices,
     read_frame,
-    read_images,
+    read_many,
     select_images,
 )
 from shared.reports.domain import DraftResult, ImageRef, PixelBox
@@ -78,6 +81,7 @@ class OnnxBackend:
         # name (the listener's rule), so (path, frame) identifies the pixels.
         self._recent_frames: OrderedDict[tuple[str, int], DecodedFrame] = OrderedDict()
         self._recent_lock = threading.Lock()
+        self._reader_pool: ThreadPoolExecutor | None = None  # decode + preprocess (drafts)
 
     @property
     def model(self) -> ReferenceModel:
@@ -98,31 +102,73 @@ class OnnxBackend:
 
     # -- the draft ------------------------------------------------------------------------
     def draft(self, study: StudyInput) -> DraftResult:
+        (result,) = self.draft_many([study])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def draft_many(self, studies: Sequence[StudyInput]) -> list[DraftResult | Exception]:
+        """Several studies in one pass (a burst's queued X-rays): every study's images are
+        decoded and preprocessed on a small thread pool (numpy and Pillow release the GIL), the
+        model runs on batches that mix the studies' images, and each study is then answered
+        exactly as `draft` answers it alone — 'not applicable' with its reason, or an exception
+        that belongs to that study only (the others still get their drafts)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        try:
-            model = self.model
-            timings["load_ms"] = (time.perf_counter() - started) * 1000
-            t0 = time.perf_counter()
-            images = read_images(select_images(study, self._supported_modalities, MODEL_NAME))
-            timings["read_ms"] = (time.perf_counter() - t0) * 1000
-            predictions = self._predict(model, images, timings)
-            domain = self._domain(images, predictions)
-            t0 = time.perf_counter()
-            regions = self.located_regions(images, predictions)
-            findings = self.located_findings(images, predictions)
-            composed = compose_report(self.vocab, domain, regions, findings)
-            timings["compose_ms"] = (time.perf_counter() - t0) * 1000
-        except NotApplicable as exc:
-            return DraftResult(
-                domain=UNSUPPORTED,
-                applicable=False,
-                reason=str(exc),
-                model_name=MODEL_NAME,
-                model_version=self._model.info.model_version if self._model else "",
-                backend="onnx",
-                timings_ms=timings,
-            )
+        model = self.model
+        timings["load_ms"] = (time.perf_counter() - started) * 1000
+        t0 = time.perf_counter()
+        selections: list[list[tuple[InstanceInput, Dataset]] | Exception] = []
+        for study in studies:
+            try:
+                selections.append(select_images(study, self._supported_modalities, MODEL_NAME))
+            except Exception as exc:
+                selections.append(exc)
+        selected = [s for s in selections if not isinstance(s, Exception)]
+        read = iter(read_many(selected, self._pool().map))
+        reads = [s if isinstance(s, Exception) else next(read) for s in selections]
+        timings["read_ms"] = (time.perf_counter() - t0) * 1000
+        images = [im for r in reads if not isinstance(r, Exception) for im in r]
+        predictions = iter(self._predict(model, images, timings))
+        timings["studies"] = float(len(studies))
+        results: list[DraftResult | Exception] = []
+        for study_images in reads:
+            if isinstance(study_images, Exception):
+                results.append(self._not_applicable(study_images, timings))
+                continue
+            mine = [next(predictions) for _ in study_images]
+            try:
+                results.append(self._answer(model, study_images, mine, dict(timings)))
+            except Exception as exc:
+                results.append(self._not_applicable(exc, timings))
+        return results
+
+    def _not_applicable(self, exc: Exception, timings: dict[str, float]) -> DraftResult | Exception:
+        if not isinstance(exc, NotApplicable):
+            return exc
+        return DraftResult(
+            domain=UNSUPPORTED,
+            applicable=False,
+            reason=str(exc),
+            model_name=MODEL_NAME,
+            model_version=self._model.info.model_version if self._model else "",
+            backend="onnx",
+            timings_ms=dict(timings),
+        )
+
+    def _answer(
+        self,
+        model: ReferenceModel,
+        images: list[ReadImage],
+        predictions: list[ImagePrediction],
+        timings: dict[str, float],
+    ) -> DraftResult:
+        domain = self._domain(images, predictions)
+        t0 = time.perf_counter()
+        regions = self.located_regions(images, predictions)
+        findings = self.located_findings(images, predictions)
+        composed = compose_report(self.vocab, domain, regions, findings)
+        timings["compose_ms"] = (time.perf_counter() - t0) * 1000
         return DraftResult(
             domain=domain,
             applicable=True,
@@ -135,18 +181,27 @@ class OnnxBackend:
             timings_ms=timings,
         )
 
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._reader_pool is None:
+                self._reader_pool = ThreadPoolExecutor(cpu_threads(), "draft-read")
+            return self._reader_pool
+
     def _predict(
         self, model: ReferenceModel, images: list[ReadImage], timings: dict[str, float]
     ) -> list[ImagePrediction]:
         predictions: list[ImagePrediction] = []
         preprocess_s = infer_s = 0.0
+
+        def prepare(image: ReadImage) -> tuple[np.ndarray, LetterboxTransform]:
+            frame = image.frame
+            return model.preprocess(frame.pixels, *frame.window, image.instance.modality)
+
+        pool = self._pool()
         for start in range(0, len(images), BATCH_SIZE):
             chunk = images[start : start + BATCH_SIZE]
             t0 = time.perf_counter()
-            prepared = [
-                model.preprocess(im.frame.pixels, *im.frame.window, im.instance.modality)
-                for im in chunk
-            ]
+            prepared = list(pool.map(prepare, chunk))
             batch = np.stack([x for x, _ in prepared])[:, None]
             t1 = time.perf_counter()
             predictions.extend(model.predict_preprocessed(batch, [t for _, t in prepared]))

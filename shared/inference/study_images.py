@@ -12,7 +12,7 @@ one finding, and a box's extent in millimetres.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -114,16 +114,56 @@ def select_images(
     return sorted(main, key=lambda pair: _position(pair[1], pair[0]))
 
 
-def read_images(selected: list[tuple[InstanceInput, Dataset]]) -> list[ReadImage]:
-    """Decode every frame (raises NotApplicable when none can be decoded, with the reason)."""
+def _decoded(ds: Dataset) -> list[DecodedFrame] | Exception:
+    """The frames, or the exception (raised again by `_assemble` for the study it belongs to,
+    so one study's undecodable file does not fail the others read with it)."""
+    try:
+        return frames_from_dataset(ds)
+    except Exception as exc:
+        return exc
+
+
+Mapper = Callable[..., Iterable[list[DecodedFrame] | Exception]]
+
+
+def read_images(
+    selected: list[tuple[InstanceInput, Dataset]], map_: Mapper = map
+) -> list[ReadImage]:
+    """Decode every frame (raises NotApplicable when none can be decoded, with the reason).
+    `map_` decodes the instances (an executor's map decodes them in parallel threads: pixel
+    decoding is numpy work that releases the GIL); the result is the same."""
+    return _assemble(selected, list(map_(_decoded, [ds for _, ds in selected])))
+
+
+def read_many(
+    selections: Sequence[list[tuple[InstanceInput, Dataset]]], map_: Mapper = map
+) -> list[list[ReadImage] | Exception]:
+    """`read_images` for several studies at once: every instance of every study goes through
+    one `map_` (in parallel across studies, not only within one); per study its images or the
+    exception it would have raised (NotApplicable, or an unexpected one)."""
+    decoded = iter(list(map_(_decoded, [ds for selected in selections for _, ds in selected])))
+    results: list[list[ReadImage] | Exception] = []
+    for selected in selections:
+        mine = [next(decoded) for _ in selected]
+        try:
+            results.append(_assemble(selected, mine))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _assemble(
+    selected: list[tuple[InstanceInput, Dataset]],
+    decoded: list[list[DecodedFrame] | Exception],
+) -> list[ReadImage]:
     images: list[ReadImage] = []
     reasons: list[str] = []
-    for instance, ds in selected:
-        try:
-            frames = frames_from_dataset(ds)
-        except PixelDataUnsupported as exc:
-            reasons.append(str(exc))
+    for (instance, ds), frames in zip(selected, decoded, strict=True):
+        if isinstance(frames, PixelDataUnsupported):
+            reasons.append(str(frames))
             continue
+        if isinstance(frames, Exception):
+            raise frames
         for frame in frames:
             images.append(ReadImage(instance, frame, _position(ds, instance)))
     if not images:
