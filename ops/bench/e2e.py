@@ -24,7 +24,8 @@ the last X-ray ORU. Goals: cxr_p95_s ≤ 1.5 × cxr_alone_s, ct_p95_s ≤ 15 s, 
 1.5 × interactive_alone_ms, delivered == sent.
 
     python -m ops.bench.e2e [--cxr 20] [--ct 5] [--ct-slices 120] [--senders 4] [--io-threads 3]
-        [--alone 3] [--interactive 20] [--click-every 1.0] [--profile-dir DIR]
+        [--alone 3] [--interactive 20] [--click-every 1.0] [--profile-dir DIR] [--timeline FILE]
+        [--draft-nice N] [--cxr-after-ct]
 
 On stderr: per study class the median queue/draft/deliver split, and per delivery kind (SR,
 GSPS, KOS, ORU) the median wait from recorded to claimed and from claim to acknowledged. With
@@ -187,6 +188,21 @@ def wait_delivered(
         if len(times) == len(studies) or time.monotonic() > deadline:
             return times
         time.sleep(0.2)
+
+
+def wait_ct_drafting(factory: sessionmaker[Session], timeout_s: float) -> None:
+    """Until the model has started drafting some study that is not an X-ray."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with factory() as session:
+            if session.scalar(
+                select(DraftJob.id).where(
+                    DraftJob.started_at.is_not(None), DraftJob.instance_count > 10
+                )
+            ):
+                return
+        time.sleep(0.1)
+    raise RuntimeError("no CT draft started")
 
 
 def delivery_breakdown(
@@ -358,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         "--profile-dir", type=Path, help="py-spy the delivery worker and the relay (wall clock)"
     )
     parser.add_argument(
+        "--draft-nice", type=int, default=0, help="MEDREGA_WORKER_NICE of the draft worker"
+    )
+    parser.add_argument(
+        "--cxr-after-ct",
+        action="store_true",
+        help="send the CTs first and the X-rays once a CT draft has started (X-rays behind a CT)",
+    )
+    parser.add_argument(
         "--timeline", type=Path, help="write each burst job's timestamps here (JSON lines)"
     )
     args = parser.parse_args(argv)
@@ -398,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                 "MEDREGA_RIS_PORT": str(sink.port),
             }
             workers.append(
-                start_worker(env, work / "worker-draft.log", queues=("draft",), concurrency=1)
+                start_worker(
+                    {**env, "MEDREGA_WORKER_NICE": str(args.draft_nice)},
+                    work / "worker-draft.log",
+                    queues=("draft",),
+                    concurrency=1,
+                )
             )
             workers.append(
                 start_worker(
@@ -463,7 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             clicker.start()
             started = time.monotonic()
             with ThreadPoolExecutor(args.senders) as pool:
-                list(pool.map(lambda s: send(s, listener.port, listener.ae_title), studies))
+                if args.cxr_after_ct:
+                    # The CTs first; the X-rays once the model is busy with a CT series.
+                    list(pool.map(lambda s: send(s, listener.port, listener.ae_title),
+                                  [s for s in studies if s.domain != "cxr"]))  # fmt: skip
+                    wait_ct_drafting(factory, args.timeout)
+                    studies_now = [s for s in studies if s.domain == "cxr"]
+                else:
+                    studies_now = studies
+                list(pool.map(lambda s: send(s, listener.port, listener.ae_title), studies_now))
             print(f"sent {len(studies)} studies in {time.monotonic() - started:.1f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
             rows = wait_delivered(factory, studies, args.timeout)
