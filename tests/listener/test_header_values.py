@@ -1,0 +1,75 @@
+"""The header values the listener indexes are the same whether read from the raw elements (the
+fast path in services/listener/dataset_header.py) or converted by pydicom."""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from services.listener.dataset_header import _extract, read_header
+from tests.listener.ct_files import TEST_UID_ROOT, ct_dataset
+
+ODD_UID = TEST_UID_ROOT + "123"
+EVEN_UID = TEST_UID_ROOT + "1234"
+
+
+def variants() -> list[tuple[str, Dataset]]:
+    cases: list[tuple[str, Dataset]] = []
+
+    def add(name: str, **values: object) -> None:
+        ds = ct_dataset(ODD_UID, EVEN_UID, ODD_UID + ".7", 3, size=8)
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        cases.append((name, ds))
+
+    add("plain")
+    add("several names", PatientName="Doe^John\\Roe^Jane", ReferringPhysicianName="A^B\\C^D")
+    add("name groups", PatientName="Yamada^Tarou=山田^太郎", SpecificCharacterSet="ISO_IR 192")
+    add(
+        "utf-8 text",
+        StudyDescription="胸部 CT",
+        PatientName="张^伟",
+        SpecificCharacterSet="ISO_IR 192",
+    )
+    add("latin-1 text", PatientName="Müller^Jürgen", Manufacturer="Société", PatientID="É1")
+    add(
+        "iso 2022",
+        SpecificCharacterSet=["", "ISO 2022 IR 87"],
+        PatientName="Yamada^Tarou=山田^太郎",
+        StudyDescription="CT",
+    )
+    add("padding and spaces", PatientID=" ID 7 ", StudyDescription=" Chest ", Modality="CT ")
+    add("several CS values", BodyPartExamined="CHEST\\ABDOMEN", PatientSex="O")
+    add("odd integers", InstanceNumber="12.0", SeriesNumber="+7", NumberOfFrames="1\\2")
+    add("empty values", PatientName="", AccessionNumber="", StudyTime="", InstanceNumber=None)
+    add("delimiters", PatientName="O'Neil^Mary|Ann~x&y", AccessionNumber="A|B^C")
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "RPID1", "LN", "CT chest"
+    add("procedure code", RequestedProcedureCodeSequence=[code])
+    return cases
+
+
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+@pytest.mark.parametrize(("name", "dataset"), variants(), ids=[n for n, _ in variants()])
+def test_raw_and_pydicom_values_agree(
+    name: str, dataset: Dataset, syntax: str, tmp_path: Path
+) -> None:
+    dataset.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / "x.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.save_as(path, enforce_file_format=True)
+        data = path.read_bytes()
+        fast = _extract(dcmread(BytesIO(data), stop_before_pixels=True), fast=True)
+        slow = _extract(dcmread(BytesIO(data), stop_before_pixels=True), fast=False)
+    assert fast == slow
+    assert read_header(data) == fast
