@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     draft_retry_max_s: float = Field(default=900.0, gt=0)
     draft_max_attempts: int = Field(default=6, ge=1)
     # A draft worker that takes an X-ray job drafts up to this many waiting X-ray jobs in the
-    # same model pass (services/worker/drafting.py); 1 turns batching off.
+    # same model pass, and drafts waiting X-rays between a CT/MR series' slice batches
+    # (services/worker/drafting.py); 1 turns both off.
     draft_xray_batch: int = Field(default=8, ge=1)
     # CPU priority a Celery worker process lowers itself to at start (os.nice; 0 leaves it):
     # e.g. 10 for a draft worker sharing CPU cores with the interactive worker.

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,7 +140,12 @@ def _store_result(
 class BatchBackend(Protocol):
     """A backend that drafts several studies in one pass (the onnx backend)."""
 
-    def draft_many(self, studies: Sequence[StudyInput]) -> list[DraftResult | Exception]: ...
+    def draft_many(
+        self,
+        studies: Sequence[StudyInput],
+        *,
+        between_batches: Callable[[], None] | None = None,
+    ) -> list[DraftResult | Exception]: ...
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,9 @@ def run_draft_job(
     """Draft one job. An X-ray job takes with it up to `batch_max - 1` other X-ray jobs waiting
     in the lane (each claimed under its own advisory lock, exactly as its own message would
     claim it; their messages later find them done): one model pass for a burst's X-rays instead
-    of one task each. Each job's draft is still stored in its own transaction."""
+    of one task each. Each job's draft is still stored in its own transaction. Any other job
+    (CT, MR) lets the X-ray jobs that arrive while it runs be drafted between its slice batches
+    (`_xray_interlude`). `batch_max` 1: neither."""
     factory = sessionmaker(engine, expire_on_commit=False)
     claiming = time.perf_counter()
     with ExitStack() as held_locks:
@@ -168,6 +175,7 @@ def run_draft_job(
                 job = session.get(DraftJob, job_id)
                 return DraftOutcome(job_id, job.state if job else "missing")
             batch = [_Claimed(job_id, claimed[2], (time.perf_counter() - claiming) * 1000.0)]
+        interlude: Callable[[], None] | None = None
         if batch_max > 1 and hasattr(backend, "draft_many"):
             with factory() as session:
                 xray = is_xray_job(session, job_id)
@@ -175,8 +183,40 @@ def run_draft_job(
                 batch += _claim_companions(
                     engine, factory, held_locks, job_id, batch_max - 1, storage_dir
                 )
-        outcomes = _draft_claimed(factory, backend, batch, storage_dir)
+            else:
+                interlude = _xray_interlude(engine, backend, storage_dir, batch_max, job_id)
+        outcomes = _draft_claimed(factory, backend, batch, storage_dir, interlude)
     return outcomes[0]
+
+
+def _xray_interlude(
+    engine: Engine, backend: ModelBackend, storage_dir: Path, batch_max: int, job_id: int
+) -> Callable[[], None]:
+    """For a CT/MR draft: called between two of its slice batches, it drafts the X-ray jobs
+    that arrived meanwhile (one with its companions, exactly as their own messages would), so
+    an X-ray waits for one batch of slices instead of the whole series. The series' own job
+    keeps its lock and its claim; nothing it holds is touched."""
+    running = False
+
+    def interlude() -> None:
+        nonlocal running
+        if running:
+            return
+        running = True
+        try:
+            with sessionmaker(engine)() as session:
+                waiting = waiting_xray_jobs(session, exclude=job_id, limit=1)
+            if waiting:
+                log.info("draft job %s pauses for X-ray job %s", job_id, waiting[0])
+                run_draft_job(engine, waiting[0], backend, storage_dir, batch_max=batch_max)
+        except Exception:
+            # Never at the series' expense: the X-ray job is left running without its lock,
+            # and the relay publishes it again (its own task records any failure).
+            log.exception("X-ray drafts between the batches of draft job %s failed", job_id)
+        finally:
+            running = False
+
+    return interlude
 
 
 def _claim_companions(
@@ -236,10 +276,12 @@ def _unlock(connection: Connection, job_id: int) -> None:
 
 
 def _model_results(
-    backend: ModelBackend, studies: list[StudyInput]
+    backend: ModelBackend,
+    studies: list[StudyInput],
+    between_batches: Callable[[], None] | None = None,
 ) -> list[DraftResult | Exception]:
-    if len(studies) > 1:
-        return cast(BatchBackend, backend).draft_many(studies)
+    if len(studies) > 1 or between_batches is not None:
+        return cast(BatchBackend, backend).draft_many(studies, between_batches=between_batches)
     try:
         return [backend.draft(studies[0])]
     except (ModelServerUnavailable, ModelAnswerInvalid) as exc:
@@ -251,6 +293,7 @@ def _draft_claimed(
     backend: ModelBackend,
     batch: list[_Claimed],
     storage_dir: Path,
+    between_batches: Callable[[], None] | None = None,
 ) -> list[DraftOutcome]:
     """Run the model on claimed jobs and record each outcome in its own transaction; the
     outcomes in `batch` order. An unexpected error of the first job (the task's own) is raised
@@ -271,7 +314,8 @@ def _draft_claimed(
             continue
         ready.append(_Claimed(claimed.job_id, localized, claimed.claim_ms))
     fetch_ms = (time.perf_counter() - started) * 1000.0
-    results = _model_results(backend, [c.study_input for c in ready]) if ready else []
+    studies = [c.study_input for c in ready]
+    results = _model_results(backend, studies, between_batches) if ready else []
     total_ms = (time.perf_counter() - started) * 1000.0
     own_error: Exception | None = None
     for claimed, result in zip(ready, results, strict=True):

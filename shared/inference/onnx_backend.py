@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,12 +107,21 @@ class OnnxBackend:
             raise result
         return result
 
-    def draft_many(self, studies: Sequence[StudyInput]) -> list[DraftResult | Exception]:
+    def draft_many(
+        self,
+        studies: Sequence[StudyInput],
+        *,
+        between_batches: Callable[[], None] | None = None,
+    ) -> list[DraftResult | Exception]:
         """Several studies in one pass (a burst's queued X-rays): every study's images are
         decoded and preprocessed on a small thread pool (numpy and Pillow release the GIL), the
         model runs on batches that mix the studies' images, and each study is then answered
         exactly as `draft` answers it alone — 'not applicable' with its reason, or an exception
-        that belongs to that study only (the others still get their drafts)."""
+        that belongs to that study only (the others still get their drafts).
+
+        `between_batches` is called between two model batches (never after the last): the
+        worker drafts X-rays that arrived meanwhile there, so a long CT series does not hold the
+        model for its whole duration."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         model = self.model
@@ -129,7 +138,7 @@ class OnnxBackend:
         reads = [s if isinstance(s, Exception) else next(read) for s in selections]
         timings["read_ms"] = (time.perf_counter() - t0) * 1000
         images = [im for r in reads if not isinstance(r, Exception) for im in r]
-        predictions = iter(self._predict(model, images, timings))
+        predictions = iter(self._predict(model, images, timings, between_batches))
         timings["studies"] = float(len(studies))
         results: list[DraftResult | Exception] = []
         for study_images in reads:
@@ -188,7 +197,11 @@ class OnnxBackend:
             return self._reader_pool
 
     def _predict(
-        self, model: ReferenceModel, images: list[ReadImage], timings: dict[str, float]
+        self,
+        model: ReferenceModel,
+        images: list[ReadImage],
+        timings: dict[str, float],
+        between_batches: Callable[[], None] | None = None,
     ) -> list[ImagePrediction]:
         predictions: list[ImagePrediction] = []
         preprocess_s = infer_s = 0.0
@@ -198,7 +211,12 @@ class OnnxBackend:
             return model.preprocess(frame.pixels, *frame.window, image.instance.modality)
 
         pool = self._pool()
+        paused_s = 0.0
         for start in range(0, len(images), BATCH_SIZE):
+            if start and between_batches is not None:
+                t0 = time.perf_counter()
+                between_batches()
+                paused_s += time.perf_counter() - t0
             chunk = images[start : start + BATCH_SIZE]
             t0 = time.perf_counter()
             prepared = list(pool.map(prepare, chunk))
@@ -210,6 +228,8 @@ class OnnxBackend:
         timings["preprocess_ms"] = preprocess_s * 1000
         timings["inference_ms"] = infer_s * 1000
         timings["images"] = float(len(images))
+        if paused_s:
+            timings["paused_ms"] = paused_s * 1000  # other jobs drafted between the batches
         return predictions
 
     def _domain(self, images: list[ReadImage], predictions: list[ImagePrediction]) -> str:

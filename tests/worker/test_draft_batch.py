@@ -150,3 +150,31 @@ def test_draft_many_answers_each_study_as_draft_alone(tmp_path: Path, backend: O
 
 def _box(box: PixelBox | None) -> tuple[float, ...]:
     return () if box is None else (box.x1, box.y1, box.x2, box.y2)
+
+
+def test_an_xray_waiting_while_a_ct_is_drafted_is_drafted_between_its_slice_batches(
+    clean_db: Engine, tmp_path: Path, backend: OnnxBackend
+) -> None:
+    storage = tmp_path / "storage"
+    ct_study = phantom("chest_ct", tmp_path / "ct", slices=40, max_side=256)  # 3 model batches
+    (ct,) = _jobs(clean_db, storage, [ct_study])
+    (xray,) = _jobs(clean_db, storage, _xrays(tmp_path / "in", 1))
+    outcome = run_draft_job(clean_db, ct, backend, storage, batch_max=8)
+    assert outcome.state == DraftJobState.DONE
+    with sessionmaker(clean_db)() as session:
+        ct_job, xray_job = session.get(DraftJob, ct), session.get(DraftJob, xray)
+        assert ct_job is not None and xray_job is not None
+        assert xray_job.state == DraftJobState.DONE
+        assert ct_job.started_at and ct_job.finished_at
+        assert xray_job.started_at and xray_job.finished_at
+        # Drafted inside the CT's run, not after it.
+        assert ct_job.started_at < xray_job.started_at < xray_job.finished_at < ct_job.finished_at
+        assert (ct_job.timings or {}).get("paused_ms", 0) > 0
+    assert _reports(clean_db) == {ct: 1, xray: 1}
+    # With batching off the series holds the model to its end.
+    (xray2,) = _jobs(clean_db, storage, _xrays(tmp_path / "in2", 2)[1:])
+    (ct2,) = _jobs(
+        clean_db, storage, [phantom("abd_ct", tmp_path / "ct2", slices=40, max_side=256)]
+    )
+    run_draft_job(clean_db, ct2, backend, storage, batch_max=1)
+    assert _states(clean_db)[xray2] == (DraftJobState.QUEUED, None)

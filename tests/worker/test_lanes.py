@@ -123,7 +123,10 @@ def test_a_critical_study_and_an_xray_published_after_ct_jobs_are_drafted_before
     ]
     xray_files = _write("cxr", seeds("test", 1)[0], tmp_path / "in")
     critical_files = _write("chest_ct", seeds("test", 1, start=40)[0], tmp_path / "in")
-    worker = start_worker(lanes_env, tmp_path / "draft.log", queues=("draft",), concurrency=1)
+    # The broker's priorities alone: no X-ray drafted between a CT's slice batches (that has its
+    # own test, tests/worker/test_draft_batch.py).
+    no_interlude = {**lanes_env, "MEDREGA_DRAFT_XRAY_BATCH": "1"}
+    worker = start_worker(no_interlude, tmp_path / "draft.log", queues=("draft",), concurrency=1)
     try:
         _relay_once(lanes_env)  # the CTs: the worker takes one, the others wait in the queue
         _wait(lambda: any(_jobs(clean_db)[j].started_at for j in ct_jobs), 60, "a CT draft")
