@@ -2,25 +2,27 @@
 
 pynetdicom 3.0.4 runs two threads per association, and both poll: the DUL thread sleeps 1 ms
 whenever it found nothing to do and then `select`s its socket with a zero timeout, and the
-association thread sleeps 1 ms between looks at its DIMSE queue. With 8 associations that is
-~16,000 wake-ups a second, each taking the GIL: py-spy put about half of the listener's CPU in
-these two `time.sleep` lines under the ingest bench, and each C-STORE waited up to a millisecond
-at each hop.
+association thread sleeps 1 ms between looks at its DIMSE queue: ~2,000 wake-ups a second per
+association, idle or not, and up to a millisecond of waiting at each hop of every C-STORE.
+(Plain py-spy showed these sleeps as ~half of the listener's samples, but it counts a sleeping
+thread as active; measured as CPU time, the polling was ~10-20 % of a bare pynetdicom SCP's.)
 
 Here the same loops block instead, and are woken by exactly what they wait for:
 - the DUL thread blocks in `select` on its socket and an eventfd that every other thread's put
   into its queues (a response to send, an abort, a kill) writes to; the ARTIM timer bounds the
   wait;
-- the association thread blocks on an Event set by every put into its DIMSE message queue and
-  its user queue (release, abort), by the DUL thread's exit and by `kill()`; the network
-  (idle) timeout bounds the wait.
+- the association thread blocks on a SimpleQueue token put by every put into its DIMSE message
+  queue and its user queue (release, abort), by the DUL thread's exit and by `kill()`; the
+  network (idle) timeout bounds the wait.
 Both waits are also capped (`MAX_WAIT_S`), so a state change nobody signals (another thread
-closing the socket) is still noticed, within that cap instead of within 1 ms.
+closing the socket) is still noticed, within that cap.
 
-The state machine, the PDU and DIMSE code, timers and events are pynetdicom's, unchanged: only
-the two run loops and the socket's `recv` (one `recv_into` of the whole PDU instead of 4 KiB
-reads appended to a bytearray) are replaced. They copy pynetdicom 3.0.4's internals, so with any
-other version the server falls back to pynetdicom's own classes (`event_driven_supported`).
+Also per C-STORE: the request is served by the DUL thread that decoded it (`_MessageQueue`), its
+response is packed with struct (`FastResponseDIMSE`, services/listener/encoding.py), and the
+socket's `recv` fills one buffer per PDU (`WholePDUSocket`) instead of 4 KiB reads appended to a
+bytearray. The state machine, PDU and DIMSE decoding, timers and events are pynetdicom's. These
+classes copy pynetdicom 3.0.4's internals, so with any other version the server falls back to
+pynetdicom's own classes (`event_driven_supported`).
 """
 
 from __future__ import annotations
@@ -213,8 +215,7 @@ class EventDrivenAssociation(Association):
     """An acceptor association whose reactor blocks on its queues instead of sleeping 1 ms."""
 
     def __init__(self, ae: Any, mode: str) -> None:
-        # A C queue, not a threading.Event: Event.set goes through a Condition (Python locks and
-        # a waiter list) and py-spy --gil put ~15 % of the listener's Python time in it.
+        # Wake-up tokens in a C queue (lighter than threading.Event's Python Condition).
         self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._wake_pending = False
         super().__init__(ae, mode)
@@ -237,7 +238,7 @@ class EventDrivenAssociation(Association):
         super().kill()
 
     def _run_reactor(self) -> None:
-        # pynetdicom's acceptor loop, with `time.sleep(0.001)` replaced by a wait on the Event.
+        # pynetdicom's acceptor loop, with `time.sleep(0.001)` replaced by a wait for a token.
         self._is_paused = False
         while not self._kill:
             timeout = MAX_WAIT_S
