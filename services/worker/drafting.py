@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -138,14 +138,15 @@ def _store_result(
 
 
 class BatchBackend(Protocol):
-    """A backend that drafts several studies in one pass (the onnx backend)."""
+    """A backend that drafts several studies in one pass, answering each as soon as it is done
+    (the onnx backend)."""
 
-    def draft_many(
+    def draft_iter(
         self,
         studies: Sequence[StudyInput],
         *,
         between_batches: Callable[[], None] | None = None,
-    ) -> list[DraftResult | Exception]: ...
+    ) -> Iterator[DraftResult | Exception]: ...
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,11 @@ def run_draft_job(
 ) -> DraftOutcome:
     """Draft one job. An X-ray job takes with it up to `batch_max - 1` other X-ray jobs waiting
     in the lane (each claimed under its own advisory lock, exactly as its own message would
-    claim it; their messages later find them done): one model pass for a burst's X-rays instead
-    of one task each. Each job's draft is still stored in its own transaction. Any other job
-    (CT, MR) lets the X-ray jobs that arrive while it runs be drafted between its slice batches
-    (`_xray_interlude`). `batch_max` 1: neither."""
+    claim it; their messages later find them done): a burst's X-rays in one task instead of one
+    each, the next ones read while the model and the database work on the current one. Each
+    job's draft is stored in its own transaction as soon as the model is done with it. Any
+    other job (CT, MR) lets the X-ray jobs that arrive while it runs be drafted between its
+    slice batches (`_xray_interlude`). `batch_max` 1: neither."""
     factory = sessionmaker(engine, expire_on_commit=False)
     claiming = time.perf_counter()
     with ExitStack() as held_locks:
@@ -176,7 +178,7 @@ def run_draft_job(
                 return DraftOutcome(job_id, job.state if job else "missing")
             batch = [_Claimed(job_id, claimed[2], (time.perf_counter() - claiming) * 1000.0)]
         interlude: Callable[[], None] | None = None
-        if batch_max > 1 and hasattr(backend, "draft_many"):
+        if batch_max > 1 and hasattr(backend, "draft_iter"):
             with factory() as session:
                 xray = is_xray_job(session, job_id)
             if xray:
@@ -279,13 +281,15 @@ def _model_results(
     backend: ModelBackend,
     studies: list[StudyInput],
     between_batches: Callable[[], None] | None = None,
-) -> list[DraftResult | Exception]:
+) -> Iterator[DraftResult | Exception]:
+    """Each study's draft (or the exception that belongs to it), in order, as each is done."""
     if len(studies) > 1 or between_batches is not None:
-        return cast(BatchBackend, backend).draft_many(studies, between_batches=between_batches)
+        yield from cast(BatchBackend, backend).draft_iter(studies, between_batches=between_batches)
+        return
     try:
-        return [backend.draft(studies[0])]
+        yield backend.draft(studies[0])
     except (ModelServerUnavailable, ModelAnswerInvalid) as exc:
-        return [exc]
+        yield exc
 
 
 def _draft_claimed(
@@ -315,10 +319,12 @@ def _draft_claimed(
         ready.append(_Claimed(claimed.job_id, localized, claimed.claim_ms))
     fetch_ms = (time.perf_counter() - started) * 1000.0
     studies = [c.study_input for c in ready]
-    results = _model_results(backend, studies, between_batches) if ready else []
-    total_ms = (time.perf_counter() - started) * 1000.0
+    results = _model_results(backend, studies, between_batches) if ready else iter(())
     own_error: Exception | None = None
+    # Each draft is stored as soon as the model is done with it (the next study is being read
+    # meanwhile), not after the whole batch.
     for claimed, result in zip(ready, results, strict=True):
+        total_ms = (time.perf_counter() - started) * 1000.0
         job_id = claimed.job_id
         if isinstance(result, ModelServerUnavailable):
             with factory.begin() as session:

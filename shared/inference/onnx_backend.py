@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydicom import Dataset
 
 from shared.dicom.pixels import DecodedFrame
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
@@ -40,7 +41,7 @@ from shared.inference.study_images import (
     ReadImage,
     merge_across_slices,
     read_frame,
-    read_many,
+    read_images,
     select_images,
 )
 from shared.reports.domain import DraftResult, ImageRef, PixelBox
@@ -51,6 +52,37 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "medrega-ref"
 BATCH_SIZE = 16
 RECENT_FRAMES = 4  # decoded frames the interactive tools keep (a 3000 × 3000 X-ray: ~36 MB)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One study's images, decoded, and their model inputs."""
+
+    images: list[ReadImage]
+    prepared: list[tuple[np.ndarray, LetterboxTransform]]
+    timings: dict[str, float]
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor,
+    studies: Sequence[StudyInput],
+    read: Callable[[StudyInput], _Read | Exception],
+) -> Iterator[_Read | Exception]:
+    """`read` of each study in order, running on the pool at most one study per thread ahead of
+    the consumer (bounded memory: a decoded 3000 × 3000 X-ray is ~36 MB)."""
+    ahead = cpu_threads()
+    window: deque[Future[_Read | Exception]] = deque()
+    pending = iter(studies)
+    for study in pending:
+        window.append(pool.submit(read, study))
+        if len(window) >= ahead:
+            break
+    while window:
+        result = window.popleft().result()
+        following = next(pending, None)
+        if following is not None:
+            window.append(pool.submit(read, following))
+        yield result
 
 
 class OnnxBackend:
@@ -102,7 +134,7 @@ class OnnxBackend:
 
     # -- the draft ------------------------------------------------------------------------
     def draft(self, study: StudyInput) -> DraftResult:
-        (result,) = self.draft_many([study])
+        (result,) = self.draft_iter([study])
         if isinstance(result, Exception):
             raise result
         return result
@@ -113,44 +145,93 @@ class OnnxBackend:
         *,
         between_batches: Callable[[], None] | None = None,
     ) -> list[DraftResult | Exception]:
-        """Several studies in one pass (a burst's queued X-rays): every study's images are
-        decoded and preprocessed on a small thread pool (numpy and Pillow release the GIL), the
-        model runs on batches that mix the studies' images, and each study is then answered
-        exactly as `draft` answers it alone — 'not applicable' with its reason, or an exception
-        that belongs to that study only (the others still get their drafts).
+        return list(self.draft_iter(studies, between_batches=between_batches))
 
-        `between_batches` is called between two model batches (never after the last): the
-        worker drafts X-rays that arrived meanwhile there, so a long CT series does not hold the
-        model for its whole duration."""
-        timings: dict[str, float] = {}
+    def draft_iter(
+        self,
+        studies: Sequence[StudyInput],
+        *,
+        between_batches: Callable[[], None] | None = None,
+    ) -> Iterator[DraftResult | Exception]:
+        """Several studies one after another (a burst's waiting X-rays), each answered as soon as
+        the model has seen it, exactly as `draft` answers it alone — 'not applicable' with its
+        reason, or an exception that belongs to that study only (the others still get their
+        drafts). While the model runs on one study (and the caller stores its draft), the next
+        ones are read and preprocessed on a small thread pool: decoding overlaps the model and
+        the database instead of queueing behind them. One study alone (a CT series) has its
+        instances decoded on the pool.
+
+        `between_batches` is called between two model batches of one study (never after its
+        last): the worker drafts X-rays that arrived meanwhile there, so a long CT series does
+        not hold the model for its whole duration."""
         started = time.perf_counter()
         model = self.model
-        timings["load_ms"] = (time.perf_counter() - started) * 1000
-        t0 = time.perf_counter()
-        selections: list[list[tuple[InstanceInput, Dataset]] | Exception] = []
-        for study in studies:
-            try:
-                selections.append(select_images(study, self._supported_modalities, MODEL_NAME))
-            except Exception as exc:
-                selections.append(exc)
-        selected = [s for s in selections if not isinstance(s, Exception)]
-        read = iter(read_many(selected, self._pool().map))
-        reads = [s if isinstance(s, Exception) else next(read) for s in selections]
-        timings["read_ms"] = (time.perf_counter() - t0) * 1000
-        images = [im for r in reads if not isinstance(r, Exception) for im in r]
-        predictions = iter(self._predict(model, images, timings, between_batches))
-        timings["studies"] = float(len(studies))
-        results: list[DraftResult | Exception] = []
-        for study_images in reads:
-            if isinstance(study_images, Exception):
-                results.append(self._not_applicable(study_images, timings))
+        load_ms = (time.perf_counter() - started) * 1000
+        pool = self._pool()
+        reads: Iterator[_Read | Exception]
+        if len(studies) == 1:
+            reads = iter([self._read(model, studies[0], pool.map)])
+        else:
+            reads = _read_ahead(pool, studies, lambda study: self._read(model, study, map))
+        for read in reads:
+            if isinstance(read, Exception):
+                yield self._not_applicable(read, {"load_ms": load_ms})
                 continue
-            mine = [next(predictions) for _ in study_images]
+            timings = {"load_ms": load_ms, **read.timings, "studies": float(len(studies))}
             try:
-                results.append(self._answer(model, study_images, mine, dict(timings)))
+                predictions = self._infer(model, read, timings, between_batches)
+                yield self._answer(model, read.images, predictions, timings)
             except Exception as exc:
-                results.append(self._not_applicable(exc, timings))
-        return results
+                yield self._not_applicable(exc, timings)
+
+    def _read(
+        self,
+        model: ReferenceModel,
+        study: StudyInput,
+        map_: Callable[..., Iterator[Any]],
+    ) -> _Read | Exception:
+        """One study's images, decoded and preprocessed (or the exception that stopped it)."""
+        try:
+            t0 = time.perf_counter()
+            selected = select_images(study, self._supported_modalities, MODEL_NAME)
+            images = read_images(selected, map_)
+            t1 = time.perf_counter()
+
+            def prepare(image: ReadImage) -> tuple[np.ndarray, LetterboxTransform]:
+                frame = image.frame
+                return model.preprocess(frame.pixels, *frame.window, image.instance.modality)
+
+            prepared = list(map_(prepare, images))
+            t2 = time.perf_counter()
+        except Exception as exc:
+            return exc
+        timings = {"read_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
+        return _Read(images, prepared, timings)
+
+    def _infer(
+        self,
+        model: ReferenceModel,
+        read: _Read,
+        timings: dict[str, float],
+        between_batches: Callable[[], None] | None,
+    ) -> list[ImagePrediction]:
+        predictions: list[ImagePrediction] = []
+        infer_s = paused_s = 0.0
+        for start in range(0, len(read.images), BATCH_SIZE):
+            if start and between_batches is not None:
+                t0 = time.perf_counter()
+                between_batches()
+                paused_s += time.perf_counter() - t0
+            chunk = read.prepared[start : start + BATCH_SIZE]
+            t0 = time.perf_counter()
+            batch = np.stack([x for x, _ in chunk])[:, None]
+            predictions.extend(model.predict_preprocessed(batch, [t for _, t in chunk]))
+            infer_s += time.perf_counter() - t0
+        timings["inference_ms"] = infer_s * 1000
+        timings["images"] = float(len(read.images))
+        if paused_s:
+            timings["paused_ms"] = paused_s * 1000  # other jobs drafted between the batches
+        return predictions
 
     def _not_applicable(self, exc: Exception, timings: dict[str, float]) -> DraftResult | Exception:
         if not isinstance(exc, NotApplicable):
@@ -195,42 +276,6 @@ class OnnxBackend:
             if self._reader_pool is None:
                 self._reader_pool = ThreadPoolExecutor(cpu_threads(), "draft-read")
             return self._reader_pool
-
-    def _predict(
-        self,
-        model: ReferenceModel,
-        images: list[ReadImage],
-        timings: dict[str, float],
-        between_batches: Callable[[], None] | None = None,
-    ) -> list[ImagePrediction]:
-        predictions: list[ImagePrediction] = []
-        preprocess_s = infer_s = 0.0
-
-        def prepare(image: ReadImage) -> tuple[np.ndarray, LetterboxTransform]:
-            frame = image.frame
-            return model.preprocess(frame.pixels, *frame.window, image.instance.modality)
-
-        pool = self._pool()
-        paused_s = 0.0
-        for start in range(0, len(images), BATCH_SIZE):
-            if start and between_batches is not None:
-                t0 = time.perf_counter()
-                between_batches()
-                paused_s += time.perf_counter() - t0
-            chunk = images[start : start + BATCH_SIZE]
-            t0 = time.perf_counter()
-            prepared = list(pool.map(prepare, chunk))
-            batch = np.stack([x for x, _ in prepared])[:, None]
-            t1 = time.perf_counter()
-            predictions.extend(model.predict_preprocessed(batch, [t for _, t in prepared]))
-            infer_s += time.perf_counter() - t1
-            preprocess_s += t1 - t0
-        timings["preprocess_ms"] = preprocess_s * 1000
-        timings["inference_ms"] = infer_s * 1000
-        timings["images"] = float(len(images))
-        if paused_s:
-            timings["paused_ms"] = paused_s * 1000  # other jobs drafted between the batches
-        return predictions
 
     def _domain(self, images: list[ReadImage], predictions: list[ImagePrediction]) -> str:
         votes = Counter(p.domain for p in predictions)

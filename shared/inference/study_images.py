@@ -135,23 +135,6 @@ def read_images(
     return _assemble(selected, list(map_(_decoded, [ds for _, ds in selected])))
 
 
-def read_many(
-    selections: Sequence[list[tuple[InstanceInput, Dataset]]], map_: Mapper = map
-) -> list[list[ReadImage] | Exception]:
-    """`read_images` for several studies at once: every instance of every study goes through
-    one `map_` (in parallel across studies, not only within one); per study its images or the
-    exception it would have raised (NotApplicable, or an unexpected one)."""
-    decoded = iter(list(map_(_decoded, [ds for selected in selections for _, ds in selected])))
-    results: list[list[ReadImage] | Exception] = []
-    for selected in selections:
-        mine = [next(decoded) for _ in selected]
-        try:
-            results.append(_assemble(selected, mine))
-        except Exception as exc:
-            results.append(exc)
-    return results
-
-
 def _assemble(
     selected: list[tuple[InstanceInput, Dataset]],
     decoded: list[list[DecodedFrame] | Exception],

@@ -72,6 +72,10 @@ def test_an_xray_job_drafts_the_waiting_xray_jobs_with_it_once_each(
         j: (DraftJobState.DONE, 3.0) for j in [first, *waiting]
     }
     assert states[ct] == (DraftJobState.QUEUED, None)  # a CT is never taken along
+    # Each stored as soon as the model was done with it, not all at the end of the batch.
+    with sessionmaker(clean_db)() as session:
+        done_after = [session.get(DraftJob, j).timings["total_ms"] for j in [first, *waiting]]  # type: ignore[union-attr,index]
+    assert done_after == sorted(done_after) and len(set(done_after)) == 3
     assert _reports(clean_db) == {first: 1, waiting[0]: 1, waiting[1]: 1}
     # Their own messages arrive later and change nothing.
     for job_id in waiting:
