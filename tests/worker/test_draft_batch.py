@@ -4,7 +4,9 @@ the lane with it, and every job is still drafted exactly once, each in its own t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -14,9 +16,11 @@ from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.dicom_writer import WrittenStudy
 from model.phantoms.splits import seeds
 from services.worker.drafting import run_draft_job
+from services.worker.relay import relay_once
 from shared.config import get_settings
 from shared.db.advisory_locks import LockSpace
 from shared.db.models import DraftJob, DraftJobState, Report
+from shared.inference.backend import StudyInput
 from shared.inference.onnx_backend import OnnxBackend
 from shared.reports.domain import DraftResult, PixelBox
 from tests.support.study_rows import draft_job_for, index_files, study_input
@@ -182,3 +186,44 @@ def test_an_xray_waiting_while_a_ct_is_drafted_is_drafted_between_its_slice_batc
     )
     run_draft_job(clean_db, ct2, backend, storage, batch_max=1)
     assert _states(clean_db)[xray2] == (DraftJobState.QUEUED, None)
+
+
+class _DiesAfterFirstDraft:
+    """The worker process dies (here: an exception no handler catches) once the first draft of
+    its batch is stored: every lock it held goes, as with a SIGKILL."""
+
+    name = "onnx"
+
+    def __init__(self, backend: OnnxBackend) -> None:
+        self.backend = backend
+
+    def draft(self, study: StudyInput) -> DraftResult:
+        return self.backend.draft(study)
+
+    def draft_iter(
+        self, studies: Sequence[StudyInput], **kwargs: Any
+    ) -> Iterator[DraftResult | Exception]:
+        drafts = self.backend.draft_iter(studies, **kwargs)
+        yield next(drafts)
+        yield next(drafts)  # the first is stored while this one is made
+        raise KeyboardInterrupt
+
+
+def test_a_batch_cut_short_leaves_every_job_to_be_drafted_exactly_once(
+    clean_db: Engine, tmp_path: Path, backend: OnnxBackend
+) -> None:
+    storage = tmp_path / "storage"
+    jobs = _jobs(clean_db, storage, _xrays(tmp_path / "in", 4))
+    with pytest.raises(KeyboardInterrupt):
+        run_draft_job(clean_db, jobs[0], _DiesAfterFirstDraft(backend), storage, batch_max=8)  # type: ignore[arg-type]
+    states = _states(clean_db)
+    assert [states[j][0] for j in jobs] == ["done", "done", "running", "running"]
+    # The relay sees the running jobs nobody holds and publishes them again; each is drafted.
+    published: list[tuple[str, int]] = []
+    relay_once(clean_db, lambda kind, row_id, *_: published.append((kind, row_id)))
+    redrafts = sorted(row_id for kind, row_id in published if kind == "draft")
+    assert redrafts == [jobs[2], jobs[3]]
+    for job_id in redrafts:
+        run_draft_job(clean_db, job_id, backend, storage, batch_max=8)
+    assert {j: s for j, (s, _) in _states(clean_db).items()} == {j: "done" for j in jobs}
+    assert _reports(clean_db) == {j: 1 for j in jobs}
