@@ -60,7 +60,7 @@ def _reports(engine: Engine) -> dict[int, int]:
         rows = session.execute(
             select(Report.draft_job_id, func.count()).group_by(Report.draft_job_id)
         ).all()
-    return {job_id: count for job_id, count in rows}
+    return {job_id: count for job_id, count in rows if job_id is not None}
 
 
 def test_an_xray_job_drafts_the_waiting_xray_jobs_with_it_once_each(
