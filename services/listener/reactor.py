@@ -6,7 +6,7 @@ association thread sleeps 1 ms between looks at its DIMSE queue: ~2,000 wake-ups
 association, idle or not, and up to a millisecond of waiting at each hop of every C-STORE.
 (Plain py-spy showed these sleeps as ~half of the listener's samples, but it counts a sleeping
 thread as active. Sampling only the GIL holder, the two loops were 38 % of the listener's Python
-time under the ingest bench; a bare pynetdicom SCP spent 10-20 % more CPU per instance with
+time under the ingest bench; a bare pynetdicom SCP spent 10-35 % more CPU per instance with
 them than with these.)
 
 Here the same loops block instead, and are woken by exactly what they wait for:
