@@ -288,30 +288,40 @@ def job_timeline(factory: sessionmaker[Session], studies: list[WrittenStudy]) ->
     ]
 
 
-def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+def covered(window: tuple[float, float], intervals: list[tuple[float, float]]) -> float:
+    """Seconds of `window` inside the union of `intervals` (batched drafts overlap)."""
+    clipped = sorted(
+        (max(a, window[0]), min(b, window[1]))
+        for a, b in intervals
+        if b > window[0] and a < window[1]
+    )
+    total, end = 0.0, window[0]
+    for a, b in clipped:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def where_xray_waits(spans: list[JobSpan]) -> list[str]:
     """Per chest X-ray of the burst: its wait for the model (created → started) split by what the
-    model was doing meanwhile — drafting a CT, drafting another X-ray, or nothing (relay and
-    broker hops, the worker between tasks) — then its draft and delivery; medians and p95."""
+    model was doing meanwhile — a CT draft open (X-rays drafted inside its pauses included),
+    otherwise drafting other X-rays, or nothing (relay and broker hops, the worker between
+    tasks) — then its draft and delivery; medians and p95. A batched X-ray's `started` is its
+    claim at the start of the batch: its draft_s includes the studies before it in the batch."""
     parts: dict[str, list[float]] = {}
     for span in spans:
         if span.domain != "cxr":
             continue
         wait = (span.created, span.started)
-        ct = sum(overlap(wait, (o.started, o.finished)) for o in spans if o.domain != "cxr")
-        xr = sum(
-            overlap(wait, (o.started, o.finished))
-            for o in spans
-            if o.domain == "cxr" and o is not span
-        )
+        ct = covered(wait, [(o.started, o.finished) for o in spans if o.domain != "cxr"])
+        busy = covered(wait, [(o.started, o.finished) for o in spans if o is not span])
+        xr = busy - ct
         values = {
             "wait_s": span.started - span.created,
             "behind_ct_s": ct,
             "behind_xray_s": xr,
-            "model_idle_s": max(0.0, span.started - span.created - ct - xr),
+            "model_idle_s": max(0.0, span.started - span.created - busy),
             "draft_s": span.finished - span.started,
             "claim_ms": span.timings.get("claim_ms", float("nan")),
             "read_ms": span.timings.get("read_ms", float("nan")),
