@@ -25,7 +25,7 @@ from shared.inference.preprocess import (
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
-MODEL_VERSION = "medrega-ref-1.2.0"
+MODEL_VERSION = "medrega-ref-1.3.0"
 OPSET = 17
 
 OUTPUT_DOC = {
