@@ -33,6 +33,13 @@ def stored_bytes(engine: Engine, listener: RunningListener, sop_instance_uid: st
     return dataset_bytes(listener.storage_dir / row.file_path)
 
 
+def ct_requestor() -> AE:
+    """A peer asking for CT Image Storage in Explicit VR Little Endian only."""
+    ae = AE(ae_title="MEDREGA_TEST")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae
+
+
 def test_a_dataset_of_several_pdus_is_stored_byte_for_byte(
     listener: RunningListener, clean_db: Engine, tmp_path: Path
 ) -> None:
@@ -47,8 +54,7 @@ def test_an_idle_association_still_stores_and_releases(
     listener: RunningListener, clean_db: Engine, tmp_path: Path
 ) -> None:
     study = write_ct_study(tmp_path / "idle", count=2)
-    ae = AE(ae_title="MEDREGA_TEST")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae = ct_requestor()
     association = ae.associate(listener.host, listener.port, ae_title=listener.ae_title)
     assert association.is_established
     for path in study.files:
@@ -66,8 +72,7 @@ def test_peers_that_abort_drop_or_stall_leave_the_listener_serving(
     study = write_ct_study(tmp_path / "in", count=4)
 
     # A-ABORT after one acknowledged C-STORE: that instance stays stored.
-    ae = AE(ae_title="MEDREGA_TEST")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae = ct_requestor()
     aborted = ae.associate(listener.host, listener.port, ae_title=listener.ae_title)
     assert int(aborted.send_c_store(study.files[0]).Status) == 0x0000
     aborted.abort()
