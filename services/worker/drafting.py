@@ -22,12 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, cast
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.worker.lanes import is_xray_job, waiting_xray_jobs
 from shared.config import get_settings
-from shared.db.advisory_locks import LockSpace, lock_study, try_advisory_lock
+from shared.db.advisory_locks import (
+    LockSpace,
+    lock_study,
+    try_advisory_lock,
+    try_lock_on,
+    unlock_on,
+)
 from shared.db.instance_inputs import instance_input
 from shared.db.instance_sets import instance_set_sha256
 from shared.db.models import (
@@ -241,9 +247,9 @@ def _claim_companions(
         if len(claimed) >= limit:
             break
         claiming = time.perf_counter()
-        if not _try_lock(connection, candidate):
+        if not try_lock_on(connection, LockSpace.DRAFT_JOB, candidate):
             continue
-        held_locks.callback(_unlock, connection, candidate)
+        held_locks.callback(unlock_on, connection, LockSpace.DRAFT_JOB, candidate)
         try:
             with factory.begin() as session:
                 got = _claim(session, candidate, storage_dir)
@@ -256,25 +262,6 @@ def _claim_companions(
             "draft job %s takes waiting X-ray jobs %s with it", job_id, [c.job_id for c in claimed]
         )
     return claimed
-
-
-def _try_lock(connection: Connection, job_id: int) -> bool:
-    held = bool(
-        connection.execute(
-            text("SELECT pg_try_advisory_lock(:space, :key)"),
-            {"space": int(LockSpace.DRAFT_JOB), "key": job_id},
-        ).scalar()
-    )
-    connection.commit()  # a session-level lock outlives the transaction; don't sit idle in one
-    return held
-
-
-def _unlock(connection: Connection, job_id: int) -> None:
-    connection.execute(
-        text("SELECT pg_advisory_unlock(:space, :key)"),
-        {"space": int(LockSpace.DRAFT_JOB), "key": job_id},
-    )
-    connection.commit()
 
 
 def _model_results(

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 
@@ -30,22 +30,30 @@ class LockSpace(enum.IntEnum):
 def try_advisory_lock(engine: Engine, space: LockSpace, key: int) -> Iterator[bool]:
     """Yields True while this process holds the lock, False if someone else does."""
     with engine.connect() as conn:
-        held = bool(
-            conn.execute(
-                text("SELECT pg_try_advisory_lock(:space, :key)"),
-                {"space": int(space), "key": key},
-            ).scalar()
-        )
-        conn.commit()  # don't sit idle in a transaction while the caller works
+        held = try_lock_on(conn, space, key)
         try:
             yield held
         finally:
             if held:
-                conn.execute(
-                    text("SELECT pg_advisory_unlock(:space, :key)"),
-                    {"space": int(space), "key": key},
-                )
-                conn.commit()
+                unlock_on(conn, space, key)
+
+
+def try_lock_on(conn: Connection, space: LockSpace, key: int) -> bool:
+    """Take the lock on this connection if nobody holds it (several locks may share one
+    connection; each is released with `unlock_on` or when the connection closes)."""
+    held = bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_lock(:space, :key)"),
+            {"space": int(space), "key": key},
+        ).scalar()
+    )
+    conn.commit()  # don't sit idle in a transaction while the caller works
+    return held
+
+
+def unlock_on(conn: Connection, space: LockSpace, key: int) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"), {"space": int(space), "key": key})
+    conn.commit()
 
 
 def is_locked_elsewhere(engine: Engine, space: LockSpace, key: int) -> bool:
