@@ -139,14 +139,6 @@ class OnnxBackend:
             raise result
         return result
 
-    def draft_many(
-        self,
-        studies: Sequence[StudyInput],
-        *,
-        between_batches: Callable[[], None] | None = None,
-    ) -> list[DraftResult | Exception]:
-        return list(self.draft_iter(studies, between_batches=between_batches))
-
     def draft_iter(
         self,
         studies: Sequence[StudyInput],

@@ -141,9 +141,9 @@ def test_a_companion_that_cannot_be_read_does_not_cost_the_others_their_draft(
     assert _reports(clean_db) == {first: 1, fine: 1}
 
 
-def test_draft_many_answers_each_study_as_draft_alone(tmp_path: Path, backend: OnnxBackend) -> None:
+def test_draft_iter_answers_each_study_as_draft_alone(tmp_path: Path, backend: OnnxBackend) -> None:
     studies = [study_input(s.files) for s in _xrays(tmp_path, 3)]
-    together = backend.draft_many(studies)
+    together = list(backend.draft_iter(studies))
     for study, batched in zip(studies, together, strict=True):
         alone = backend.draft(study)
         assert isinstance(batched, DraftResult)
