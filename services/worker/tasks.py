@@ -47,29 +47,29 @@ def _is_row_id(value: object) -> bool:
 
 @worker_init.connect
 def _lower_cpu_priority(**_: object) -> None:
-    """MEDREGA_WORKER_NICE: this worker process (every thread it starts later, ONNX Runtime's
-    included, inherits it) yields the CPU to processes of a higher priority. For a shared CPU:
-    run the draft worker at 10 and the interactive worker at 0, so a radiologist's Locate gets
-    the cores before a CT series' slices. 0 (the default) leaves the priority alone; raising a
-    priority back would need CAP_SYS_NICE, so this only ever lowers it."""
+    """MEDREGA_WORKER_NICE: the nice value this worker process lowers itself to (every thread it
+    starts later, ONNX Runtime's included, inherits it), so it yields the CPU to processes of a
+    higher priority. For a shared CPU: the draft worker at 10 and the interactive worker at 0,
+    so a radiologist's Locate gets the cores before a CT series' slices. 0 (the default) leaves
+    the priority alone; raising a priority back would need CAP_SYS_NICE, so this only lowers."""
     nice = get_settings().worker_nice
     if nice > 0:
-        lower_cpu_priority(nice)
-        log.info("CPU priority lowered by %d: nice %d", nice, os.getpriority(os.PRIO_PROCESS, 0))
+        lower_cpu_priority_to(nice)
+        log.info("CPU priority lowered to nice %d", os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def lower_cpu_priority(increment: int) -> None:
-    """Every thread of this process (Linux keeps a nice value per thread) by `increment`, and so
-    every thread started later (a new thread inherits its creator's)."""
+def lower_cpu_priority_to(nice: int) -> None:
+    """Every thread of this process (Linux keeps a nice value per thread) to at least `nice`,
+    and so every thread started later (a new thread inherits its creator's)."""
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:  # not Linux: the process's own priority
-        os.nice(increment)
+        os.nice(max(0, nice - os.getpriority(os.PRIO_PROCESS, 0)))
         return
     for tid in threads:
         try:
             current = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+            os.setpriority(os.PRIO_PROCESS, tid, max(current, nice))
         except ProcessLookupError:  # the thread ended meanwhile
             continue
 
