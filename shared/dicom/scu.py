@@ -130,6 +130,9 @@ def store_dataset(
                 if time.monotonic() - started > min(timeout_s / 2, 5.0):
                     raise
                 logger.info("warm association to %s was closed by the peer; opening anew", peer)
+            except BaseException:
+                warm.close()  # e.g. a dataset pynetdicom can't encode: never back to the pool
+                raise
     if status is None:
         status = _store_fresh(ds, key, peer, timeout_s, tls_context, keep_warm)
 
