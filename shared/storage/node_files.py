@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import StorageNode
 from shared.storage.refs import InstanceUnavailable, StoredFileRef, checked_relative_path
+from shared.tls import client_tls_context
 
 FILES_PREFIX = "/v1/files/"
 MIN_TOKEN_BYTES = 32
@@ -65,11 +65,11 @@ class NodeFileClient:
     """GET <node>/v1/files/<path> with the shared token; the bytes must be the row's bytes."""
 
     def __init__(self, token: str, timeout_s: float, tls_ca: Path | None = None) -> None:
-        # HTTPS endpoints are verified against tls_ca (the site's CA), else the system's CAs.
-        verify = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        # HTTPS endpoints are verified as every other peer of ours (shared/tls.py): against
+        # tls_ca (the site's CA), else the system's CAs.
         self._client = httpx.Client(
             timeout=timeout_s,
-            verify=verify,
+            verify=client_tls_context(tls_ca),
             headers={"Authorization": f"Bearer {checked_token(token)}"},
             follow_redirects=False,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
