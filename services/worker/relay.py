@@ -47,7 +47,6 @@ from shared.observability.exporter import serve_metrics
 from shared.observability.logs import configure_service_logging
 from shared.observability.metrics import RELAY, RELAY_PUBLISHED
 from shared.reports import deliveries as deliveries_rules
-from shared.reports.deliveries import OPEN_STATES as OPEN_DELIVERY_STATES
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def _take_due_deliveries(engine: Engine, now: datetime) -> list[tuple[int, int]]
         rows = session.execute(
             select(Delivery.id, Delivery.kind, Delivery.result_status)
             .where(
-                Delivery.state.in_(OPEN_DELIVERY_STATES),
+                Delivery.state.in_(deliveries_rules.OPEN_STATES),
                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             )
             # The ORU first: it is what the RIS and the referring clinician read, it is
@@ -206,10 +205,6 @@ def publish_delivery(publish: Publisher, delivery_id: int, priority: int) -> Non
         publish("deliver", delivery_id)
 
 
-def celery_publisher(engine: Engine) -> CeleryPublisher:
-    return CeleryPublisher(engine)
-
-
 def retire_legacy_queues(engine: Engine) -> None:
     """Upgrade from the plain `gpu` and `io` queues (see services.worker.lanes)."""
     from shared.config import get_settings
@@ -292,7 +287,8 @@ def main() -> None:
             broker.ensure_connection(max_retries=1)
         return
     if args.once:
-        print(relay_once(get_engine(), celery_publisher(get_engine())))
+        engine = get_engine()
+        print(relay_once(engine, CeleryPublisher(engine)))
         return
     engine = get_engine()
     serve_metrics(
