@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from sqlalchemy import Engine, create_engine, insert, text
+
+from ops.bench.harness import sign_in_to_api
 
 PG_ADMIN_DSN = os.environ.get(
     "MEDREGA_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -209,10 +210,14 @@ def _populate(engine: Engine, n_studies: int, storage: Path) -> dict[str, Any]:
                          "signed_by_user_id": radiologist if status == "signed" else None}
                     )  # fmt: skip
             reports = conn.execute(
-                insert(Report).returning(Report.id, Report.study_id), report_rows
+                insert(Report).returning(Report.id, Report.study_id, Report.version, Report.status),
+                report_rows,
             ).all()
-            findings, deliveries = [], []
-            for rid, sid in reports:
+            findings = []
+            # Only the versions that carry deliveries in reality: the draft's preliminary and
+            # the signed version's final result.
+            deliveries: dict[str, list[dict[str, object]]] = {"P": [], "F": []}
+            for rid, sid, version, status in reports:
                 for k in range(FINDINGS_PER_REPORT):
                     region = regions[k % len(regions)]
                     abnormal = k == 0
@@ -227,15 +232,29 @@ def _populate(engine: Engine, n_studies: int, storage: Path) -> dict[str, Any]:
                          "frame_number": 1, "x1": x, "y1": 300 + k * 100, "x2": x + 400, "y2": 700 + k * 100,
                          "sentence_en": f"Sentence {k}.", "sentence_zh": f"句子{k}。", "review": "proposed"}
                     )  # fmt: skip
-                for kind in ("sr", "hl7"):
-                    deliveries.append(
-                        {"report_id": rid, "kind": kind, "destination": "PACS@127.0.0.1:4242" if kind == "sr" else "127.0.0.1:2575",
-                         "message_id": f"{kind}{rid}", "state": "failed" if rng.random() < 0.01 else "delivered",
-                         "attempts": 1}
+                result_status = {"draft": "P", "signed": "F"}.get(status)
+                for kind in ("sr", "hl7") if result_status else ():
+                    deliveries[result_status].append(
+                        {"report_id": rid, "study_id": sid, "report_version": version,
+                         "result_status": result_status, "kind": kind,
+                         "destination": "PACS@127.0.0.1:4242" if kind == "sr" else "127.0.0.1:2575",
+                         "message_id": f"{kind}{rid}", "attempts": 1, "lease_until": now,
+                         # one key set for every row (a multi-row INSERT takes the first's)
+                         **({"state": "failed", "last_error": "AE: RIS down"} if rng.random() < 0.01
+                            else {"state": "in_flight", "last_error": None})}
                     )  # fmt: skip
-            # Only versions carrying deliveries in reality (drafts, signed); close enough for load.
             conn.execute(insert(RegionFinding), findings)
-            conn.execute(insert(Delivery), deliveries)
+            # Migration 0003's guard: 'delivered' only from in_flight, and no final result in
+            # flight before the preliminary one is done — so preliminaries first, then finals.
+            for rows in deliveries.values():
+                if rows:
+                    conn.execute(insert(Delivery), rows)
+                conn.execute(
+                    text(
+                        "UPDATE deliveries SET state = 'delivered', lease_until = NULL"
+                        " WHERE state = 'in_flight'"
+                    )
+                )
             drafted_ids.extend(sid for sid, _ in with_report)
         # A year of audit rows makes the audit table realistic in size for the review's insert.
         conn.execute(
@@ -278,17 +297,6 @@ def _time(call: Callable[[], Any], n: int) -> list[float]:
     return samples
 
 
-def _sign_in(client: Any, username: str) -> None:
-    page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert token is not None
-    response = client.post(
-        "/login", data={"username": username, "password": PASSWORD, "csrf_token": token.group(1)},
-        follow_redirects=False,
-    )  # fmt: skip
-    assert response.status_code == 303, response.text
-
-
 def run(n_studies: int, n_requests: int, n_renders: int, keep: bool) -> dict[str, float]:
     dbname = f"medrega_bench_web_{os.getpid()}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
@@ -327,7 +335,7 @@ def run(n_studies: int, n_requests: int, n_renders: int, keep: bool) -> dict[str
         rng = random.Random(11)
         results: dict[str, list[float]] = {}
         with TestClient(app) as client:
-            _sign_in(client, "bench.rad")
+            sign_in_to_api(client, "bench.rad", PASSWORD)
             queries = ["", "status=draft_ready", "modality=CR", "q=wang%20wei", "q=A00000012",
                        "status=delivery_failed", "page=40"]  # fmt: skip
             for q in queries:  # warm-up: plans cached, pool filled
