@@ -4,11 +4,13 @@ synced commits nothing (its C-STOREs are answered 0xA700)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
+from services.listener import indexer
 from services.listener.dataset_header import read_header
 from services.listener.indexer import IndexOutcome, IndexWriter, InstanceRecord
 from services.listener.storage import ContentStore
@@ -40,36 +42,41 @@ def _records(store: ContentStore, files: list[Path]) -> list[InstanceRecord]:
     return records
 
 
-def test_rows_commit_after_their_directory_sync(clean_db: Engine, tmp_path: Path) -> None:
+def test_rows_commit_after_their_directory_sync(
+    clean_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     study = write_ct_study(tmp_path / "in", 3)
     store = ContentStore(tmp_path / "storage", min_free_bytes=0)
     records = _records(store, study.files)
-    assert {r.directory_to_sync for r in records} == {
-        tmp_path / "storage" / study.study_uid / study.series_uid
-    }
+    series_directory = tmp_path / "storage" / study.study_uid / study.series_uid
+    assert {r.directory_to_sync for r in records} == {series_directory}
+    # Each sync the writer makes, with the instance rows committed at that moment.
+    synced: list[tuple[Path, int]] = []
+    real_fsync = indexer.fsync_directory
+
+    def recording_fsync(directory: Path) -> None:
+        synced.append((directory, len(rows(clean_db, "SELECT id FROM instances"))))
+        real_fsync(directory)
+
+    monkeypatch.setattr(indexer, "fsync_directory", recording_fsync)
     writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
+    futures = [writer.submit(r) for r in records]  # queued before it starts: one batch
     writer.start()
     try:
-        futures = [writer.submit(r) for r in records]
         assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * 3
     finally:
         writer.stop()
+    assert synced == [(series_directory, 0)]  # once for the batch, before any row committed
     assert len(rows(clean_db, "SELECT id FROM instances")) == 3
 
 
 def test_a_directory_that_cannot_be_synced_commits_nothing(
     clean_db: Engine, tmp_path: Path
 ) -> None:
-    study = write_ct_study(tmp_path / "in", 2)
+    study = write_ct_study(tmp_path / "in", 1)
     store = ContentStore(tmp_path / "storage", min_free_bytes=0)
     records = _records(store, study.files)
-    gone = InstanceRecord(
-        header=records[0].header,
-        stored=records[0].stored,
-        transfer_syntax_uid=records[0].transfer_syntax_uid,
-        calling_ae_title="TEST",
-        directory_to_sync=tmp_path / "no-such-directory",
-    )
+    gone = replace(records[0], directory_to_sync=tmp_path / "no-such-directory")
     writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
     writer.start()
     try:
