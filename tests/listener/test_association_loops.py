@@ -58,7 +58,9 @@ def test_an_idle_association_still_stores_and_releases(
     association = ae.associate(listener.host, listener.port, ae_title=listener.ae_title)
     assert association.is_established
     for path in study.files:
-        time.sleep(0.3)  # both loops are blocked, not polling, when the request comes
+        # Idle between requests: both loops are waiting. (Their waits are capped at 50 ms, so
+        # this shows an idle association still serves, not that no wake-up is ever lost.)
+        time.sleep(0.3)
         assert int(association.send_c_store(path).Status) == 0x0000
     time.sleep(0.3)
     association.release()
