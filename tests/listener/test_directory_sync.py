@@ -1,6 +1,7 @@
 """The directory fsync the listener leaves to the index writer's batch: names become durable
 before their rows commit, once per directory per batch, and a batch whose directory cannot be
-synced commits nothing (its C-STOREs are answered 0xA700)."""
+synced commits nothing (its C-STOREs are answered 0xA700). The sync runs while the batch's SQL
+is sent (it overlaps), but the COMMIT waits for it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from services.listener import indexer
 from services.listener.dataset_header import read_header
 from services.listener.indexer import IndexOutcome, IndexWriter, InstanceRecord
 from services.listener.storage import ContentStore
-from tests.listener.conftest import rows
+from tests.listener.conftest import rows, wait_for
 from tests.listener.ct_files import write_ct_study
 
 
@@ -85,3 +86,44 @@ def test_a_directory_that_cannot_be_synced_commits_nothing(
     finally:
         writer.stop()
     assert rows(clean_db, "SELECT id FROM instances") == []
+
+
+def _writer_state(engine: Engine) -> str | None:
+    found = rows(
+        engine,
+        "SELECT state FROM pg_stat_activity"
+        " WHERE application_name = 'medrega-listener' AND datname = current_database()",
+    )
+    return str(found[0][0]) if found else None
+
+
+def test_the_commit_waits_for_a_sync_that_outlasts_the_sql(
+    clean_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = write_ct_study(tmp_path / "in", 2)
+    store = ContentStore(tmp_path / "storage", min_free_bytes=0)
+    records = _records(store, study.files)
+    seen: dict[str, object] = {}
+    real_fsync = indexer.fsync_directory
+
+    def slow_fsync(directory: Path) -> None:
+        # Held until the batch's SQL is done and its transaction open: the sync overlaps it.
+        seen["overlapped"] = wait_for(
+            lambda: _writer_state(clean_db) == "idle in transaction", timeout_s=15
+        )
+        # Held a while longer: a writer that did not wait for the sync would commit meanwhile.
+        seen["committed_while_syncing"] = wait_for(
+            lambda: bool(rows(clean_db, "SELECT id FROM instances")), timeout_s=1.0
+        )
+        real_fsync(directory)
+
+    monkeypatch.setattr(indexer, "fsync_directory", slow_fsync)
+    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
+    futures = [writer.submit(r) for r in records]
+    writer.start()
+    try:
+        assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * 2
+    finally:
+        writer.stop()
+    assert seen == {"overlapped": True, "committed_while_syncing": False}
+    assert len(rows(clean_db, "SELECT id FROM instances")) == 2
