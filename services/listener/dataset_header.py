@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from services.listener.header_scan import ScannedHeader, scan
 from shared.dicom.uids import is_own_uid, is_valid_uid
 
 OWN_MANUFACTURER = "medrega-pacs"
@@ -67,7 +68,19 @@ class InstanceHeader:
 
 
 def read_header(part10_bytes: bytes) -> InstanceHeader:
-    """Parse a Part 10 byte string up to (not including) the pixel data."""
+    """Parse a Part 10 byte string up to (not including) the pixel data: by a struct walk of
+    its elements where that reads it with certainty (header_scan.py), else with pydicom."""
+    scanned = scan(part10_bytes, _SCANNED_TAGS, _PROCEDURE_SEQUENCE_TAGS)
+    if scanned is not None:
+        try:
+            return _header_from_scan(scanned)
+        except _NeedsPydicom:
+            pass
+    return read_header_with_pydicom(part10_bytes)
+
+
+def read_header_with_pydicom(part10_bytes: bytes) -> InstanceHeader:
+    """`read_header` through pydicom's reader (the reference the scan is compared with)."""
     try:
         dataset = dcmread(BytesIO(part10_bytes), stop_before_pixels=True)
         _check_not_truncated(dataset)
@@ -102,6 +115,12 @@ def _extract(dataset: Dataset, fast: bool = True) -> InstanceHeader:
     values, tests compare both ways; pydicom's conversion of ~24 elements cost about as much
     as parsing the header), else let pydicom convert them all."""
     get = _RawValues(dataset) if fast else dataset.get
+    return _header_from(get, _procedure_code(dataset))
+
+
+def _header_from(
+    get: _Getter, procedure_code: tuple[str, str, str | None] | None
+) -> InstanceHeader:
     uids = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = str(get(keyword) or "").strip()
@@ -132,7 +151,7 @@ def _extract(dataset: Dataset, fast: bool = True) -> InstanceHeader:
         study_description=_text(get, "StudyDescription", 64),
         referring_physician=_text(get, "ReferringPhysicianName", 324),
         specific_character_set=_character_set(get),
-        procedure_code=_procedure_code(dataset),
+        procedure_code=procedure_code,
     )
 
 
@@ -162,13 +181,22 @@ def _procedure_code(dataset: Dataset) -> tuple[str, str, str | None] | None:
     longer value is dropped, never cut: a truncated code is a different code)."""
     for keyword in PROCEDURE_CODE_SEQUENCES:
         for item in dataset.get(keyword) or []:
-            value = str(item.get("CodeValue", "") or "").strip()
-            scheme = str(item.get("CodingSchemeDesignator", "") or "").strip()
-            if not value or not scheme or len(value) > 16 or len(scheme) > 16:
-                continue
-            meaning = str(item.get("CodeMeaning", "") or "").strip()[:64] or None
-            return value, scheme, meaning
+            code = _usable_code(
+                item.get("CodeValue", ""),
+                item.get("CodingSchemeDesignator", ""),
+                item.get("CodeMeaning", ""),
+            )
+            if code is not None:
+                return code
     return None
+
+
+def _usable_code(value: Any, scheme: Any, meaning: Any) -> tuple[str, str, str | None] | None:
+    value = str(value or "").strip()
+    scheme = str(scheme or "").strip()
+    if not value or not scheme or len(value) > 16 or len(scheme) > 16:
+        return None
+    return value, scheme, str(meaning or "").strip()[:64] or None
 
 
 def _integer(get: _Getter, keyword: str) -> int | None:
@@ -237,11 +265,77 @@ class _RawValues:
                         return _UNSIGNED_SHORT.unpack(value)[0]
                 elif vr == "PN" and b"=" in value:
                     pass  # component groups: pydicom's PersonName
-                elif vr in _TEXT_VRS and value.isascii() and b"\x1b" not in value:
-                    text = _as_text(value.decode("ascii"), vr)
+                else:
+                    text = _ascii_text(value, vr)
                     if text is not None:
                         return text
         return self._dataset.get(keyword)
+
+
+def _ascii_text(value: bytes, vr: str) -> str | None:
+    """The text of a raw value of a text VR, where ASCII makes it the same in every character
+    set (no ISO 2022 escape, no NUL but a UID's padding), else None."""
+    if vr not in _TEXT_VRS or not value.isascii() or b"\x1b" in value:
+        return None
+    if vr != "UI" and b"\x00" in value:
+        return None
+    return _as_text(value.decode("ascii"), vr)
+
+
+class _NeedsPydicom(Exception):
+    """The scanned bytes of a value need pydicom's conversion: read the whole header with it."""
+
+
+_SCANNED_TAGS = frozenset(int(tag) for tag, _ in _FAST_TAGS.values())
+_PROCEDURE_SEQUENCE_TAGS = frozenset(
+    int(Tag(cast(int, tag_for_keyword(k)))) for k in PROCEDURE_CODE_SEQUENCES
+)
+_CODE_ELEMENT_VRS = {0x00080100: "SH", 0x00080102: "SH", 0x00080104: "LO"}
+
+
+def _scanned_value(raw: tuple[bytes | None, bytes] | None, vr: str) -> Any:
+    """What `_RawValues` returns for these bytes, or _NeedsPydicom."""
+    if raw is None:
+        return None
+    explicit_vr, value = raw
+    if explicit_vr is not None and explicit_vr.decode("ascii") != vr:
+        raise _NeedsPydicom
+    if value == b"":
+        return None
+    if vr == "US":
+        if len(value) != 2:
+            raise _NeedsPydicom
+        return _UNSIGNED_SHORT.unpack(value)[0]
+    if vr == "PN" and b"=" in value:
+        raise _NeedsPydicom
+    text = _ascii_text(value, vr)
+    if text is None:
+        raise _NeedsPydicom
+    return text
+
+
+def _header_from_scan(scanned: ScannedHeader) -> InstanceHeader:
+    def get(keyword: str) -> Any:
+        tag, vr = _FAST_TAGS[keyword]
+        return _scanned_value(scanned.elements.get(int(tag)), vr)
+
+    return _header_from(get, _scanned_procedure_code(scanned))
+
+
+def _scanned_procedure_code(scanned: ScannedHeader) -> tuple[str, str, str | None] | None:
+    for keyword in PROCEDURE_CODE_SEQUENCES:
+        tag = int(Tag(cast(int, tag_for_keyword(keyword))))
+        for item in scanned.sequences.get(tag, []):
+            values = []
+            for element, vr in _CODE_ELEMENT_VRS.items():
+                value = _scanned_value(item.get(element), vr)
+                if isinstance(value, str) and "\\" in value:
+                    raise _NeedsPydicom  # several values: pydicom's MultiValue text
+                values.append(value)
+            code = _usable_code(*values)
+            if code is not None:
+                return code
+    return None
 
 
 def _as_text(raw: str, vr: str) -> str | None:

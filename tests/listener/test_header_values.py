@@ -48,6 +48,8 @@ def variants() -> list[tuple[str, Dataset]]:
     add("several CS values", BodyPartExamined="CHEST\\ABDOMEN", PatientSex="O")
     add("odd integers", InstanceNumber="12.0", SeriesNumber="+7", NumberOfFrames="1\\2")
     add("empty values", PatientName="", AccessionNumber="", StudyTime="", InstanceNumber=None)
+    # pydicom drops trailing NULs of text values (a UID's padding aside): so must the raw reading.
+    add("NUL padding", StudyDescription="AB\x00", PatientName="A^B\x00", PatientID="7\x00\x00")
     add("delimiters", PatientName="O'Neil^Mary|Ann~x&y", AccessionNumber="A|B^C")
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "RPID1", "LN", "CT chest"
