@@ -19,10 +19,11 @@ Here the same loops block instead, and are woken by exactly what they wait for:
 Both waits are also capped (`MAX_WAIT_S`), so a state change nobody signals (another thread
 closing the socket) is still noticed, within that cap.
 
-Also per C-STORE: the request is served by the DUL thread that decoded it (`_MessageQueue`), its
-response is packed with struct (`FastResponseDIMSE`, services/listener/encoding.py), and the
-socket's `recv` fills one buffer per PDU (`WholePDUSocket`) instead of 4 KiB reads appended to a
-bytearray. The state machine, PDU and DIMSE decoding, timers and events are pynetdicom's. These
+Also per C-STORE: the request is served by the DUL thread that decoded it (`_MessageQueue`), a
+plain request's command set is read and its response packed with struct (`FastResponseDIMSE`,
+services/listener/store_request.py and encoding.py), and the socket's `recv` fills one buffer
+per PDU (`WholePDUSocket`) instead of 4 KiB reads appended to a bytearray. The state machine,
+PDU decoding, every other DIMSE message, timers and events are pynetdicom's. These
 classes copy pynetdicom 3.0.4's internals, so with any other version the server falls back to
 pynetdicom's own classes (`event_driven_supported`).
 """
@@ -53,6 +54,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from services.listener.encoding import c_store_rsp_command
+from services.listener.store_request import StoreRequestInProgress, read_store_command
 
 logger = logging.getLogger(__name__)
 
@@ -298,9 +300,52 @@ class EventDrivenAssociation(Association):
 
 
 class FastResponseDIMSE(DIMSEServiceProvider):
-    """Sends a plain C-STORE-RSP from bytes packed by `encoding.c_store_rsp_command` instead of
-    through pydicom (the same bytes; anything else, or a bound EVT_DIMSE_SENT, takes
-    pynetdicom's path)."""
+    """Reads a plain C-STORE-RQ with `store_request.read_store_command` and sends a plain
+    C-STORE-RSP from bytes packed by `encoding.c_store_rsp_command`, instead of through pydicom
+    (the same primitive, the same bytes; anything else, or a bound EVT_DIMSE_RECV/SENT handler,
+    takes pynetdicom's path)."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._store_request: StoreRequestInProgress | None = None
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        pdvs = primitive.presentation_data_value_list
+        request = self._store_request
+        if request is None:
+            request = self._start_store_request(pdvs)
+            if request is None:
+                super().receive_primitive(primitive)
+                return
+            pdvs = pdvs[1:]
+        for _, data in pdvs:
+            if data[0] & 1:
+                # A command fragment inside a data set: an invalid message, as pynetdicom's
+                # decoding would end up answering it (Evt19 aborts the association).
+                logger.error("command fragment received inside a C-STORE data set")
+                self._store_request = None
+                self.dul.event_queue.put("Evt19")
+                return
+            request.data_set.write(data[1:])
+            if data[0] & 2:  # the last fragment (fragments after it are ignored, as pynetdicom)
+                self._store_request = None
+                self.msg_queue.put((request.context_id, request.primitive()))
+                return
+
+    def _start_store_request(self, pdvs: list[tuple[int, bytes]]) -> StoreRequestInProgress | None:
+        if (
+            self.message is not None
+            or not pdvs
+            or pdvs[0][1][0] & 3 != 3  # not a whole command in one fragment
+            or pynetdicom._config.STORE_RECV_CHUNKED_DATASET
+            or self.assoc.get_handlers(evt.EVT_DIMSE_RECV)
+        ):
+            return None
+        command = read_store_command(memoryview(pdvs[0][1])[1:])
+        if command is None:
+            return None
+        self._store_request = StoreRequestInProgress(pdvs[0][0], command)
+        return self._store_request
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (
