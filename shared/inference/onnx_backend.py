@@ -18,13 +18,14 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom import Dataset
 
-from shared.dicom.pixels import DecodedFrame
+from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.grounded_text import region_code
 from shared.inference.onnx_session import cpu_threads, create_session
@@ -40,6 +41,7 @@ from shared.inference.study_images import (
     NotApplicable,
     ReadImage,
     merge_across_slices,
+    position_of,
     read_frame,
     read_images,
     select_images,
@@ -51,16 +53,59 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "medrega-ref"
 BATCH_SIZE = 16
+# Instances decoded ahead of the model in a streamed read (one chunk waits while one is read).
+STREAM_CHUNK = 16
 RECENT_FRAMES = 4  # decoded frames the interactive tools keep (a 3000 × 3000 X-ray: ~36 MB)
 
 
 @dataclass(frozen=True)
 class _Read:
+    """One study's images and their model inputs. `chunks` yields the inputs in image order;
+    `images` is complete once `chunks` is exhausted (a streamed series fills it as it goes)."""
+
     """One study's images, decoded, and their model inputs."""
 
     images: list[ReadImage]
-    prepared: list[tuple[np.ndarray, LetterboxTransform]]
+    chunks: Iterator[list[tuple[np.ndarray, LetterboxTransform]]]
     timings: dict[str, float]
+
+
+# An instance's frames (pixels dropped) with their model inputs, or why it could not be read.
+_Prepared = list[tuple[DecodedFrame, tuple[np.ndarray, LetterboxTransform]]] | Exception
+_NO_PIXELS = np.zeros((0, 0), np.float32)
+
+
+def _decode_and_prepare(model: ReferenceModel, instance: InstanceInput, ds: Dataset) -> _Prepared:
+    try:
+        frames = frames_from_dataset(ds)
+        prepared = [
+            (
+                replace(frame, pixels=_NO_PIXELS),  # what the answer needs: ref, spacing
+                model.preprocess(frame.pixels, *frame.window, instance.modality),
+            )
+            for frame in frames
+        ]
+    except Exception as exc:  # raised again for this study only, as read_images does
+        return exc
+    finally:
+        if "PixelData" in ds:
+            del ds.PixelData  # read from disk on demand: don't keep the bytes of every slice
+    return prepared
+
+
+def _batches(
+    chunks: Iterator[list[tuple[np.ndarray, LetterboxTransform]]], size: int
+) -> Iterator[list[tuple[np.ndarray, LetterboxTransform]]]:
+    """The chunks' items regrouped into batches of `size` (the last may be smaller)."""
+    batch: list[tuple[np.ndarray, LetterboxTransform]] = []
+    for chunk in chunks:
+        for item in chunk:
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _read_ahead(
@@ -162,7 +207,7 @@ class OnnxBackend:
         pool = self._pool()
         reads: Iterator[_Read | Exception]
         if len(studies) == 1:
-            reads = iter([self._read(model, studies[0], pool.map)])
+            reads = iter([self._read_streamed(model, studies[0], pool)])
         else:
             reads = _read_ahead(pool, studies, lambda study: self._read(model, study, map))
         for read in reads:
@@ -172,6 +217,7 @@ class OnnxBackend:
             timings = {"load_ms": load_ms, **read.timings, "studies": float(len(studies))}
             try:
                 predictions = self._infer(model, read, timings, between_batches)
+                timings.update(read.timings)  # a streamed read counts its waits as it goes
                 yield self._answer(model, read.images, predictions, timings)
             except Exception as exc:
                 yield self._not_applicable(exc, timings)
@@ -198,7 +244,68 @@ class OnnxBackend:
         except Exception as exc:
             return exc
         timings = {"read_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
-        return _Read(images, prepared, timings)
+        return _Read(images, iter([prepared]), timings)
+
+    def _read_streamed(
+        self, model: ReferenceModel, study: StudyInput, pool: ThreadPoolExecutor
+    ) -> _Read | Exception:
+        """One study (a CT/MR series of hundreds of slices, or one X-ray) read in chunks of
+        STREAM_CHUNK instances: the pool decodes and preprocesses the next chunk while the model
+        reads this one, and only the model inputs are kept, not the decoded pixels (a 1000-slice
+        CT held ~2.5 GB read whole). `read_ms` is the header selection; `preprocess_ms` is the
+        time the model waited for chunks (the part not hidden behind it)."""
+        t0 = time.perf_counter()
+        try:
+            selected = select_images(
+                study, self._supported_modalities, MODEL_NAME, defer_pixels=True
+            )
+        except Exception as exc:
+            return exc
+        timings = {"read_ms": (time.perf_counter() - t0) * 1000, "preprocess_ms": 0.0}
+        images: list[ReadImage] = []
+        return _Read(images, self._stream(model, selected, pool, images, timings), timings)
+
+    def _stream(
+        self,
+        model: ReferenceModel,
+        selected: list[tuple[InstanceInput, Dataset]],
+        pool: ThreadPoolExecutor,
+        images: list[ReadImage],
+        timings: dict[str, float],
+    ) -> Iterator[list[tuple[np.ndarray, LetterboxTransform]]]:
+        groups = [selected[i : i + STREAM_CHUNK] for i in range(0, len(selected), STREAM_CHUNK)]
+
+        def submit(group: list[tuple[InstanceInput, Dataset]]) -> list[Future[_Prepared]]:
+            # One task per instance, never a task that waits on others (a 1-thread pool).
+            return [pool.submit(_decode_and_prepare, model, i, ds) for i, ds in group]
+
+        reasons: list[str] = []
+        pending = submit(groups[0]) if groups else []
+        try:
+            for index, group in enumerate(groups):
+                futures = pending
+                pending = submit(groups[index + 1]) if index + 1 < len(groups) else []
+                t0 = time.perf_counter()
+                outcomes = [future.result() for future in futures]
+                timings["preprocess_ms"] += (time.perf_counter() - t0) * 1000
+                chunk: list[tuple[ReadImage, tuple[np.ndarray, LetterboxTransform]]] = []
+                for (instance, ds), outcome in zip(group, outcomes, strict=True):
+                    if isinstance(outcome, PixelDataUnsupported):
+                        reasons.append(str(outcome))
+                        continue
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    position = position_of(ds, instance)
+                    chunk.extend((ReadImage(instance, f, position), x) for f, x in outcome)
+                # As read_images orders them: along the series, then by frame.
+                chunk.sort(key=lambda pair: (pair[0].position, pair[0].frame.frame))
+                images.extend(image for image, _ in chunk)
+                yield [prepared for _, prepared in chunk]
+        finally:
+            for future in pending:
+                future.cancel()
+        if not images:
+            raise NotApplicable(reasons[0] if reasons else "no decodable image")
 
     def _infer(
         self,
@@ -209,15 +316,14 @@ class OnnxBackend:
     ) -> list[ImagePrediction]:
         predictions: list[ImagePrediction] = []
         infer_s = paused_s = 0.0
-        for start in range(0, len(read.images), BATCH_SIZE):
-            if start and between_batches is not None:
+        for index, batch_inputs in enumerate(_batches(read.chunks, BATCH_SIZE)):
+            if index and between_batches is not None:
                 t0 = time.perf_counter()
                 between_batches()
                 paused_s += time.perf_counter() - t0
-            chunk = read.prepared[start : start + BATCH_SIZE]
             t0 = time.perf_counter()
-            batch = np.stack([x for x, _ in chunk])[:, None]
-            predictions.extend(model.predict_preprocessed(batch, [t for _, t in chunk]))
+            batch = np.stack([x for x, _ in batch_inputs])[:, None]
+            predictions.extend(model.predict_preprocessed(batch, [t for _, t in batch_inputs]))
             infer_s += time.perf_counter() - t0
         timings["inference_ms"] = infer_s * 1000
         timings["images"] = float(len(read.images))

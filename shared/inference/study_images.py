@@ -80,10 +80,15 @@ def _position(ds: Dataset, instance: InstanceInput) -> float:
 
 
 def select_images(
-    study: StudyInput, supported_modalities: Collection[str], model_name: str
+    study: StudyInput,
+    supported_modalities: Collection[str],
+    model_name: str,
+    *,
+    defer_pixels: bool = False,
 ) -> list[tuple[InstanceInput, Dataset]]:
     """The instances to read, with their headers, CT/MR sorted along the series (raises
-    NotApplicable with the reason)."""
+    NotApplicable with the reason). `defer_pixels`: the pixel data stays on disk until it is
+    decoded (pydicom reads it then), so a long series' bytes are not all held at once."""
     modalities = {i.modality for i in study.instances}
     candidates = [i for i in study.instances if i.modality in supported_modalities]
     if not candidates:
@@ -92,7 +97,7 @@ def select_images(
     headers: list[tuple[InstanceInput, Dataset]] = []
     for instance in candidates:
         try:
-            ds: Dataset = dcmread(instance.path)
+            ds: Dataset = dcmread(instance.path, defer_size="1 KB" if defer_pixels else None)
         except (InvalidDicomError, OSError, ValueError) as exc:
             log.warning("unreadable instance %s: %s", instance.sop_instance_uid, exc)
             continue
@@ -112,6 +117,11 @@ def select_images(
         raise NotApplicable("no axial series to read")
     main = max(by_series.values(), key=len)  # the main axial series
     return sorted(main, key=lambda pair: _position(pair[1], pair[0]))
+
+
+def position_of(ds: Dataset, instance: InstanceInput) -> float:
+    """Where the image lies along its series (the sort key of `read_images`)."""
+    return _position(ds, instance)
 
 
 def _decoded(ds: Dataset) -> list[DecodedFrame] | Exception:
