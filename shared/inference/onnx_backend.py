@@ -28,7 +28,7 @@ from pydicom import Dataset
 from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset
 from shared.inference.backend import IdentifyAnswer, InstanceInput, LocateAnswer, StudyInput
 from shared.inference.grounded_text import region_code
-from shared.inference.onnx_session import cpu_threads, create_session
+from shared.inference.onnx_session import GPU_PROVIDERS, cpu_threads, create_session
 from shared.inference.preprocess import LetterboxTransform
 from shared.inference.reference_onnx import (
     UNSUPPORTED,
@@ -250,9 +250,9 @@ class OnnxBackend:
         self, model: ReferenceModel, study: StudyInput, pool: ThreadPoolExecutor
     ) -> _Read | Exception:
         """One study (a CT/MR series of hundreds of slices, or one X-ray) read in chunks of
-        STREAM_CHUNK instances: the pool decodes and preprocesses the next chunk while the model
-        reads this one, and only the model inputs are kept, not the decoded pixels (a 1000-slice
-        CT held ~2.5 GB read whole). `read_ms` is the header selection; `preprocess_ms` is the
+        STREAM_CHUNK instances, each decoded and preprocessed on the pool (with a GPU model, the
+        next chunk while the model reads this one); only the model inputs are kept, not the
+        decoded pixels (a 1000-slice CT held ~2.5 GB read whole). `read_ms` is the header selection; `preprocess_ms` is the
         time the model waited for chunks (the part not hidden behind it)."""
         t0 = time.perf_counter()
         try:
@@ -279,12 +279,18 @@ class OnnxBackend:
             # One task per instance, never a task that waits on others (a 1-thread pool).
             return [pool.submit(_decode_and_prepare, model, i, ds) for i, ds in group]
 
+        # Decode ahead of the model only when the model runs on an accelerator: on the CPU the
+        # decoding threads and the model's own threads share the same cores (the e2e bench's CT
+        # p95 was 2-3 s worse with read-ahead on 2 cores, and the X-rays drafted between the
+        # CT's batches competed with its decoding).
+        ahead = bool(GPU_PROVIDERS & set(model.session.get_providers()))
         reasons: list[str] = []
         pending = submit(groups[0]) if groups else []
         try:
             for index, group in enumerate(groups):
-                futures = pending
-                pending = submit(groups[index + 1]) if index + 1 < len(groups) else []
+                futures = pending if pending else submit(group)
+                following = groups[index + 1] if index + 1 < len(groups) else None
+                pending = submit(following) if ahead and following is not None else []
                 t0 = time.perf_counter()
                 outcomes = [future.result() for future in futures]
                 timings["preprocess_ms"] += (time.perf_counter() - t0) * 1000

@@ -22,10 +22,13 @@ def _comparable(result: DraftResult | Exception) -> object:
     return (result.domain, result.applicable, result.findings, result.sentences)
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 @pytest.mark.parametrize("domain", ["abd_ct", "brain_mr", "cxr"])
 def test_the_streamed_read_drafts_what_the_whole_read_drafts(
-    domain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    domain: str, read_ahead: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if read_ahead:  # as with a GPU model: the next chunk is decoded while the model runs
+        monkeypatch.setattr(onnx_backend, "GPU_PROVIDERS", frozenset({"CPUExecutionProvider"}))
     monkeypatch.setattr(onnx_backend, "STREAM_CHUNK", 2)  # several chunks even for a phantom
     monkeypatch.setattr(onnx_backend, "BATCH_SIZE", 3)  # batches that straddle the chunks
     (seed,) = seeds("test", 1)
