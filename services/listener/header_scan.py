@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_VR
+
 PREAMBLE_LENGTH = 128
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 # Syntaxes whose dataset is not explicit VR little endian, or is compressed as a whole.
@@ -37,6 +39,8 @@ SEQUENCE_DELIMITER = 0xFFFEE0DD
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 # Every VR of PS3.5 §6.2; anything else in an explicit syntax is left to pydicom.
 KNOWN_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV"})  # fmt: skip
+# Sequences nested deeper than this are left to pydicom (no real header nests this far).
+MAX_DEPTH = 16
 # The code items' elements read from the procedure code sequences.
 CODE_ELEMENTS = frozenset({0x00080100, 0x00080102, 0x00080104})
 
@@ -64,7 +68,7 @@ def scan(data: bytes, wanted: frozenset[int], sequences: frozenset[int]) -> Scan
     """The raw `wanted` top-level elements and the code items of `sequences`, or None."""
     try:
         return _scan(memoryview(data), wanted, sequences)
-    except (_Unsure, struct.error, UnicodeDecodeError):
+    except (_Unsure, struct.error, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -98,20 +102,33 @@ def _scan(
             raise _Unsure  # a partial element header
         group, element = _TAG.unpack_from(data, offset)
         tag = group << 16 | element
-        if tag in PIXEL_TAGS:
-            break
         if implicit and previous == -1:
             _check_looks_implicit(data, offset)
-        if tag <= previous or group == 0x0002 or group == 0xFFFE:
-            raise _Unsure  # out of order, meta in the dataset, or a stray delimiter
+        if tag in PIXEL_TAGS:
+            # pydicom reads the pixel element's header (VR and length) before it stops: a file
+            # cut inside that header is undecodable to it, so it must be whole here too.
+            _, _, value_offset = (
+                _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
+            )
+            if value_offset > len(data):
+                raise _Unsure
+            break
+        if tag <= previous or group in (0x0000, 0x0002, 0xFFFE):
+            # Out of order; a command or meta group in the dataset (pydicom reads those its own
+            # way and guesses the encoding again after them); a stray delimiter.
+            raise _Unsure
         previous = tag
         vr, length, value_offset = (
             _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
         )
         if length == UNDEFINED_LENGTH:
-            if not implicit and vr != b"SQ":
-                raise _Unsure  # undefined-length UN/OB before the pixels: pydicom's business
-            items, offset = _walk_undefined_sequence(data, value_offset, implicit, tag in sequences)
+            if vr != b"SQ" and not (implicit and _is_sequence_tag(tag)):
+                # Undefined-length UN/OB, or an implicit element that is not a known sequence
+                # (pydicom reads it as one value up to a delimiter, or looks ahead): its business.
+                raise _Unsure
+            items, offset = _walk_undefined_sequence(
+                data, value_offset, implicit, tag in sequences, depth=1
+            )
             if tag in sequences:
                 scanned.sequences[tag] = items
             continue
@@ -119,7 +136,7 @@ def _scan(
         if tag in sequences:
             if not implicit and vr != b"SQ":
                 raise _Unsure
-            scanned.sequences[tag] = _walk_defined_items(data, value_offset, end, implicit)
+            scanned.sequences[tag] = _walk_defined_items(data, value_offset, end, implicit, 1)
         elif tag in wanted:
             scanned.elements[tag] = (vr, bytes(data[value_offset:end]))
         offset = end
@@ -162,10 +179,19 @@ def _item_header(data: memoryview, offset: int) -> tuple[int, int]:
     return group << 16 | element, length
 
 
+def _is_sequence_tag(tag: int) -> bool:
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:  # private or unknown: pydicom guesses, we don't
+        return False
+
+
 def _walk_undefined_sequence(
-    data: memoryview, offset: int, implicit: bool, keep: bool
+    data: memoryview, offset: int, implicit: bool, keep: bool, depth: int
 ) -> tuple[list[dict[int, tuple[bytes | None, bytes]]], int]:
     """Items up to the sequence delimiter; the offset after it."""
+    if depth > MAX_DEPTH:
+        raise _Unsure
     items: list[dict[int, tuple[bytes | None, bytes]]] = []
     while True:
         tag, length = _item_header(data, offset)
@@ -175,16 +201,16 @@ def _walk_undefined_sequence(
         if tag != ITEM:
             raise _Unsure
         if length == UNDEFINED_LENGTH:
-            item, offset = _walk_item(data, offset, None, implicit)
+            item, offset = _walk_item(data, offset, None, implicit, depth)
         else:
             end = _value_end(data, offset, length)
-            item, offset = _walk_item(data, offset, end, implicit)
+            item, offset = _walk_item(data, offset, end, implicit, depth)
         if keep:
             items.append(item)
 
 
 def _walk_defined_items(
-    data: memoryview, offset: int, end: int, implicit: bool
+    data: memoryview, offset: int, end: int, implicit: bool, depth: int
 ) -> list[dict[int, tuple[bytes | None, bytes]]]:
     items = []
     while offset < end:
@@ -193,10 +219,10 @@ def _walk_defined_items(
         if tag != ITEM:
             raise _Unsure
         if length == UNDEFINED_LENGTH:
-            item, offset = _walk_item(data, offset, None, implicit)
+            item, offset = _walk_item(data, offset, None, implicit, depth)
         else:
             item_end = _value_end(data, offset, length)
-            item, offset = _walk_item(data, offset, item_end, implicit)
+            item, offset = _walk_item(data, offset, item_end, implicit, depth)
         items.append(item)
     if offset != end:
         raise _Unsure
@@ -204,7 +230,7 @@ def _walk_defined_items(
 
 
 def _walk_item(
-    data: memoryview, offset: int, end: int | None, implicit: bool
+    data: memoryview, offset: int, end: int | None, implicit: bool, depth: int
 ) -> tuple[dict[int, tuple[bytes | None, bytes]], int]:
     """One item's code elements; the offset after the item (after its delimiter when `end` is
     None). Nested sequences are walked through, not kept."""
@@ -230,9 +256,11 @@ def _walk_item(
             _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
         )
         if length == UNDEFINED_LENGTH:
-            if not implicit and vr != b"SQ":
+            if vr != b"SQ" and not (implicit and _is_sequence_tag(tag)):
                 raise _Unsure
-            _, offset = _walk_undefined_sequence(data, value_offset, implicit, keep=False)
+            _, offset = _walk_undefined_sequence(
+                data, value_offset, implicit, keep=False, depth=depth + 1
+            )
             continue
         value_end = _value_end(data, value_offset, length)
         if end is not None and value_end > end:

@@ -485,7 +485,8 @@ class IndexWriter:
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
-        self._directory_syncer.shutdown(wait=True)
+        # A writer still stuck (a hung fsync) must not hang the shutdown as well.
+        self._directory_syncer.shutdown(wait=not self._thread.is_alive(), cancel_futures=True)
         if self._connection is not None:
             self._connection.close()
 

@@ -303,7 +303,8 @@ class FastResponseDIMSE(DIMSEServiceProvider):
     """Reads a plain C-STORE-RQ with `store_request.read_store_command` and sends a plain
     C-STORE-RSP from bytes packed by `encoding.c_store_rsp_command`, instead of through pydicom
     (the same primitive, the same bytes; anything else, or a bound EVT_DIMSE_RECV/SENT handler,
-    takes pynetdicom's path)."""
+    takes pynetdicom's path). One difference: a command arriving inside the struct-read
+    request's data set aborts the association (see `receive_primitive`)."""
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
@@ -320,8 +321,10 @@ class FastResponseDIMSE(DIMSEServiceProvider):
             pdvs = pdvs[1:]
         for _, data in pdvs:
             if data[0] & 1:
-                # A command fragment inside a data set: an invalid message, as pynetdicom's
-                # decoding would end up answering it (Evt19 aborts the association).
+                # A command fragment before the data set's last fragment breaks PS3.8 §E.2
+                # (no other message's fragments until this one is complete). pynetdicom would
+                # drop the half-received C-STORE silently and serve the new command; we abort
+                # (Evt19), so the sender learns the store did not happen.
                 logger.error("command fragment received inside a C-STORE data set")
                 self._store_request = None
                 self.dul.event_queue.put("Evt19")

@@ -40,6 +40,7 @@ from shared.inference.report_composer import LocatedFinding, LocatedRegion, comp
 from shared.inference.study_images import (
     NotApplicable,
     ReadImage,
+    image_order,
     merge_across_slices,
     position_of,
     read_frame,
@@ -294,19 +295,25 @@ class OnnxBackend:
                 t0 = time.perf_counter()
                 outcomes = [future.result() for future in futures]
                 timings["preprocess_ms"] += (time.perf_counter() - t0) * 1000
-                chunk: list[tuple[ReadImage, tuple[np.ndarray, LetterboxTransform]]] = []
-                for (instance, ds), outcome in zip(group, outcomes, strict=True):
+                chunk: list[tuple[ReadImage, int, tuple[np.ndarray, LetterboxTransform]]] = []
+                first = index * STREAM_CHUNK  # the group's place in the selection
+                for offset, ((instance, ds), outcome) in enumerate(
+                    zip(group, outcomes, strict=True)
+                ):
                     if isinstance(outcome, PixelDataUnsupported):
                         reasons.append(str(outcome))
                         continue
                     if isinstance(outcome, Exception):
                         raise outcome
                     position = position_of(ds, instance)
-                    chunk.extend((ReadImage(instance, f, position), x) for f, x in outcome)
-                # As read_images orders them: along the series, then by frame.
-                chunk.sort(key=lambda pair: (pair[0].position, pair[0].frame.frame))
-                images.extend(image for image, _ in chunk)
-                yield [prepared for _, prepared in chunk]
+                    chunk.extend(
+                        (ReadImage(instance, f, position), first + offset, x) for f, x in outcome
+                    )
+                # As read_images orders them (select_images sorted the selection by position, so
+                # the chunks follow one another in that order too).
+                chunk.sort(key=lambda entry: image_order((entry[0], entry[1])))
+                images.extend(image for image, _, _ in chunk)
+                yield [prepared for _, _, prepared in chunk]
         finally:
             for future in pending:
                 future.cancel()

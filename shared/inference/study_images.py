@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
 
 from shared.dicom.pixels import DecodedFrame, PixelDataUnsupported, frames_from_dataset, read_frames
 from shared.inference.backend import InstanceInput, StudyInput
@@ -98,8 +97,8 @@ def select_images(
     for instance in candidates:
         try:
             ds: Dataset = dcmread(instance.path, defer_size="1 KB" if defer_pixels else None)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            log.warning("unreadable instance %s: %s", instance.sop_instance_uid, exc)
+        except Exception as exc:  # pydicom raises many types on a broken file: skip it alone
+            log.warning("unreadable instance %s: %s", instance.sop_instance_uid, type(exc).__name__)
             continue
         if "PixelData" in ds and not _is_localizer(ds):
             headers.append((instance, ds))
@@ -108,7 +107,7 @@ def select_images(
     xray = [(i, ds) for i, ds in headers if i.modality in ("DX", "CR")]
     if xray:
         frontal = [(i, ds) for i, ds in xray if str(ds.get("ViewPosition", "")) in FRONTAL_VIEWS]
-        return frontal or xray
+        return sorted(frontal or xray, key=lambda pair: _position(pair[1], pair[0]))
     by_series: dict[str, list[tuple[InstanceInput, Dataset]]] = {}
     for instance, header in headers:
         if _is_axial(header):
@@ -149,20 +148,27 @@ def _assemble(
     selected: list[tuple[InstanceInput, Dataset]],
     decoded: list[list[DecodedFrame] | Exception],
 ) -> list[ReadImage]:
-    images: list[ReadImage] = []
+    images: list[tuple[ReadImage, int]] = []
     reasons: list[str] = []
-    for (instance, ds), frames in zip(selected, decoded, strict=True):
+    for index, ((instance, ds), frames) in enumerate(zip(selected, decoded, strict=True)):
         if isinstance(frames, PixelDataUnsupported):
             reasons.append(str(frames))
             continue
         if isinstance(frames, Exception):
             raise frames
         for frame in frames:
-            images.append(ReadImage(instance, frame, _position(ds, instance)))
+            images.append((ReadImage(instance, frame, _position(ds, instance)), index))
     if not images:
         raise NotApplicable(reasons[0] if reasons else "no decodable image")
-    images.sort(key=lambda image: (image.position, image.frame.frame))
-    return images
+    images.sort(key=image_order)
+    return [image for image, _ in images]
+
+
+def image_order(entry: tuple[ReadImage, int]) -> tuple[float, int, int]:
+    """Along the series, then by instance (its place in the selection), then by frame: an
+    instance's frames stay together where positions tie."""
+    image, index = entry
+    return image.position, index, image.frame.frame
 
 
 def read_frame(instance: InstanceInput, frame: int) -> ReadImage:

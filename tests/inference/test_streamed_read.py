@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom import Dataset
 
 from model.phantoms.__main__ import write_phantom_study
 from model.phantoms.splits import seeds
 from shared.config import get_settings
 from shared.inference import onnx_backend
 from shared.inference.onnx_backend import OnnxBackend
+from shared.inference.study_images import select_images
 from shared.reports.domain import DraftResult
 from tests.support.study_rows import study_input
 
@@ -48,9 +50,20 @@ def test_the_stream_keeps_model_inputs_only(
     (seed,) = seeds("test", 1)
     study = study_input(write_phantom_study("abd_ct", seed, tmp_path, max_side=256).files)
     backend = OnnxBackend(get_settings().model_path)
+    selections: list[list[tuple[object, Dataset]]] = []
+
+    def recording(*args: object, **kwargs: object) -> list[tuple[object, Dataset]]:
+        selections.append(select_images(*args, **kwargs))  # type: ignore[arg-type]
+        return selections[-1]
+
+    monkeypatch.setattr(onnx_backend, "select_images", recording)
     read = backend._read_streamed(backend.model, study, backend._pool())
     assert not isinstance(read, Exception)
     chunks = list(read.chunks)
+    # Every file's pixel bytes were read on demand and let go once decoded.
+    (((_, first_ds), *_),) = selections
+    assert all("PixelData" not in ds for _, ds in selections[0])
+    assert first_ds.filename  # read from its file, not held
     assert len(chunks) >= 2 and sum(len(c) for c in chunks) == len(read.images)
     assert all(image.frame.pixels.size == 0 for image in read.images)
     positions = [image.position for image in read.images]

@@ -6,10 +6,12 @@ or with bytes overwritten, and on random bytes, `read_header` gives what
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from io import BytesIO
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -128,6 +130,16 @@ _TEXT = st.text(alphabet=st.sampled_from("ABCXYZabc019 ^=\\.-_'|~&Éé张山\x00
         st.none(), st.tuples(st.integers(min_value=0, max_value=2000), st.binary(max_size=8))
     ),
 )
+@example(  # found by review: a cut inside the Pixel Data element's header
+    syntax=ExplicitVRLittleEndian,
+    patient_name="",
+    description="",
+    code_value="",
+    charset=None,
+    with_code=False,
+    cut=860,
+    overwrite=None,
+)
 def test_edited_and_damaged_files_read_the_same_both_ways(
     syntax: str,
     patient_name: str,
@@ -158,3 +170,73 @@ def test_edited_and_damaged_files_read_the_same_both_ways(
     if cut is not None:
         data = data[: 132 + cut]
     _agree(data)
+
+
+# --- hand-built inputs, one per guard of the walk (found by review; random search missed them) --
+
+_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+_SOP_INSTANCE = TEST_UID_ROOT + "99.3"
+
+
+def _imp(group: int, element: int, value: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<HHI", group, element, len(value) if length is None else length) + value
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode()
+    return raw + (b"\0" if len(raw) % 2 else b"")
+
+
+def _implicit_file(body: bytes) -> bytes:
+    uids = _imp(0x0008, 0x0016, _ui(_SOP_CLASS)) + _imp(0x0008, 0x0018, _ui(_SOP_INSTANCE))
+    tail = _imp(0x0020, 0x000D, _ui(TEST_UID_ROOT + "1")) + _imp(
+        0x0020, 0x000E, _ui(TEST_UID_ROOT + "2")
+    )
+    return part10_header(_SOP_CLASS, _SOP_INSTANCE, ImplicitVRLittleEndian) + uids + body + tail
+
+
+def test_a_file_cut_inside_the_pixel_data_header_is_pydicoms_to_refuse() -> None:
+    ds = ct_dataset(TEST_UID_ROOT + "4", TEST_UID_ROOT + "5", TEST_UID_ROOT + "6", 1, size=8)
+    data = _encoded(ds, ExplicitVRLittleEndian)
+    pixel_header = data.index(b"\xe0\x7f\x10\x00OW")
+    for cut in range(pixel_header + 1, pixel_header + 12):  # inside the 12-byte element header
+        _agree(data[:cut])
+    assert scan(data[: pixel_header + 8], _SCANNED_TAGS, _PROCEDURE_SEQUENCE_TAGS) is None
+
+
+@pytest.mark.parametrize("depth", [17, 600])
+def test_deeply_nested_sequences_are_left_to_pydicom(depth: int) -> None:
+    opening = _imp(0x0008, 0x1115, b"", 0xFFFFFFFF) + _imp(0xFFFE, 0xE000, b"", 0xFFFFFFFF)
+    closing = _imp(0xFFFE, 0xE00D, b"") + _imp(0xFFFE, 0xE0DD, b"")
+    data = _implicit_file(_imp(0x0008, 0x0060, b"CT") + opening * depth + closing * depth)
+    assert scan(data, _SCANNED_TAGS, _PROCEDURE_SEQUENCE_TAGS) is None
+    _agree(data)
+
+
+def test_an_undefined_length_element_that_is_not_a_sequence_is_left_to_pydicom() -> None:
+    # Modality (CS) with an undefined length, implicit VR: pydicom reads it up to a delimiter.
+    item = _imp(0xFFFE, 0xE000, b"") + _imp(0xFFFE, 0xE0DD, b"")
+    data = _implicit_file(_imp(0x0008, 0x0060, b"", 0xFFFFFFFF) + item)
+    assert scan(data, _SCANNED_TAGS, _PROCEDURE_SEQUENCE_TAGS) is None
+    _agree(data)
+
+
+def test_a_command_group_in_the_dataset_is_left_to_pydicom() -> None:
+    data = _implicit_file(_imp(0x0000, 0x0000, struct.pack("<I", 0)))
+    data = data.replace(
+        part10_header(_SOP_CLASS, _SOP_INSTANCE, ImplicitVRLittleEndian),
+        part10_header(_SOP_CLASS, _SOP_INSTANCE, ImplicitVRLittleEndian)
+        + _imp(0x0000, 0x0000, struct.pack("<I", 0)),
+        1,
+    )
+    assert scan(data, _SCANNED_TAGS, _PROCEDURE_SEQUENCE_TAGS) is None
+    _agree(data)
+
+
+def test_a_multi_valued_code_value_reads_as_pydicom_reads_it() -> None:
+    ds = ct_dataset(TEST_UID_ROOT + "7", TEST_UID_ROOT + "8", TEST_UID_ROOT + "9", 2, size=4)
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "A\\B", "LN"
+    ds.RequestedProcedureCodeSequence = Sequence([code])
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        _agree(_encoded(ds, syntax))

@@ -3,6 +3,7 @@ its struct reading (services/listener/store_request.py) takes it or leaves it to
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from typing import Any
 
@@ -138,3 +139,32 @@ def test_a_bound_dimse_recv_handler_still_gets_its_message() -> None:
     request = _request(9, 1, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", b"\x01" * 10)
     _received(assoc.dimse, _p_datas(request, 16384))
     assert len(messages) == 1
+
+
+def test_a_command_inside_the_data_set_aborts_the_association() -> None:
+    request = _request(5, 2, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", b"\x00" * 400)
+    command, data = _p_datas(request, 16384)
+    ours, _ = _providers()
+    unfinished = P_DATA()
+    whole_command = command.presentation_data_value_list[0][1]
+    unfinished.presentation_data_value_list = [
+        [1, whole_command],
+        [1, b"\x00" + data.presentation_data_value_list[0][1][1:100]],  # not the last fragment
+        [1, whole_command],  # a new command before the data set ended
+    ]
+    ours.receive_primitive(unfinished)
+    assert ours.dul.event_queue.get(block=False) == "Evt19"
+    assert ours.get_msg(block=False) == (None, None)  # nothing half-received is served
+
+
+@pytest.mark.parametrize(
+    ("element", "value"),
+    [(0x0800, 0x0101), (0x0700, 3)],  # no data set; a priority PS3.7 does not define
+    ids=["no data set", "priority 3"],
+)
+def test_a_command_with_an_unexpected_value_is_left_to_pynetdicom(element: int, value: int) -> None:
+    request = _request(5, 2, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", b"\x00" * 4)
+    command = bytearray(_p_datas(request, 0)[0].presentation_data_value_list[0][1][1:])
+    at = bytes(command).index(struct.pack("<HHI", 0x0000, element, 2))
+    command[at + 8 : at + 10] = struct.pack("<H", value)
+    assert read_store_command(bytes(command)) is None
