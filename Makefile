@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read
 
 install:
 	ops/stack.sh install
@@ -55,3 +55,6 @@ bench-scale:
 
 bench-scu:
 	$(PY) -m ops.bench.scu
+
+bench-ct-read:
+	$(PY) -m ops.bench.ct_read
