@@ -168,7 +168,13 @@ def _text(get: _Getter, keyword: str, max_length: int) -> str | None:
     else:
         text = str(value).strip()
     # Columns are sized to the DICOM VR maximum; a non-conformant sender must not fail the store.
-    return text[:max_length] or None
+    return _without_nul(text)[:max_length] or None
+
+
+def _without_nul(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: a value with one inside (non-conformant, but seen) would
+    fail its row and the sender's every retry. The index keeps the rest; the file is untouched."""
+    return text.replace("\x00", "") if "\x00" in text else text
 
 
 # Where a study's procedure code is: the Requested Procedure Code Sequence (0032,1064), which
@@ -192,11 +198,13 @@ def _procedure_code(dataset: Dataset) -> tuple[str, str, str | None] | None:
 
 
 def _usable_code(value: Any, scheme: Any, meaning: Any) -> tuple[str, str, str | None] | None:
-    value = str(value or "").strip()
-    scheme = str(scheme or "").strip()
+    if any(isinstance(part, MultiValue) for part in (value, scheme, meaning)):
+        return None  # VM 1 attributes with several values: no code to trust (not a list's repr)
+    value = _without_nul(str(value or "")).strip()
+    scheme = _without_nul(str(scheme or "")).strip()
     if not value or not scheme or len(value) > 16 or len(scheme) > 16:
         return None
-    return value, scheme, str(meaning or "").strip()[:64] or None
+    return value, scheme, _without_nul(str(meaning or "")).strip()[:64] or None
 
 
 def _integer(get: _Getter, keyword: str) -> int | None:
@@ -212,8 +220,8 @@ def _character_set(get: _Getter) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        return value[:128]
-    return "\\".join(str(item) for item in value)[:128]
+        return _without_nul(value)[:128]
+    return _without_nul("\\".join(str(item) for item in value))[:128]
 
 
 _Getter = Callable[[str], Any]

@@ -11,8 +11,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from sqlalchemy import Engine
 
 from services.listener.dataset_header import _extract, read_header
+from services.listener.indexer import IndexOutcome, IndexWriter, InstanceRecord
+from services.listener.storage import ContentStore
+from tests.listener.conftest import rows
 from tests.listener.ct_files import TEST_UID_ROOT, ct_dataset
 
 ODD_UID = TEST_UID_ROOT + "123"
@@ -75,3 +79,38 @@ def test_raw_and_pydicom_values_agree(
         slow = _extract(dcmread(BytesIO(data), stop_before_pixels=True), fast=False)
     assert fast == slow
     assert read_header(data) == fast
+
+
+def test_nul_inside_a_value_is_dropped_from_the_index_and_the_row_commits(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    """PostgreSQL text cannot hold NUL: before, such an instance failed its row (0xA700) on
+    every retry of its sender. The file keeps its bytes; the index drops the NULs."""
+    ds = ct_dataset(ODD_UID, EVEN_UID, ODD_UID + ".8", 3, size=8)
+    ds.PatientName, ds.StudyDescription = "A\x00B^C", "Chest\x00CT"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "P\x001", "LN", "CT\x00 chest"
+    several = Dataset()
+    several.CodeValue, several.CodingSchemeDesignator = ["A", "B"], "LN"  # VM 1 broken: skipped
+    ds.RequestedProcedureCodeSequence = [several, code]
+    for syntax in SYNTAXES[:2]:
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"nul-{syntax}.dcm"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(path, enforce_file_format=True)
+        header = read_header(path.read_bytes())
+        assert (header.patient_name, header.study_description) == ("AB^C", "ChestCT")
+        assert header.procedure_code == ("P1", "LN", "CT chest")
+
+    store = ContentStore(tmp_path / "storage", min_free_bytes=0)
+    data = path.read_bytes()
+    stored = store.write(ODD_UID, EVEN_UID, ODD_UID + ".8", data)
+    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
+    writer.start()
+    try:
+        record = InstanceRecord(read_header(data), stored, ImplicitVRLittleEndian, "TEST")
+        assert writer.submit(record).result(timeout=30) == IndexOutcome.STORED
+    finally:
+        writer.stop()
+    assert rows(clean_db, "SELECT patient_name FROM studies") == [("AB^C",)]
