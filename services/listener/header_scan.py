@@ -107,9 +107,7 @@ def _scan(
         if tag in PIXEL_TAGS:
             # pydicom reads the pixel element's header (VR and length) before it stops: a file
             # cut inside that header is undecodable to it, so it must be whole here too.
-            _, _, value_offset = (
-                _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
-            )
+            _, _, value_offset = _element_header(data, offset, implicit)
             if value_offset > len(data):
                 raise _Unsure
             break
@@ -118,14 +116,9 @@ def _scan(
             # way and guesses the encoding again after them); a stray delimiter.
             raise _Unsure
         previous = tag
-        vr, length, value_offset = (
-            _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
-        )
+        vr, length, value_offset = _element_header(data, offset, implicit)
         if length == UNDEFINED_LENGTH:
-            if vr != b"SQ" and not (implicit and _is_sequence_tag(tag)):
-                # Undefined-length UN/OB, or an implicit element that is not a known sequence
-                # (pydicom reads it as one value up to a delimiter, or looks ahead): its business.
-                raise _Unsure
+            _check_walkable_sequence(vr, implicit, tag)
             items, offset = _walk_undefined_sequence(
                 data, value_offset, implicit, tag in sequences, depth=1
             )
@@ -179,6 +172,18 @@ def _item_header(data: memoryview, offset: int) -> tuple[int, int]:
     return group << 16 | element, length
 
 
+def _element_header(data: memoryview, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
+    return _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
+
+
+def _check_walkable_sequence(vr: bytes | None, implicit: bool, tag: int) -> None:
+    """An undefined-length element is walked only as a sequence we know to be one: not an
+    undefined-length UN/OB, nor an implicit element that is no known sequence (pydicom reads it
+    as one value up to a delimiter, or looks ahead): those are pydicom's business."""
+    if vr != b"SQ" and not (implicit and _is_sequence_tag(tag)):
+        raise _Unsure
+
+
 def _is_sequence_tag(tag: int) -> bool:
     try:
         return bool(dictionary_VR(tag) == "SQ")
@@ -198,13 +203,7 @@ def _walk_undefined_sequence(
         offset += 8
         if tag == SEQUENCE_DELIMITER:
             return items, offset
-        if tag != ITEM:
-            raise _Unsure
-        if length == UNDEFINED_LENGTH:
-            item, offset = _walk_item(data, offset, None, implicit, depth)
-        else:
-            end = _value_end(data, offset, length)
-            item, offset = _walk_item(data, offset, end, implicit, depth)
+        item, offset = _walk_item_at(data, offset, tag, length, implicit, depth)
         if keep:
             items.append(item)
 
@@ -216,17 +215,21 @@ def _walk_defined_items(
     while offset < end:
         tag, length = _item_header(data, offset)
         offset += 8
-        if tag != ITEM:
-            raise _Unsure
-        if length == UNDEFINED_LENGTH:
-            item, offset = _walk_item(data, offset, None, implicit, depth)
-        else:
-            item_end = _value_end(data, offset, length)
-            item, offset = _walk_item(data, offset, item_end, implicit, depth)
+        item, offset = _walk_item_at(data, offset, tag, length, implicit, depth)
         items.append(item)
     if offset != end:
         raise _Unsure
     return items
+
+
+def _walk_item_at(
+    data: memoryview, offset: int, tag: int, length: int, implicit: bool, depth: int
+) -> tuple[dict[int, tuple[bytes | None, bytes]], int]:
+    """The item whose header (`tag`, `length`) ends at `offset`."""
+    if tag != ITEM:
+        raise _Unsure
+    end = None if length == UNDEFINED_LENGTH else _value_end(data, offset, length)
+    return _walk_item(data, offset, end, implicit, depth)
 
 
 def _walk_item(
@@ -252,12 +255,9 @@ def _walk_item(
         if implicit and previous == -1:
             _check_looks_implicit(data, offset)
         previous = tag
-        vr, length, value_offset = (
-            _implicit_header(data, offset) if implicit else _explicit_header(data, offset)
-        )
+        vr, length, value_offset = _element_header(data, offset, implicit)
         if length == UNDEFINED_LENGTH:
-            if vr != b"SQ" and not (implicit and _is_sequence_tag(tag)):
-                raise _Unsure
+            _check_walkable_sequence(vr, implicit, tag)
             _, offset = _walk_undefined_sequence(
                 data, value_offset, implicit, keep=False, depth=depth + 1
             )
