@@ -113,19 +113,17 @@ _BATCH_COLUMNS = (
     "series_id", "study_id", "uid", "sop_class_uid", "transfer_syntax_uid", "instance_number",
     "rows", "columns", "number_of_frames", "file_path", "size_bytes", "sha256", "calling_ae_title",
 )  # fmt: skip
+# The JSON key of each column (the recordset's column names; the params call the UID "uid").
+_BATCH_KEYS = {key: ("sop_instance_uid" if key == "uid" else key) for key in _BATCH_COLUMNS}
 # The per-study part of the batch: instance counts, arrival time, the re-draft mark (never under a
 # signed report) and, among studies with a final report, those whose flag must go up (returned).
 _INSERT_BATCH = """
 WITH incoming AS (
-    SELECT * FROM unnest(
-        %(series_id)s::bigint[], %(study_id)s::bigint[], %(uid)s::text[], %(sop_class_uid)s::text[],
-        %(transfer_syntax_uid)s::text[], %(instance_number)s::int[], %(rows)s::int[],
-        %(columns)s::int[], %(number_of_frames)s::int[], %(file_path)s::text[],
-        %(size_bytes)s::bigint[], %(sha256)s::text[], %(calling_ae_title)s::text[],
-        %(is_input)s::boolean[]
-    ) AS t(series_id, study_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
-           instance_number, rows, columns, number_of_frames, file_path, size_bytes, sha256,
-           calling_ae_title, is_input)
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS t(
+        series_id bigint, study_id bigint, sop_instance_uid text, sop_class_uid text,
+        transfer_syntax_uid text, instance_number int, rows int, columns int,
+        number_of_frames int, file_path text, size_bytes bigint, sha256 text,
+        calling_ae_title text, is_input boolean)
 ),
 inserted AS (
     INSERT INTO instances (
@@ -261,14 +259,21 @@ class BatchIndexer:
         ]
         # One round trip inserts every new instance and updates its study; duplicates (conflicts)
         # are left out and handled one by one below (rare), as are studies signed off (rarer).
-        columns = {key: [p[key] for p in params] for key in _BATCH_COLUMNS}
-        columns["is_input"] = [not records[i].header.is_own_output for i in order]
+        # The batch as one JSON document: psycopg dumps it in C, where 14 array parameters cost
+        # ~7 % of the listener's Python time (py-spy --gil) to dump element by element.
+        batch = [
+            {
+                **{_BATCH_KEYS[key]: p[key] for key in _BATCH_COLUMNS},
+                "is_input": not records[i].header.is_own_output,
+            }
+            for i, p in zip(order, params, strict=True)
+        ]
         inserted_uids: set[str] = set()
         signed_off: list[int] = []
         for uid, study_id in cursor.execute(
             _INSERT_BATCH,
             {
-                **columns,
+                "batch": Jsonb(batch),
                 "storage_node": get_settings().node_name,
                 "receiving": StudyState.RECEIVING.value,
                 "signed": StudyState.SIGNED.value,
