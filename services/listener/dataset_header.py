@@ -295,9 +295,11 @@ class _NeedsPydicom(Exception):
 
 
 _SCANNED_TAGS = frozenset(int(tag) for tag, _ in _FAST_TAGS.values())
-_PROCEDURE_SEQUENCE_TAGS = frozenset(
+# The procedure code sequences' tags, in the order they are tried.
+_PROCEDURE_SEQUENCE_TAG_ORDER = tuple(
     int(Tag(cast(int, tag_for_keyword(k)))) for k in PROCEDURE_CODE_SEQUENCES
 )
+_PROCEDURE_SEQUENCE_TAGS = frozenset(_PROCEDURE_SEQUENCE_TAG_ORDER)
 _CODE_ELEMENT_VRS = {0x00080100: "SH", 0x00080102: "SH", 0x00080104: "LO"}
 
 
@@ -331,8 +333,7 @@ def _header_from_scan(scanned: ScannedHeader) -> InstanceHeader:
 
 
 def _scanned_procedure_code(scanned: ScannedHeader) -> tuple[str, str, str | None] | None:
-    for keyword in PROCEDURE_CODE_SEQUENCES:
-        tag = int(Tag(cast(int, tag_for_keyword(keyword))))
+    for tag in _PROCEDURE_SEQUENCE_TAG_ORDER:
         for item in scanned.sequences.get(tag, []):
             values = []
             for element, vr in _CODE_ELEMENT_VRS.items():

@@ -43,6 +43,17 @@ def _records(store: ContentStore, files: list[Path]) -> list[InstanceRecord]:
     return records
 
 
+def _index_as_one_batch(engine: Engine, records: list[InstanceRecord]) -> None:
+    """All `records` queued before the writer starts (one batch), each stored."""
+    writer = IndexWriter(engine.url.render_as_string(hide_password=False))
+    futures = [writer.submit(r) for r in records]
+    writer.start()
+    try:
+        assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * len(records)
+    finally:
+        writer.stop()
+
+
 def test_rows_commit_after_their_directory_sync(
     clean_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,13 +71,7 @@ def test_rows_commit_after_their_directory_sync(
         real_fsync(directory)
 
     monkeypatch.setattr(indexer, "fsync_directory", recording_fsync)
-    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
-    futures = [writer.submit(r) for r in records]  # queued before it starts: one batch
-    writer.start()
-    try:
-        assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * 3
-    finally:
-        writer.stop()
+    _index_as_one_batch(clean_db, records)
     assert synced == [(series_directory, 0)]  # once for the batch, before any row committed
     assert len(rows(clean_db, "SELECT id FROM instances")) == 3
 
@@ -118,12 +123,6 @@ def test_the_commit_waits_for_a_sync_that_outlasts_the_sql(
         real_fsync(directory)
 
     monkeypatch.setattr(indexer, "fsync_directory", slow_fsync)
-    writer = IndexWriter(clean_db.url.render_as_string(hide_password=False))
-    futures = [writer.submit(r) for r in records]
-    writer.start()
-    try:
-        assert [f.result(timeout=30) for f in futures] == [IndexOutcome.STORED] * 2
-    finally:
-        writer.stop()
+    _index_as_one_batch(clean_db, records)
     assert seen == {"overlapped": True, "committed_while_syncing": False}
     assert len(rows(clean_db, "SELECT id FROM instances")) == 2
