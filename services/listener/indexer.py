@@ -78,7 +78,7 @@ class InstanceRecord:
     transfer_syntax_uid: str
     calling_ae_title: str | None
     # Where the file's name still has to be made durable (fsynced) before its row commits.
-    directory_to_sync: Path | None = None
+    directory_to_sync: str | Path | None = None
 
 
 _SELECT_STUDY = "SELECT id FROM studies WHERE study_instance_uid = %(uid)s"
@@ -450,7 +450,7 @@ class BatchIndexer:
         logger.info("study %d: new images after sign-off, flagged for the radiologist", study_id)
 
 
-def _fsync_directories(directories: list[Path]) -> None:
+def _fsync_directories(directories: list[str | Path]) -> None:
     for directory in directories:
         fsync_directory(directory)
 

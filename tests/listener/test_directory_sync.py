@@ -61,13 +61,13 @@ def test_rows_commit_after_their_directory_sync(
     store = ContentStore(tmp_path / "storage", min_free_bytes=0)
     records = _records(store, study.files)
     series_directory = tmp_path / "storage" / study.study_uid / study.series_uid
-    assert {r.directory_to_sync for r in records} == {series_directory}
+    assert {Path(r.directory_to_sync) for r in records} == {series_directory}
     # Each sync the writer makes, with the instance rows committed at that moment.
     synced: list[tuple[Path, int]] = []
     real_fsync = indexer.fsync_directory
 
     def recording_fsync(directory: Path) -> None:
-        synced.append((directory, len(rows(clean_db, "SELECT id FROM instances"))))
+        synced.append((Path(directory), len(rows(clean_db, "SELECT id FROM instances"))))
         real_fsync(directory)
 
     monkeypatch.setattr(indexer, "fsync_directory", recording_fsync)
