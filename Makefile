@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read bench-storage-write
 
 install:
 	ops/stack.sh install
@@ -58,3 +58,6 @@ bench-scu:
 
 bench-ct-read:
 	$(PY) -m ops.bench.ct_read
+
+bench-storage-write:
+	$(PY) -m ops.bench.storage_write
