@@ -3,16 +3,24 @@
 A thin client in shared/ so the web needs nothing of the worker's code: it speaks Celery's
 message protocol through its own producer-only Celery app (no tasks, no results backend).
 
-Each call declares an exclusive, auto-deleted reply queue on its own broker connection, sends
-the task with `reply_to` and an expiry equal to the wait, and waits for the message whose
-correlation id is the task id. No answer in time → `WorkerBusy`: the UI says the model is busy.
+Answers come back on a reply queue the client owns: an exclusive, auto-deleted queue on a broker
+connection of its own, kept open between calls in a small per-process pool and used by one call
+at a time. (Opening a connection and declaring a queue per call took ~5 ms on the idle machine:
+about ten round trips to the broker, each one more wait for a CPU when the cores are busy with a
+burst.) A call sends the task with `reply_to` and an expiry equal to the wait, and waits for the
+message whose correlation id is its task id; an answer to an earlier call that gave up is
+dropped. No answer in time → `WorkerBusy`: the UI says the model is busy.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -20,6 +28,9 @@ from kombu import Connection, Consumer, Message, Queue
 from kombu.exceptions import OperationalError
 
 from shared.config import get_settings
+
+# Idle reply connections kept per process; more concurrent calls open more, closed after use.
+MAX_IDLE_REPLY_CHANNELS = 8
 
 
 class WorkerBusy(Exception):
@@ -37,6 +48,125 @@ def _producer_app(broker_url: str) -> Celery:
     return app
 
 
+class ReplyChannel:
+    """A broker connection and its own reply queue, used by one call at a time."""
+
+    def __init__(self, broker_url: str, queue_prefix: str, connect_timeout_s: float) -> None:
+        self.connection = Connection(broker_url, connect_timeout=connect_timeout_s)
+        self.queue = Queue(
+            f"{queue_prefix}web-reply-{uuid.uuid4()}",
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
+        self._answers: dict[str, dict[str, Any]] = {}
+        try:
+            self.connection.connect()
+            self._consumer = Consumer(
+                self.connection.channel(),
+                queues=[self.queue],
+                callbacks=[self._on_message],
+                accept=["json"],
+            )
+            self._consumer.consume()
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_message(self, body: Any, message: Message) -> None:
+        message.ack()
+        correlation_id = message.properties.get("correlation_id")
+        if isinstance(correlation_id, str) and isinstance(body, dict):
+            self._answers[correlation_id] = body
+
+    def is_alive(self) -> bool:
+        """Still connected (a broker restart or a dropped socket shows here, before a call)."""
+        if not self.connection.connected:
+            return False
+        try:
+            self.connection.drain_events(timeout=0)  # also takes a stray late answer, if any
+        except TimeoutError:
+            return True
+        except Exception:
+            return False
+        return True
+
+    def wait_for(self, task_id: str, deadline: float) -> dict[str, Any]:
+        while task_id not in self._answers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._answers.clear()  # whatever came for others is of no use to anyone now
+                raise WorkerBusy()
+            try:
+                self.connection.drain_events(timeout=min(remaining, 0.5))
+            except TimeoutError:
+                continue
+        answer = self._answers.pop(task_id)
+        self._answers.clear()  # late answers to calls that gave up
+        return answer
+
+    def close(self) -> None:
+        try:
+            self.connection.release()
+        except Exception:
+            pass  # already broken: nothing to release
+
+
+class ReplyChannelPool:
+    """Idle `ReplyChannel`s of one process (a forked child starts with none of its parent's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[int, str, str], list[ReplyChannel]] = {}
+
+    @contextmanager
+    def channel(
+        self, broker_url: str, queue_prefix: str, connect_timeout_s: float
+    ) -> Iterator[ReplyChannel]:
+        key = (os.getpid(), broker_url, queue_prefix)
+        reply = self._take_alive(key)
+        if reply is None:
+            reply = ReplyChannel(broker_url, queue_prefix, connect_timeout_s)
+        try:
+            yield reply
+        except WorkerBusy:
+            self._give_back(key, reply)  # no answer in time: the connection itself is fine
+            raise
+        except BaseException:
+            reply.close()  # its state is unknown (a broken socket, an answer half read)
+            raise
+        self._give_back(key, reply)
+
+    def _give_back(self, key: tuple[int, str, str], reply: ReplyChannel) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < MAX_IDLE_REPLY_CHANNELS:
+                idle.append(reply)
+                return
+        reply.close()
+
+    def _take_alive(self, key: tuple[int, str, str]) -> ReplyChannel | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                reply = idle.pop()
+            if reply.is_alive():
+                return reply
+            reply.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            channels = [reply for idle in self._idle.values() for reply in idle]
+            self._idle.clear()
+        for reply in channels:
+            reply.close()
+
+
+REPLY_CHANNELS = ReplyChannelPool()
+
+
 def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, Any]:
     wait = timeout_s
     settings = get_settings()
@@ -45,47 +175,26 @@ def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, A
     # interactive lane has its own consumer and model session: never behind drafts.
     interactive_queue = f"{settings.queue_prefix}interactive"
     task_id = str(uuid.uuid4())
-    reply = Queue(
-        f"{settings.queue_prefix}web-reply-{task_id}",
-        exclusive=True,
-        auto_delete=True,
-        durable=False,
-    )
-    answers: list[dict[str, Any]] = []
-
-    def on_message(body: Any, message: Message) -> None:
-        message.ack()
-        if message.properties.get("correlation_id") == task_id and isinstance(body, dict):
-            answers.append(body)
-
     deadline = time.monotonic() + wait
     try:
-        with Connection(settings.broker_url, connect_timeout=min(2.0, wait)) as connection:
-            channel = connection.channel()
-            with Consumer(channel, queues=[reply], callbacks=[on_message], accept=["json"]):
-                with app.producer_or_acquire() as producer:
-                    app.send_task(
-                        task_name,
-                        args=args,
-                        task_id=task_id,
-                        queue=interactive_queue,
-                        reply_to=reply.name,
-                        expires=wait,
-                        producer=producer,
-                    )
-                while not answers:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise WorkerBusy()
-                    try:
-                        connection.drain_events(timeout=min(remaining, 0.5))
-                    except TimeoutError:
-                        continue
+        with REPLY_CHANNELS.channel(
+            settings.broker_url, settings.queue_prefix, min(2.0, wait)
+        ) as reply:
+            with app.producer_or_acquire() as producer:
+                app.send_task(
+                    task_name,
+                    args=args,
+                    task_id=task_id,
+                    queue=interactive_queue,
+                    reply_to=reply.queue.name,
+                    expires=wait,
+                    producer=producer,
+                )
+            answer = reply.wait_for(task_id, deadline)
     except WorkerBusy:
         raise
     except (OSError, OperationalError) as exc:  # broker unreachable
         raise WorkerBusy() from exc
-    answer = answers[0]
     if not answer.get("ok"):
         if answer.get("busy"):  # a served model (mllm backend) is down or slow
             raise WorkerBusy(str(answer.get("error") or "the model server is unavailable"))

@@ -1,0 +1,102 @@
+"""The web's Locate/Identify client keeps its reply connections open between calls, against a
+real RabbitMQ and a real interactive worker: a connection is reused, a late answer to a call
+that gave up never answers the next call, and a connection that broke while idle is replaced
+before a call uses it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
+
+from model.phantoms.__main__ import write_phantom_study
+from model.phantoms.splits import seeds
+from shared.config import get_settings
+from shared.db.models import Instance
+from shared.worker_client import REPLY_CHANNELS, ReplyChannel, WorkerBusy, ask_worker
+from tests.support.study_rows import index_files
+from tests.support.worker_process import (
+    RunningWorker,
+    delete_test_queues,
+    queue_prefix,
+    start_worker,
+)
+
+
+@pytest.fixture
+def interactive_worker(
+    clean_db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RunningWorker, int]]:
+    """A real interactive worker with its model loaded, and an X-ray instance to ask about."""
+    prefix = queue_prefix() + "reply-"
+    storage = tmp_path / "storage"
+    monkeypatch.setenv("MEDREGA_QUEUE_PREFIX", prefix)
+    get_settings.cache_clear()
+    files = write_phantom_study("cxr", seeds("test", 1)[0], tmp_path / "in").files
+    with sessionmaker(clean_db).begin() as session:
+        study = index_files(session, storage, files)
+        instance = session.scalars(select(Instance.id).where(Instance.study_id == study.id)).one()
+    env = {"MEDREGA_QUEUE_PREFIX": prefix, "MEDREGA_STORAGE_DIR": str(storage)}
+    worker = start_worker(env, tmp_path / "interactive.log", queues=("interactive",), concurrency=1)
+    REPLY_CHANNELS.close_all()
+    try:
+        ask_worker("medrega.locate", [instance, 1, "right lung"], 60.0)  # loads the model
+        yield worker, instance
+    finally:
+        worker.stop()
+        REPLY_CHANNELS.close_all()
+        delete_test_queues(prefix)
+        get_settings.cache_clear()
+
+
+def _idle_channels() -> list[ReplyChannel]:
+    return [reply for idle in REPLY_CHANNELS._idle.values() for reply in idle]
+
+
+def test_calls_reuse_one_reply_connection(interactive_worker: tuple[RunningWorker, int]) -> None:
+    _, instance = interactive_worker
+    (first,) = _idle_channels()
+    for _ in range(3):
+        answer = ask_worker("medrega.locate", [instance, 1, "left lung"], 10.0)
+        assert answer["region_code"] == "left_lung"
+        assert _idle_channels() == [first]
+
+
+def test_a_late_answer_never_answers_the_next_call(
+    interactive_worker: tuple[RunningWorker, int],
+) -> None:
+    _, instance = interactive_worker
+    with pytest.raises(WorkerBusy):
+        ask_worker("medrega.locate", [instance, 1, "right lung"], 0.001)  # gives up at once
+    # Whether the worker still answered that call depends on timing; this answer to an earlier
+    # call, put on the same reply queue as a worker would, arrives for sure.
+    (idle,) = _idle_channels()
+    with Connection(get_settings().broker_url) as connection:
+        connection.Producer().publish(
+            {"ok": True, "region_code": "right_lung", "boxes": []},
+            routing_key=idle.queue.name,
+            correlation_id="an-earlier-call",
+            serializer="json",
+        )
+    for query, region in (("heart", "heart"), ("left lung", "left_lung")):
+        answer = ask_worker("medrega.locate", [instance, 1, query], 10.0)
+        assert answer["region_code"] == region
+    assert _idle_channels() == [idle]
+
+
+def test_a_connection_broken_while_idle_is_replaced(
+    interactive_worker: tuple[RunningWorker, int],
+) -> None:
+    _, instance = interactive_worker
+    (idle,) = _idle_channels()
+    transport_socket = idle.connection.connection.transport.sock
+    transport_socket.shutdown(socket.SHUT_RDWR)  # as a broker restart or a dropped link does
+    answer = ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
+    assert answer["region_code"] == "heart"
+    (replacement,) = _idle_channels()
+    assert replacement is not idle
