@@ -200,13 +200,11 @@ class ReferenceModel:
         results: list[ImagePrediction | None] = [None] * len(images)
         batch, transforms, keep = [], [], []
         for i, item in enumerate(images):
-            pixels, center, width = item[0], item[1], item[2]
-            modality = item[3] if len(item) > 3 else None
-            rows, cols = np.asarray(pixels).shape[:2]
-            if min(rows, cols) < MIN_SOURCE_PIXELS:
-                results[i] = _refused(f"matrix {rows}x{cols} below {MIN_SOURCE_PIXELS} px")
+            prepared = self.prepare(item)
+            if isinstance(prepared, ImagePrediction):
+                results[i] = prepared
                 continue
-            x, t = self.preprocess(pixels, center, width, modality)
+            x, t = prepared
             batch.append(x)
             transforms.append(t)
             keep.append(i)
@@ -216,6 +214,16 @@ class ReferenceModel:
             for i, pred in zip(keep, decoded, strict=True):
                 results[i] = pred
         return [r for r in results if r is not None]
+
+    def prepare(self, item: ImageInput) -> tuple[np.ndarray, LetterboxTransform] | ImagePrediction:
+        """One image → its model input and transform, or the refusal `predict` answers for it
+        (a matrix too small to read)."""
+        pixels, center, width = item[0], item[1], item[2]
+        modality = item[3] if len(item) > 3 else None
+        rows, cols = np.asarray(pixels).shape[:2]
+        if min(rows, cols) < MIN_SOURCE_PIXELS:
+            return _refused(f"matrix {rows}x{cols} below {MIN_SOURCE_PIXELS} px")
+        return self.preprocess(pixels, center, width, modality)
 
     def predict_preprocessed(
         self,
