@@ -8,14 +8,18 @@ connection of its own, kept open between calls in a small per-process pool and u
 at a time. (Opening a connection and declaring a queue per call took ~5 ms on the idle machine:
 about ten round trips to the broker, each one more wait for a CPU when the cores are busy with a
 burst.) A call sends the task with `reply_to` and an expiry equal to the wait, and waits for the
-message whose correlation id is its task id; an answer to an earlier call that gave up is
-dropped. No answer in time → `WorkerBusy`: the UI says the model is busy.
+message whose correlation id is its task id (anything else on the queue is dropped). No answer
+in time → `WorkerBusy`: the UI says the model is busy, and that call's channel is closed, not
+lent again (a broker that lost the queue would look the same). Before an idle channel is lent,
+whatever the broker sent meanwhile (a close, the queue's consumer cancelled) is read, and a
+channel it ended is replaced; broker errors during a call are `WorkerBusy` too.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import select
 import threading
 import time
 import uuid
@@ -23,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu import Connection, Consumer, Message, Queue
 from kombu.exceptions import OperationalError
@@ -80,11 +85,18 @@ class ReplyChannel:
             self._answers[correlation_id] = body
 
     def is_alive(self) -> bool:
-        """Still connected (a broker restart or a dropped socket shows here, before a call)."""
+        """Still usable: connected, and nothing from the broker says otherwise. What the broker
+        sent while the channel sat idle (an EOF, a connection close, its reply queue's consumer
+        cancelled, a late answer) is read here, before a call relies on the channel."""
         if not self.connection.connected:
             return False
         try:
-            self.connection.drain_events(timeout=0)  # also takes a stray late answer, if any
+            sock = self.connection.connection.sock
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                # A bounded wait, not 0: with part of a frame in, py-amqp retries a
+                # non-blocking read in a busy loop until the rest arrives.
+                self.connection.drain_events(timeout=0.05)
         except TimeoutError:
             return True
         except Exception:
@@ -129,11 +141,10 @@ class ReplyChannelPool:
             reply = ReplyChannel(broker_url, queue_prefix, connect_timeout_s)
         try:
             yield reply
-        except WorkerBusy:
-            self._give_back(key, reply)  # no answer in time: the connection itself is fine
-            raise
         except BaseException:
-            reply.close()  # its state is unknown (a broken socket, an answer half read)
+            # Its state is unknown: a broken socket, an answer half read, or (no answer in time)
+            # a broker that lost the reply queue without the socket noticing.
+            reply.close()
             raise
         self._give_back(key, reply)
 
@@ -157,9 +168,11 @@ class ReplyChannelPool:
             reply.close()
 
     def close_all(self) -> None:
+        """Close this process's idle channels (never a parent's, inherited across a fork)."""
+        pid = os.getpid()
         with self._lock:
-            channels = [reply for idle in self._idle.values() for reply in idle]
-            self._idle.clear()
+            keys = [key for key in self._idle if key[0] == pid]
+            channels = [reply for key in keys for reply in self._idle.pop(key)]
         for reply in channels:
             reply.close()
 
@@ -193,7 +206,7 @@ def ask_worker(task_name: str, args: list[Any], timeout_s: float) -> dict[str, A
             answer = reply.wait_for(task_id, deadline)
     except WorkerBusy:
         raise
-    except (OSError, OperationalError) as exc:  # broker unreachable
+    except (OSError, OperationalError, AMQPError) as exc:  # broker unreachable or restarted
         raise WorkerBusy() from exc
     if not answer.get("ok"):
         if answer.get("busy"):  # a served model (mllm backend) is down or slow

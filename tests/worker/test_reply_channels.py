@@ -5,7 +5,9 @@ before a call uses it."""
 
 from __future__ import annotations
 
+import select as io_select
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,15 +69,19 @@ def test_calls_reuse_one_reply_connection(interactive_worker: tuple[RunningWorke
         assert _idle_channels() == [first]
 
 
-def test_a_late_answer_never_answers_the_next_call(
+def test_a_call_that_gave_up_closes_its_channel_and_a_stray_answer_is_dropped(
     interactive_worker: tuple[RunningWorker, int],
 ) -> None:
     _, instance = interactive_worker
+    (warm,) = _idle_channels()
     with pytest.raises(WorkerBusy):
         ask_worker("medrega.locate", [instance, 1, "right lung"], 0.001)  # gives up at once
-    # Whether the worker still answered that call depends on timing; this answer to an earlier
-    # call, put on the same reply queue as a worker would, arrives for sure.
+    # Not lent again: a broker that lost the reply queue would look just like this.
+    assert _idle_channels() == [] and not warm.connection.connected
+    ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
     (idle,) = _idle_channels()
+    # An answer to some other call on this reply queue (as a worker answering twice would put
+    # it) never answers the calls that follow.
     with Connection(get_settings().broker_url) as connection:
         connection.Producer().publish(
             {"ok": True, "region_code": "right_lung", "boxes": []},
@@ -87,6 +93,48 @@ def test_a_late_answer_never_answers_the_next_call(
         answer = ask_worker("medrega.locate", [instance, 1, query], 10.0)
         assert answer["region_code"] == region
     assert _idle_channels() == [idle]
+
+
+def _delete_on_the_broker(queue_name: str) -> None:
+    """As an operator or a broker failover does (an exclusive queue: no other client may)."""
+    subprocess.run(
+        ["rabbitmqctl", "-q", "delete_queue", queue_name], check=True, timeout=60,
+        capture_output=True,
+    )  # fmt: skip
+
+
+def _wait_until_readable(reply: ReplyChannel) -> None:
+    """Until the broker's notice about this channel has reached its socket."""
+    readable, _, _ = io_select.select([reply.connection.connection.sock], [], [], 10)
+    assert readable, "the broker sent nothing"
+
+
+def test_a_reply_queue_the_broker_dropped_while_idle_is_replaced(
+    interactive_worker: tuple[RunningWorker, int],
+) -> None:
+    _, instance = interactive_worker
+    (idle,) = _idle_channels()
+    _delete_on_the_broker(idle.queue.name)
+    _wait_until_readable(idle)  # RabbitMQ tells the consumer: basic.cancel
+    answer = ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
+    assert answer["region_code"] == "heart"
+    (replacement,) = _idle_channels()
+    assert replacement is not idle
+
+
+def test_a_broker_error_during_a_call_is_busy_not_a_crash(
+    interactive_worker: tuple[RunningWorker, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, instance = interactive_worker
+    (idle,) = _idle_channels()
+    _delete_on_the_broker(idle.queue.name)
+    _wait_until_readable(idle)
+    # Lent as if nothing had happened (the cancel arriving mid-call): the call meets the
+    # broker's ConsumerCancelled, and the web must answer 503, not 500.
+    monkeypatch.setattr(ReplyChannel, "is_alive", lambda self: True)
+    with pytest.raises(WorkerBusy):
+        ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
+    assert _idle_channels() == []
 
 
 def test_a_connection_broken_while_idle_is_replaced(
