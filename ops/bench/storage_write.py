@@ -39,9 +39,14 @@ def one_round(root: Path, unnamed: bool, n: int, threads: int) -> tuple[float, f
     uids = [[generate_uid() for _ in range(n)] for _ in range(threads)]
     store.write(study, series, generate_uid(), data)  # the directory exists before timing
 
+    failures: list[BaseException] = []
+
     def write(batch: list[str]) -> None:
-        for uid in batch:
-            store.write(study, series, uid, data, sync_directory=False)
+        try:
+            for uid in batch:
+                store.write(study, series, uid, data, sync_directory=False)
+        except BaseException as exc:  # a timing of failed writes is no timing: report it
+            failures.append(exc)
 
     workers = [threading.Thread(target=write, args=(batch,)) for batch in uids]
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -51,7 +56,12 @@ def one_round(root: Path, unnamed: bool, n: int, threads: int) -> tuple[float, f
         worker.join()
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if failures:
+        raise RuntimeError(f"{len(failures)} writer thread(s) failed") from failures[0]
     count = n * threads
+    written = len(list((root / study / series).glob("*.dcm")))
+    if written != count + 1:
+        raise RuntimeError(f"{written - 1} files written, {count} expected")
     return wall * 1e3 / count, cpu * 1e3 / count
 
 

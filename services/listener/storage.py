@@ -26,17 +26,22 @@ final file, never a changed one.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.dicom.uids import is_valid_uid
+
+logger = logging.getLogger(__name__)
 
 # Suffix of files being written (hidden, next to their final name); never referenced by a row.
 PARTIAL_SUFFIX = ".part"
@@ -113,24 +118,39 @@ class ContentStore:
         self, directory: str, name: str, data: bytes, sha256: str, sync_directory: bool
     ) -> str:
         """The file name (in `directory`) that now holds `data` durably."""
-        if self.unnamed_files:
-            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-                # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file.
-                name = _link_beside(
-                    f"/proc/self/fd/{fd}", directory, name, data, sha256, self._proc_fd_link
-                )
-            finally:
-                os.close(fd)
-        else:
-            name = self._write_named_temp(directory, name, data, sha256)
+        unnamed = self._write_unnamed(directory, name, data, sha256) if self.unnamed_files else None
+        name = unnamed or self._write_named_temp(directory, name, data, sha256)
         # The link (or the existing name we answer with) must survive a crash: now, or in the
         # caller's batch (then, in the fallback, a crash may also leave the .part name behind).
         if sync_directory:
             fsync_directory(directory)
         return name
+
+    def _write_unnamed(self, directory: str, name: str, data: bytes, sha256: str) -> str | None:
+        """The name now holding `data`, or None where this directory takes no unnamed file (a
+        mount the start-up check did not see): the caller writes a named temp file instead."""
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            if exc.errno in _NO_UNNAMED_FILES:
+                _log_fallback(directory, exc)
+                return None
+            raise
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file.
+            try:
+                return _link_beside(
+                    f"/proc/self/fd/{fd}", directory, name, data, sha256, self._proc_fd_link
+                )
+            except OSError as exc:
+                if exc.errno in _NO_UNNAMED_FILES:
+                    _log_fallback(directory, exc)
+                    return None
+                raise
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _proc_fd_link(source: str, target: str) -> None:
@@ -203,6 +223,18 @@ def _link_following(source: str, target: str) -> None:
     os.link(source, target, src_dir_fd=_any_directory_fd(), follow_symlinks=True)
 
 
+# What open(O_TMPFILE) or the /proc/self/fd link give where a filesystem cannot do this.
+_NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV})
+
+
+def _log_fallback(directory: str, exc: OSError) -> None:
+    logger.warning(
+        "no unnamed file in %s (%s): this instance is written through a named temp file",
+        directory,
+        exc.strerror,
+    )
+
+
 def _check_path_uid(uid: str) -> None:
     if not is_valid_uid(uid):
         raise ValueError(f"not a valid UID, refusing it as a path component: {uid!r}")
@@ -216,26 +248,33 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def unnamed_files_supported(directory: str) -> bool:
     """Whether `directory`'s filesystem makes unnamed files (O_TMPFILE) that we can then link
-    by /proc/self/fd (not on every filesystem, and not without /proc)."""
+    by /proc/self/fd (not on every filesystem, and not without /proc): the write sequence
+    itself (write, fsync, link, directory fsync) on a probe file, removed after."""
     if not hasattr(os, "O_TMPFILE"):
         return False
-    probe = f"{directory}/.o_tmpfile_probe.{os.getpid()}.{threading.get_ident()}"
+    probe = f"{directory}/.o_tmpfile_probe.{uuid.uuid4().hex}"
     try:
         fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640)
-    except OSError:
+    except OSError as exc:
+        logger.info("storage %s: no O_TMPFILE (%s); named temp files", directory, exc.strerror)
         return False
     try:
-        os.write(fd, b"probe")
+        _write_all(fd, b"probe")
+        os.fsync(fd)
         _link_following(f"/proc/self/fd/{fd}", probe)
-    except OSError:
+        fsync_directory(directory)
+    except OSError as exc:
+        logger.info("storage %s: unnamed files unusable (%s); named temp files", directory, exc)
         return False
     finally:
         os.close(fd)
     try:
         with open(probe, "rb") as linked:
-            return linked.read() == b"probe"
+            usable = linked.read() == b"probe"
     finally:
         os.unlink(probe)
+    logger.info("storage %s: files written unnamed (O_TMPFILE), then linked", directory)
+    return usable
 
 
 def fsync_directory(directory: str | Path) -> None:
