@@ -8,7 +8,9 @@ from __future__ import annotations
 import select as io_select
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,41 @@ def test_a_connection_broken_while_idle_is_replaced(
     assert answer["region_code"] == "heart"
     (replacement,) = _idle_channels()
     assert replacement is not idle
+
+
+def test_concurrent_calls_each_get_their_own_answer_on_their_own_channel(
+    interactive_worker: tuple[RunningWorker, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight request threads at once (the web's thread pool): no channel is lent to two calls
+    at the same time, and each call gets the answer to its own question."""
+    _, instance = interactive_worker
+    queries = [("heart", "heart"), ("left lung", "left_lung"), ("right lung", "right_lung")]
+    in_use: set[int] = set()
+    shared: list[int] = []
+    guard = threading.Lock()
+    real_wait_for = ReplyChannel.wait_for
+
+    def watched_wait_for(self: ReplyChannel, task_id: str, deadline: float) -> dict[str, object]:
+        with guard:
+            if id(self) in in_use:
+                shared.append(id(self))
+            in_use.add(id(self))
+        try:
+            return real_wait_for(self, task_id, deadline)
+        finally:
+            with guard:
+                in_use.discard(id(self))
+
+    monkeypatch.setattr(ReplyChannel, "wait_for", watched_wait_for)
+    start = threading.Barrier(8)
+
+    def click(index: int) -> tuple[str, object]:
+        query, region = queries[index % len(queries)]
+        start.wait(timeout=30)
+        return region, ask_worker("medrega.locate", [instance, 1, query], 30.0)["region_code"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(click, range(24)))
+    assert all(expected == got for expected, got in results), results
+    assert shared == []
+    assert 1 <= len(_idle_channels()) <= 8
