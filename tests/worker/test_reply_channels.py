@@ -9,7 +9,7 @@ import select as io_select
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,13 +111,23 @@ def _wait_until_readable(reply: ReplyChannel) -> None:
     assert readable, "the broker sent nothing"
 
 
-def test_a_reply_queue_the_broker_dropped_while_idle_is_replaced(
-    interactive_worker: tuple[RunningWorker, int],
+def _queue_deleted_on_the_broker(reply: ReplyChannel) -> None:
+    _delete_on_the_broker(reply.queue.name)
+    _wait_until_readable(reply)  # RabbitMQ tells the consumer: basic.cancel
+
+
+def _socket_shut_down(reply: ReplyChannel) -> None:
+    # As a broker restart or a dropped link does.
+    reply.connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("break_it", [_queue_deleted_on_the_broker, _socket_shut_down])
+def test_a_channel_broken_while_idle_is_replaced(
+    interactive_worker: tuple[RunningWorker, int], break_it: Callable[[ReplyChannel], None]
 ) -> None:
     _, instance = interactive_worker
     (idle,) = _idle_channels()
-    _delete_on_the_broker(idle.queue.name)
-    _wait_until_readable(idle)  # RabbitMQ tells the consumer: basic.cancel
+    break_it(idle)
     answer = ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
     assert answer["region_code"] == "heart"
     (replacement,) = _idle_channels()
@@ -129,27 +139,13 @@ def test_a_broker_error_during_a_call_is_busy_not_a_crash(
 ) -> None:
     _, instance = interactive_worker
     (idle,) = _idle_channels()
-    _delete_on_the_broker(idle.queue.name)
-    _wait_until_readable(idle)
+    _queue_deleted_on_the_broker(idle)
     # Lent as if nothing had happened (the cancel arriving mid-call): the call meets the
     # broker's ConsumerCancelled, and the web must answer 503, not 500.
     monkeypatch.setattr(ReplyChannel, "is_alive", lambda self: True)
     with pytest.raises(WorkerBusy):
         ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
     assert _idle_channels() == []
-
-
-def test_a_connection_broken_while_idle_is_replaced(
-    interactive_worker: tuple[RunningWorker, int],
-) -> None:
-    _, instance = interactive_worker
-    (idle,) = _idle_channels()
-    transport_socket = idle.connection.connection.transport.sock
-    transport_socket.shutdown(socket.SHUT_RDWR)  # as a broker restart or a dropped link does
-    answer = ask_worker("medrega.locate", [instance, 1, "heart"], 10.0)
-    assert answer["region_code"] == "heart"
-    (replacement,) = _idle_channels()
-    assert replacement is not idle
 
 
 def test_concurrent_calls_each_get_their_own_answer_on_their_own_channel(
