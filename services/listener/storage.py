@@ -127,34 +127,31 @@ class ContentStore:
         return name
 
     def _write_unnamed(self, directory: str, name: str, data: bytes, sha256: str) -> str | None:
-        """The name now holding `data`, or None where this directory takes no unnamed file (a
-        mount the start-up check did not see): the caller writes a named temp file instead."""
+        """The name now holding `data`, or None where the filesystem takes no unnamed file after
+        all (a mount the start-up check did not see): the store then switches to named temp
+        files for good, rather than failing a syscall and logging on every instance."""
+        fd = -1
         try:
             fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            if exc.errno in _NO_UNNAMED_FILES:
-                _log_fallback(directory, exc)
-                return None
-            raise
-        try:
             _write_all(fd, data)
             os.fsync(fd)
             # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file.
-            try:
-                return _link_beside(
-                    f"/proc/self/fd/{fd}", directory, name, data, sha256, self._proc_fd_link
-                )
-            except OSError as exc:
-                if exc.errno in _NO_UNNAMED_FILES:
-                    _log_fallback(directory, exc)
-                    return None
+            return _link_beside(
+                f"/proc/self/fd/{fd}", directory, name, data, sha256, _link_following
+            )
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED_FILES:
                 raise
+            self.unnamed_files = False
+            logger.warning(
+                "no unnamed file in %s (%s): the listener writes named temp files from now on",
+                directory,
+                exc.strerror,
+            )
+            return None
         finally:
-            os.close(fd)
-
-    @staticmethod
-    def _proc_fd_link(source: str, target: str) -> None:
-        _link_following(source, target)
+            if fd >= 0:
+                os.close(fd)
 
     @staticmethod
     def _write_named_temp(directory: str, name: str, data: bytes, sha256: str) -> str:
@@ -225,14 +222,6 @@ def _link_following(source: str, target: str) -> None:
 
 # What open(O_TMPFILE) or the /proc/self/fd link give where a filesystem cannot do this.
 _NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV})
-
-
-def _log_fallback(directory: str, exc: OSError) -> None:
-    logger.warning(
-        "no unnamed file in %s (%s): this instance is written through a named temp file",
-        directory,
-        exc.strerror,
-    )
 
 
 def _check_path_uid(uid: str) -> None:

@@ -70,6 +70,7 @@ def test_a_directory_that_refuses_unnamed_files_takes_a_named_temp_file(
     stored = store.write(STUDY, SERIES, SOP, b"stored anyway")
     assert (tmp_path / stored.relative_path).read_bytes() == b"stored anyway"
     assert _entries(tmp_path) == [stored.relative_path]
+    assert not store.unnamed_files  # switched once: no failing syscall per instance after this
 
 
 def test_without_o_tmpfile_the_named_temp_file_is_used(
@@ -118,10 +119,9 @@ def test_a_failed_link_leaves_no_file(
 ) -> None:
     store = _store(tmp_path, unnamed)
 
-    def failing_link(source: str, target: str) -> None:
+    def failing_link(source: str, target: str, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_proc_fd_link", failing_link)
     monkeypatch.setattr(storage.os, "link", failing_link)
     with pytest.raises(OSError):
         store.write(STUDY, SERIES, SOP, b"x")
@@ -132,10 +132,9 @@ def _write_and_die_before_the_link(root: str, unnamed: bool) -> None:
     store = ContentStore(Path(root), min_free_bytes=0)
     store.unnamed_files = unnamed
 
-    def die(source: str, target: str) -> None:
+    def die(source: str, target: str, **kwargs: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    store._proc_fd_link = die  # type: ignore[method-assign]
     storage.os.link = die  # type: ignore[assignment]
     store.write(STUDY, SERIES, SOP, b"bytes that were fsynced but never named")
 
