@@ -107,8 +107,7 @@ class ReplyChannel:
         while task_id not in self._answers:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._answers.clear()  # whatever came for others is of no use to anyone now
-                raise WorkerBusy()
+                raise WorkerBusy()  # the pool closes this channel: late answers die with it
             try:
                 self.connection.drain_events(timeout=min(remaining, 0.5))
             except TimeoutError:
@@ -146,9 +145,6 @@ class ReplyChannelPool:
             # a broker that lost the reply queue without the socket noticing.
             reply.close()
             raise
-        self._give_back(key, reply)
-
-    def _give_back(self, key: tuple[int, str, str], reply: ReplyChannel) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             if len(idle) < MAX_IDLE_REPLY_CHANNELS:
