@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read bench-storage-write
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read bench-storage-write bench-ort-spinning
 
 install:
 	ops/stack.sh install
@@ -61,3 +61,6 @@ bench-ct-read:
 
 bench-storage-write:
 	$(PY) -m ops.bench.storage_write
+
+bench-ort-spinning:
+	$(PY) -m ops.bench.ort_spinning

@@ -36,6 +36,9 @@ class ProviderError(RuntimeError):
     """The configured execution providers can't be honoured; the message says what to do."""
 
 
+SPINNING_KEY = "session.intra_op.allow_spinning"
+
+
 def cpu_threads() -> int:
     """Cores this process may run on (containers and taskset restrict this, not os.cpu_count)."""
     try:
@@ -131,6 +134,10 @@ def create_session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
+    # ORT's pool threads spin on a core between and after runs by default. On a box where the
+    # listener, the web app and other workers share the cores, that burns CPU they need (the
+    # draft worker used about four times the CPU per slice with it; ops/bench/ort_spinning.py).
+    options.add_session_config_entry(SPINNING_KEY, "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if chosen == ["CPUExecutionProvider"]:
         # Cache the optimised graph so a restarted worker starts faster (CPU only: ORT

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from shared.inference.onnx_session import (
+    SPINNING_KEY,
     ProviderError,
     cpu_threads,
     create_session,
@@ -75,6 +76,13 @@ def test_cpu_session_runs_with_affinity_threads_and_caches_the_optimised_graph(
     assert y.tolist() == [[0.0, 0.0, 2.0]]
     assert list((tmp_path / "cache").glob("*-cpu.onnx"))
     assert 1 <= cpu_threads()
+
+
+def test_session_threads_sleep_between_runs_instead_of_spinning(tiny_model: Path) -> None:
+    # ORT's default keeps its pool threads spinning on a core between runs: CPU the listener and
+    # the other workers on the box need (ops/bench/ort_spinning.py measures what it costs).
+    session = create_session(tiny_model, ["CPUExecutionProvider"], threads=2)
+    assert session.get_session_options().get_session_config_entry(SPINNING_KEY) == "0"
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
