@@ -23,7 +23,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ops.bench.paired import paired_medians, ratio
 from shared.config import get_settings
 from shared.inference.onnx_session import SPINNING_KEY, cpu_threads
 from shared.inference.reference_onnx import ReferenceModel
@@ -100,34 +100,22 @@ def main() -> None:
     slices = ct_slices(args.images)
     for model in models.values():  # warm both before timing
         one_round(model, slices[:5])
-    results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    results: dict[str, list[tuple[float, float, float]]] = {"spin": [], "nospin": []}
     for r in range(args.rounds):
         order = (True, False) if r % 2 == 0 else (False, True)
         for spin in order:
-            results[spin].append(one_round(models[spin], slices))
-            wall, cpu, units = results[spin][-1]
+            wall, cpu, units = one_round(models[spin], slices)
+            results["spin" if spin else "nospin"].append((wall, cpu, units))
             print(
                 f"round {r} spin={int(spin)}: wall {wall:.1f} ms, cpu {cpu:.1f} ms, "
                 f"neighbour {units:.0f} units/s",
                 flush=True,
             )
 
-    def med(spin: bool, i: int) -> float:
-        return round(statistics.median(x[i] for x in results[spin]), 2)
-
-    out = {
-        "spin_wall_ms": med(True, 0),
-        "nospin_wall_ms": med(False, 0),
-        "spin_cpu_ms": med(True, 1),
-        "nospin_cpu_ms": med(False, 1),
-        "spin_neighbour_units_s": med(True, 2),
-        "nospin_neighbour_units_s": med(False, 2),
-    }
-    out["wall_ratio"] = round(out["nospin_wall_ms"] / out["spin_wall_ms"], 3)
-    out["cpu_ratio"] = round(out["nospin_cpu_ms"] / out["spin_cpu_ms"], 3)
-    out["neighbour_ratio"] = round(
-        out["nospin_neighbour_units_s"] / out["spin_neighbour_units_s"], 3
-    )
+    out = paired_medians(results, ("wall_ms", "cpu_ms", "neighbour_units_s"), 2)
+    out["wall_ratio"] = ratio(out, "nospin_wall_ms", "spin_wall_ms")
+    out["cpu_ratio"] = ratio(out, "nospin_cpu_ms", "spin_cpu_ms")
+    out["neighbour_ratio"] = ratio(out, "nospin_neighbour_units_s", "spin_neighbour_units_s")
     out.update(
         threads=args.threads,
         images=args.images,

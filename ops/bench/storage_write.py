@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
+from ops.bench.paired import paired_medians, ratio
 from services.listener.storage import ContentStore
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: /tmp)")
     args = parser.parse_args(argv)
 
-    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    results: dict[str, list[tuple[float, float]]] = {"unnamed": [], "named": []}
     for round_number in range(args.rounds):
         for unnamed in (True, False):
             root = Path(tempfile.mkdtemp(prefix="medrega-write-", dir=args.dir))
@@ -81,24 +81,18 @@ def main(argv: list[str] | None = None) -> int:
                 wall, cpu = one_round(root, unnamed, args.n, args.threads)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
-            results[unnamed].append((wall, cpu))
             mode = "unnamed" if unnamed else "named"
+            results[mode].append((wall, cpu))
             print(f"round {round_number + 1} {mode:8s} wall {wall:.3f} ms  cpu {cpu:.3f} ms")
 
-    def median(unnamed: bool, index: int) -> float:
-        return round(statistics.median(r[index] for r in results[unnamed]), 4)
-
-    line = {
+    line: dict[str, float] = {
         "n": args.n * args.threads,
         "threads": args.threads,
         "rounds": args.rounds,
-        "unnamed_wall_ms": median(True, 0),
-        "named_wall_ms": median(False, 0),
-        "unnamed_cpu_ms": median(True, 1),
-        "named_cpu_ms": median(False, 1),
     }
-    line["wall_ratio"] = round(line["unnamed_wall_ms"] / line["named_wall_ms"], 3)
-    line["cpu_ratio"] = round(line["unnamed_cpu_ms"] / line["named_cpu_ms"], 3)
+    line.update(paired_medians(results, ("wall_ms", "cpu_ms"), 4))
+    line["wall_ratio"] = ratio(line, "unnamed_wall_ms", "named_wall_ms")
+    line["cpu_ratio"] = ratio(line, "unnamed_cpu_ms", "named_cpu_ms")
     print(json.dumps(line))
     return 0
 
