@@ -2,17 +2,20 @@
 
     .venv/bin/python -m ops.bench.ort_spinning [--images 60] [--rounds 4] [--threads N]
 
-A draft worker alternates Python work (decode, preprocess) with model runs. With ORT's default
+A model worker alternates Python work with model runs. With ORT's default
 (`session.intra_op.allow_spinning` = 1) the pool threads keep spinning on a core through the
-Python part; `shared.inference.onnx_session.create_session` turns that off. Each round drafts
-`--images` CT slices (preprocess + run, one at a time, as the worker does) once with each
-setting, alternated, while a neighbour process (standing in for the listener or the web app)
-counts fixed units of CPU work. Reported per setting, medians over rounds:
-- worker wall ms and worker CPU ms per slice;
+Python part; `shared.inference.onnx_session.create_session` turns that off. Each round runs
+`--images` CT slices one per model run, preprocessing each on the same thread (the pattern of a
+Locate/Identify click; a CT draft runs batches of 16 and preprocesses on a thread pool, so its
+gain per slice is smaller), once with each setting, alternated, while a neighbour process
+(standing in for the listener or the web app) counts fixed units of CPU work. Reported per
+setting, medians over rounds:
+- worker wall ms and worker CPU ms (all its threads) per slice;
 - the neighbour's work units per second while the worker runs.
 Last line JSON: {"spin_wall_ms", "nospin_wall_ms", "spin_cpu_ms", "nospin_cpu_ms",
 "spin_neighbour_units_s", "nospin_neighbour_units_s", "cpu_ratio", "wall_ratio",
-"neighbour_ratio", ...}: ratios are no-spin / spin.
+"neighbour_ratio", ..., "load_average"}: ratios are no-spin / spin; `load_average` is the
+1-minute load when the bench started, before its own work.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def one_round(model: ReferenceModel, slices: list[np.ndarray]) -> tuple[float, f
         model.run_raw(batch[None, None])
     wall = time.perf_counter() - start
     units = count.value - start_units
+    if units <= 0:
+        raise RuntimeError("the neighbour process did no work: nothing to compare")
     after = resource.getrusage(resource.RUSAGE_SELF)
     stop.set()
     proc.join(5)
@@ -95,6 +100,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=cpu_threads(), help="ORT intra-op threads")
     args = ap.parse_args()
+    load_at_start = os.getloadavg()[0]
     path = get_settings().model_path
     models = {spin: session(path, args.threads, spin) for spin in (True, False)}
     slices = ct_slices(args.images)
@@ -120,7 +126,7 @@ def main() -> None:
         threads=args.threads,
         images=args.images,
         rounds=args.rounds,
-        load_average=round(os.getloadavg()[0], 2),
+        load_average=round(load_at_start, 2),
     )
     print(json.dumps(out))
 

@@ -135,8 +135,8 @@ def create_session(
     options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
     # ORT's pool threads spin on a core between and after runs by default. On a box where the
-    # listener, the web app and other workers share the cores, that burns CPU they need (the
-    # draft worker used about four times the CPU per slice with it; ops/bench/ort_spinning.py).
+    # listener, the web app and other workers share the cores, that burns CPU they need (about
+    # twice the CPU per image run one at a time; ops/bench/ort_spinning.py).
     options.add_session_config_entry(SPINNING_KEY, "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if chosen == ["CPUExecutionProvider"]:

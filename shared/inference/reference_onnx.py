@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shared.inference.onnx_session import SPINNING_KEY
 from shared.inference.preprocess import (
     LEGACY_NORMALISATION,
     NORMALISATION,
@@ -163,6 +164,7 @@ class ReferenceModel:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        options.add_session_config_entry(SPINNING_KEY, "0")  # as the services' sessions
         session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         return cls(session)
 
