@@ -60,6 +60,7 @@ from services.listener.reactor import (
 from services.listener.storage import ContentStore
 from services.listener.study_stability import StabilitySweeper
 from shared.config import Settings, get_settings
+from shared.large_buffers import keep_large_buffers
 from shared.log_safety import printable
 from shared.observability.exporter import serve_metrics
 from shared.observability.logs import configure_service_logging
@@ -347,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
+    # Before the association threads start: a 17 MB X-ray arrives in buffers that size.
+    keep_large_buffers()
     if args.serve_only:
         return serve(settings, run_sweeper=False, reuse_port=True)
     if processes > 1:

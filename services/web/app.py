@@ -37,6 +37,7 @@ from services.web.routes import (
 from services.web.templating import render
 from shared.config import get_settings
 from shared.db.session import get_engine
+from shared.large_buffers import keep_large_buffers
 from shared.observability.logs import configure_service_logging, route_to_root
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -61,6 +62,8 @@ app.add_middleware(WebMiddleware)
 install_query_redaction()
 # Text or JSON lines (MEDREGA_LOG_FORMAT), uvicorn's own lines included.
 configure_service_logging("web", get_settings())
+# Before the request threads start: the viewer renders full-size images (shared/large_buffers.py).
+keep_large_buffers()
 route_to_root("uvicorn", "uvicorn.error", "uvicorn.access")
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

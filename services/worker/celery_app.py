@@ -20,6 +20,7 @@ from celery.signals import worker_init
 from kombu import Exchange, Queue
 
 from shared.config import get_settings
+from shared.large_buffers import keep_large_buffers
 
 settings = get_settings()
 DRAFT_QUEUE = f"{settings.queue_prefix}draft"
@@ -75,6 +76,13 @@ app.conf.update(
 
 # Tasks live in their own module; imported here so `celery -A services.worker.celery_app` has them.
 app.conf.include = ["services.worker.tasks", "services.worker.interactive"]
+
+
+@worker_init.connect
+def _keep_large_image_buffers(**_: object) -> None:
+    """Before the pool's threads start: image-sized buffers are reused, not mapped afresh
+    (shared/large_buffers.py; drafts and clicks read and preprocess full-size X-rays)."""
+    keep_large_buffers()
 
 
 @worker_init.connect
