@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export TCP_NODELAY := 1
 
-.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read bench-storage-write bench-ort-spinning
+.PHONY: install run demo test lint typecheck pytest stop status bench-ingest bench-model bench-e2e bench-web bench-scale bench-scu bench-ct-read bench-storage-write bench-ort-spinning bench-large-buffers
 
 install:
 	ops/stack.sh install
@@ -64,3 +64,6 @@ bench-storage-write:
 
 bench-ort-spinning:
 	$(PY) -m ops.bench.ort_spinning
+
+bench-large-buffers:
+	$(PY) -m ops.bench.large_buffers
