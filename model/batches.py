@@ -17,7 +17,10 @@ def make_batch(
     neg_fraction: float,
     n_queries: int,
     augment_fraction: float = 0.0,
+    augment_strength: tuple[float, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
+    """`augment_strength` (DOMAIN_OUTPUTS order without 'unsupported'; default 1 each) scales
+    how often each variation is applied to a domain's augmented images (model.augment)."""
     images = data["image"][idx].astype(np.float32) / 255.0
     out = {k: data[k][idx].copy() for k in data if k not in ("image", "content")}
     n_neg = int(round(len(idx) * neg_fraction))
@@ -33,7 +36,9 @@ def make_batch(
             out["lesion_classes"][j],
             tuple(int(v) for v in data["content"][idx[j]]),  # type: ignore[arg-type]
         )
-        augment(sample, DOMAIN_OUTPUTS[int(out["domain"][j])], rng)
+        d = int(out["domain"][j])
+        strength = augment_strength[d] if augment_strength is not None else 1.0
+        augment(sample, DOMAIN_OUTPUTS[d], rng, strength=strength)
         images[j] = sample.image
         out["region_boxes"][j] = sample.region_boxes
         out["region_present"][j] = sample.region_present

@@ -25,7 +25,7 @@ from shared.inference.preprocess import (
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
-MODEL_VERSION = "medrega-ref-1.3.0"
+MODEL_VERSION = "medrega-ref-1.4.0"
 OPSET = 17
 
 OUTPUT_DOC = {
@@ -112,8 +112,19 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
     }
 
 
-def export(checkpoint: Path, out: Path) -> Path:
+def with_lesion_threshold(meta: dict, threshold: float) -> dict:
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"lesion threshold must be in (0, 1), got {threshold}")
+    cal = {**meta.get("calibration", {}), "lesion_threshold": float(threshold)}
+    return {**meta, "calibration": cal}
+
+
+def export(checkpoint: Path, out: Path, lesion_threshold: float | None = None) -> Path:
+    """`lesion_threshold` replaces the calibration's operating point (metadata only: scores
+    are unchanged), e.g. one chosen on validation under site variations."""
     model, meta = load_checkpoint(checkpoint)
+    if lesion_threshold is not None:
+        meta = with_lesion_threshold(meta, lesion_threshold)
     s = model.cfg.input_size
     image = torch.rand(2, 1, s, s)
     query = torch.tensor([[[0.1, 0.1, 0.5, 0.6]], [[0.4, 0.2, 0.9, 0.7]]], dtype=torch.float32)
@@ -151,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", default="ref", help="run folder under model/runs/")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument(
+        "--lesion-threshold", type=float, help="replace the calibrated lesion operating point"
+    )
     args = ap.parse_args(argv)
-    path = export(ROOT / "runs" / args.run / "model.pt", args.out)
+    path = export(ROOT / "runs" / args.run / "model.pt", args.out, args.lesion_threshold)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 

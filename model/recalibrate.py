@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from model import site_copies
 from model.calibration import calibrate
 from model.export import DEFAULT_OUT, export, load_weights
 from model.train import Recipe
@@ -52,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     meta = training_meta(args.onnx, dict(blob["net"]))
     recipe = Recipe()
     val = load_or_build("val", recipe.val_per_domain, model.cfg.input_size, recipe.max_side)
-    meta["calibration"] = calibrate(model, val)
+    site = (
+        site_copies.load_or_build(recipe.site_per_domain, model.cfg.input_size)
+        if recipe.site_per_domain
+        else None
+    )
+    meta["calibration"] = calibrate(model, val, site=site)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "model.pt"
         torch.save({"state_dict": model.state_dict(), "meta": meta}, checkpoint)

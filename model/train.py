@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model import site_copies
 from model.batches import make_batch
 from model.calibration import calibrate
 from model.labels import DOMAIN_OUTPUTS, FINDING_CODES, REGION_CODES
@@ -60,6 +61,12 @@ class Recipe:
     # extra abdominal CT images where lesions are confused or misplaced (model.hard_abdomen),
     # added to the training set
     hard_abd: int = 0
+    # how often the site variations hit each domain's augmented images (DOMAINS order; 1 = the
+    # rates in model.augment): more for a domain weak under noise, blur or low dose
+    augment_strength: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    # validation phantoms per domain under source-space site variations (model.site_copies)
+    # for the calibration's OOD gate and lesion threshold; 0 = none
+    site_per_domain: int = 100
 
 
 SMOKE = Recipe(
@@ -73,6 +80,7 @@ SMOKE = Recipe(
     max_steps=40,
     lr=2e-3,
     calibrate=False,
+    site_per_domain=0,
 )
 
 LOSS_WEIGHTS = {
@@ -207,7 +215,13 @@ def train(recipe: Recipe, log=print) -> dict:
         idx = np.sort(order[pos : pos + recipe.batch])
         pos += recipe.batch
         batch = make_batch(
-            data, idx, rng, recipe.neg_fraction, recipe.n_queries, recipe.augment_fraction
+            data,
+            idx,
+            rng,
+            recipe.neg_fraction,
+            recipe.n_queries,
+            recipe.augment_fraction,
+            tuple(recipe.augment_strength),
         )
         losses = compute_losses(model, batch)
         total = sum(
@@ -244,7 +258,12 @@ def train(recipe: Recipe, log=print) -> dict:
         val = load_or_build(
             "val", recipe.val_per_domain, recipe.input_size, recipe.max_side, workers
         )
-        result["calibration"] = calibrate(model, val, log=log)
+        site = (
+            site_copies.load_or_build(recipe.site_per_domain, recipe.input_size, log=log)
+            if recipe.site_per_domain
+            else None
+        )
+        result["calibration"] = calibrate(model, val, log=log, site=site)
     out_dir = RUNS / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "meta": result}, out_dir / "model.pt")
@@ -270,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--domain-weights", type=parse_domain_weights, help="e.g. abd_ct=2.5 (others weigh 1)"
     )
+    ap.add_argument(
+        "--augment-strength",
+        type=parse_domain_weights,
+        help="e.g. abd_ct=1.5: site variations that much more often on that domain",
+    )
     args = ap.parse_args(argv)
     recipe = SMOKE if args.smoke else Recipe()
     if args.minutes is not None:
@@ -290,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe.domain_weights = args.domain_weights
     if args.hard_abd is not None:
         recipe.hard_abd = args.hard_abd
+    if args.augment_strength is not None:
+        recipe.augment_strength = args.augment_strength
     result = train(recipe, log=lambda s: print(s, flush=True))
     fell = result["loss_last"] < result["loss_first"]
     print(
