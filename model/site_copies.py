@@ -25,7 +25,7 @@ from model import shifts
 from model.phantoms.generator import generate_image
 from model.phantoms.splits import seeds
 from model.phantoms.types import DOMAINS
-from model.training_data import CACHE_DIR, encode_targets
+from model.training_data import CACHE_DIR, encode_targets, stack_encoded
 from shared.inference.preprocess import preprocess
 
 KINDS = ("sharpen", "blur", "noise", "exposure", "contrast", "display")
@@ -69,16 +69,7 @@ def build(per_domain: int, size: int, seed: int = 0, log=print) -> dict[str, np.
                 x, t = preprocess(pixels, c, w, size, modality)
                 rows.append(encode_targets(img, di, (x * 255 + 0.5).astype(np.uint8), t))
                 kinds.append(ki)
-    data = {
-        "image": np.stack([e.image for e in rows]),
-        "domain": np.array([e.domain for e in rows], np.int64),
-        "region_boxes": np.stack([e.region_boxes for e in rows]),
-        "region_present": np.stack([e.region_present for e in rows]),
-        "lesion_boxes": np.stack([e.lesion_boxes for e in rows]),
-        "lesion_classes": np.stack([e.lesion_classes for e in rows]).astype(np.int64),
-        "content": np.stack([e.content for e in rows]),
-        "kind": np.array(kinds, np.int64),
-    }
+    data = {**stack_encoded(rows), "kind": np.array(kinds, np.int64)}
     log(f"site copies: {len(kinds)} images in {time.time() - t0:.0f}s")
     return data
 

@@ -84,7 +84,7 @@ def build(
     jobs = [
         (d, seed, size, max_side) for seed in seeds(split, per_domain) for d in range(len(DOMAINS))
     ]
-    return _stack(_run(_work, jobs, workers))
+    return stack_encoded(_run(_work, jobs, workers))
 
 
 def _work_hard(args: tuple[int, int, int]) -> Encoded:
@@ -97,7 +97,7 @@ def build_hard_abdomen(
 ) -> dict[str, np.ndarray]:
     """`count` extra abdominal CT images (model.hard_abdomen), training split seeds only."""
     jobs = [(seed, size, max_side) for seed in hard_seeds(count)]
-    return _stack(_run(_work_hard, jobs, workers))
+    return stack_encoded(_run(_work_hard, jobs, workers))
 
 
 def _run(fn, jobs: list, workers: int) -> list[Encoded]:
@@ -107,7 +107,8 @@ def _run(fn, jobs: list, workers: int) -> list[Encoded]:
     return [fn(j) for j in jobs]
 
 
-def _stack(items: list[Encoded]) -> dict[str, np.ndarray]:
+def stack_encoded(items: list[Encoded]) -> dict[str, np.ndarray]:
+    """Encoded images → one array per field, as the caches store them."""
     return {
         "image": np.stack([e.image for e in items]),
         "domain": np.array([e.domain for e in items], np.int64),

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 
 def test_the_large_buffer_bench_compares_both_settings() -> None:
-    output = subprocess.run(
-        [sys.executable, "-m", "ops.bench.large_buffers", "--images", "3", "--rounds", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=300,
-    ).stdout  # fmt: skip
-    result = json.loads(output.strip().splitlines()[-1])
+    result = run_bench("ops.bench.large_buffers", "--images", "3", "--rounds", "2", timeout=300)
     assert result["images"] == 3 and result["rounds"] == 2
     for side in ("default", "tuned"):
         assert result[f"{side}_ms"] > 0 and result[f"{side}_rss_mb"] > 0

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_bench
 
 
 def test_the_spinning_bench_compares_both_settings() -> None:
-    output = subprocess.run(
-        [sys.executable, "-m", "ops.bench.ort_spinning", "--images", "6", "--rounds", "2",
-         "--threads", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
-    result = json.loads(output.strip().splitlines()[-1])
+    result = run_bench(
+        "ops.bench.ort_spinning", "--images", "6", "--rounds", "2", "--threads", "2", timeout=120
+    )
     assert result["images"] == 6 and result["rounds"] == 2 and result["threads"] == 2
     for side in ("spin", "nospin"):
         assert result[f"{side}_wall_ms"] > 0 and result[f"{side}_cpu_ms"] > 0
