@@ -2,8 +2,8 @@
 
 glibc serves an allocation above its mmap threshold with a new mapping and unmaps it on free;
 the threshold adapts up to 32 MB only. A 3000 × 2835 X-ray is 34 MB as float32, so every
-temporary made while reading and preprocessing one (several per image) was a fresh mapping whose
-8,000-odd pages fault in on first touch: about half of `preprocess`'s time on such an image
+temporary made while reading and preprocessing one (several per image) was a fresh mapping, its
+34 MB faulted in page by page on first touch: about half of `preprocess`'s time on such an image
 (53 → 25 ms in a one-off loop on the development machine). Two settings fix it:
 - the mmap threshold above the largest image temporaries, so freed buffers stay on the heap;
 - one malloc arena. Each thread (Celery's pool, the reader pool) would otherwise get its own
@@ -11,8 +11,9 @@ temporary made while reading and preprocessing one (several per image) was a fre
   fresh mappings.
 
 The cost is memory kept: up to the trim threshold of free heap stays in the process instead of
-going back to the system. An operator's own MALLOC_* environment variables win (glibc reads
-them at start; this leaves those settings alone).
+going back to the system. An operator's own choice wins: a MALLOC_* environment variable leaves
+that setting alone, and any glibc.malloc tunable in GLIBC_TUNABLES leaves all of them alone
+(glibc reads both at start).
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ M_ARENA_MAX = -8
 
 MMAP_THRESHOLD_BYTES = 128 << 20  # above a 4300 × 3500 detector's float32 image (60 MB)
 TRIM_THRESHOLD_BYTES = 256 << 20  # free heap kept before any is returned to the system
-SETTINGS = (
-    ("MALLOC_ARENA_MAX", M_ARENA_MAX, 1),
+SETTINGS = (  # the threshold first (see keep_large_buffers)
     ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
     ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+    ("MALLOC_ARENA_MAX", M_ARENA_MAX, 1),
 )
 
 
 def keep_large_buffers() -> bool:
     """Apply the settings (call before the process starts its worker threads). False where the
-    C library is not glibc or refused them; the process then runs with its defaults."""
+    C library is not glibc, the operator set malloc tunables, or glibc refused a setting (those
+    after it are then not applied)."""
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it; musl and macOS differ)
@@ -48,11 +50,15 @@ def keep_large_buffers() -> bool:
         log.info("not glibc: malloc left at its defaults")
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    applied = True
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info("GLIBC_TUNABLES sets malloc: left as the operator chose")
+        return False
     for variable, parameter, value in SETTINGS:
         if variable in os.environ:
             continue  # the operator chose
-        applied = bool(mallopt(parameter, value)) and applied
-    if not applied:
-        log.warning("glibc refused a malloc setting; large buffers may be mapped afresh")
-    return applied
+        if not mallopt(parameter, value):
+            # The threshold comes first: an older glibc that caps it (32 MB) refuses it, and the
+            # other settings alone would freeze the threshold low, worse than the defaults.
+            log.warning("glibc refused malloc setting %s=%d; the rest left alone", variable, value)
+            return False
+    return True
