@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from ops.bench.paired import paired_medians, ratio
 from shared.config import get_settings
-from shared.inference.onnx_session import SPINNING_KEY, cpu_threads
+from shared.inference.onnx_session import cpu_threads, session_options
 from shared.inference.reference_onnx import ReferenceModel
 
 
@@ -51,11 +51,7 @@ def neighbour(stop: Any, count: Any) -> None:  # an mp.Event and an mp.Value('q'
 
 
 def session(path: Path, threads: int, spin: bool) -> ReferenceModel:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry(SPINNING_KEY, "1" if spin else "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(threads, spinning=spin)
     return ReferenceModel(
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     )

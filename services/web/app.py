@@ -7,6 +7,8 @@ Everything except sign-in, /healthz and /metrics needs a session.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +44,15 @@ from shared.observability.logs import configure_service_logging, route_to_root
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # In the serving process only (not whoever imports this module), before the first request
+    # starts the thread pool: the viewer renders full-size images (shared/large_buffers.py).
+    keep_large_buffers()
+    yield
+
+
 app = FastAPI(
     title="medrega-pacs review API",
     version="0.1.0",
@@ -57,13 +68,12 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
     openapi_url=None,
+    lifespan=_lifespan,
 )
 app.add_middleware(WebMiddleware)
 install_query_redaction()
 # Text or JSON lines (MEDREGA_LOG_FORMAT), uvicorn's own lines included.
 configure_service_logging("web", get_settings())
-# Before the request threads start: the viewer renders full-size images (shared/large_buffers.py).
-keep_large_buffers()
 route_to_root("uvicorn", "uvicorn.error", "uvicorn.access")
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -36,9 +36,6 @@ class ProviderError(RuntimeError):
     """The configured execution providers can't be honoured; the message says what to do."""
 
 
-SPINNING_KEY = "session.intra_op.allow_spinning"
-
-
 def cpu_threads() -> int:
     """Cores this process may run on (containers and taskset restrict this, not os.cpu_count)."""
     try:
@@ -117,6 +114,20 @@ def _model_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def session_options(threads: int | None = None, *, spinning: bool = False) -> ort.SessionOptions:
+    """What every model session starts from: `threads` intra-op threads (default: the cores this
+    process may use), one inter-op thread, every graph optimisation, and pool threads that sleep
+    between runs. ORT's default has them spin on a core between and after runs, which burns CPU
+    the listener, the web app and the other workers on the box need (about twice the CPU per
+    image run one at a time; ops/bench/ort_spinning.py, which alone asks for `spinning`)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 def create_session(
     model_path: Path,
     providers: Sequence[str],
@@ -131,14 +142,7 @@ def create_session(
     available = usable_providers(ort.get_available_providers())
     chosen = resolve_providers(providers, available, require_gpu=require_gpu)
     cache = cache_dir or model_path.parent / ".cache"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()
-    options.inter_op_num_threads = 1
-    # ORT's pool threads spin on a core between and after runs by default. On a box where the
-    # listener, the web app and other workers share the cores, that burns CPU they need (about
-    # twice the CPU per image run one at a time; ops/bench/ort_spinning.py).
-    options.add_session_config_entry(SPINNING_KEY, "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(threads)
     if chosen == ["CPUExecutionProvider"]:
         # Cache the optimised graph so a restarted worker starts faster (CPU only: ORT
         # documents optimised models as provider-specific).

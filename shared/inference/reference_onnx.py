@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.inference.onnx_session import SPINNING_KEY
+from shared.inference.onnx_session import session_options
 from shared.inference.preprocess import (
     LEGACY_NORMALISATION,
     NORMALISATION,
@@ -160,11 +160,7 @@ class ReferenceModel:
     ) -> ReferenceModel:
         """A plain session; the worker may build its own (shared.inference.onnx_session) and
         pass it to the constructor instead."""
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.add_session_config_entry(SPINNING_KEY, "0")  # as the services' sessions
+        options = session_options(threads)  # as the services' sessions, without their cache
         session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         return cls(session)
 

@@ -132,3 +132,21 @@ def test_a_refused_threshold_leaves_the_other_settings_alone(libc: FakeLibc) -> 
     libc.refuse = large_buffers.M_MMAP_THRESHOLD
     assert not large_buffers.keep_large_buffers()
     assert libc.calls == [large_buffers.M_MMAP_THRESHOLD]
+
+
+def test_the_web_app_applies_it_when_it_starts_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.web import app as web
+
+    calls: list[str] = []
+
+    def record() -> bool:
+        calls.append("applied")
+        return True
+
+    monkeypatch.setattr(web, "keep_large_buffers", record)
+    with TestClient(web.app):
+        assert calls == ["applied"]
