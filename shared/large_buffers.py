@@ -3,15 +3,16 @@
 glibc serves an allocation above its mmap threshold with a new mapping and unmaps it on free;
 the threshold adapts up to 32 MB only. A 3000 × 2835 X-ray is 34 MB as float32, so every
 temporary made while reading and preprocessing one (several per image) was a fresh mapping, its
-34 MB faulted in page by page on first touch: about half of `preprocess`'s time on such an image
-(53 → 25 ms in a one-off loop on the development machine). Two settings fix it:
+34 MB faulted in page by page on first touch. Reading and preprocessing one such X-ray in a
+worker thread took 83.6 ms with glibc's defaults and 44.4 ms with the two settings below
+(ops/bench/large_buffers.py):
 - the mmap threshold above the largest image temporaries, so freed buffers stay on the heap;
 - one malloc arena. Each thread (Celery's pool, the reader pool) would otherwise get its own
   arena, made of heaps of at most 64 MB, where two such buffers don't fit, so they went back to
   fresh mappings.
 
-The cost is memory kept: up to the trim threshold of free heap stays in the process instead of
-going back to the system. An operator's own choice wins: a MALLOC_* environment variable leaves
+The cost is memory kept: freed heap stays with the process (the top of the heap is returned only
+past the trim threshold; free memory below it is not), about 190 MB more in that bench. An operator's own choice wins: a MALLOC_* environment variable leaves
 that setting alone, and any glibc.malloc tunable in GLIBC_TUNABLES leaves all of them alone
 (glibc reads both at start).
 """
