@@ -132,7 +132,7 @@ def test_noise_rate_grows_with_strength(
 
 
 def test_export_can_replace_the_lesion_threshold() -> None:
-    """The shipped 1.4.0's operating point (0.60) was chosen on validation under site
+    """A shipped operating point (1.4.0: 0.70) can be chosen on validation under site
     variations after training; the export writes it instead of the calibration's."""
     import pytest as _pytest
 
