@@ -5,8 +5,8 @@ FROM debian:bookworm-slim
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3.11 python3.11-venv orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools \
-      fonts-noto-cjk ca-certificates \
+      python3.11 python3.11-venv orthanc orthanc-python orthanc-dicomweb orthanc-postgresql dcmtk \
+      dicom3tools fonts-noto-cjk ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TCP_NODELAY=1

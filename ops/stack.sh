@@ -187,6 +187,7 @@ start_proxy() {
   local dir="$VAR/nginx"
   mkdir -p "$dir/tmp"
   export MEDREGA_NGINX_DIR="$dir" MEDREGA_HTTPS_PORT="$HTTPS_PORT" MEDREGA_HTTP_PORT="$HTTP_PORT"
+  export MEDREGA_HTTPS_REDIRECT_PORT="$HTTPS_PORT"
   export MEDREGA_WEB_UPSTREAM="127.0.0.1:$(settings s.web_port)"
   render_template "$ROOT/ops/nginx/medrega-site.conf.template" "$dir/medrega-site.conf"
   render_template "$ROOT/ops/nginx/nginx-local.conf.template" "$dir/nginx.conf"

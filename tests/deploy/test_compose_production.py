@@ -208,3 +208,38 @@ def test_the_provider_list_matches_what_each_image_contains(compose: dict[str, A
             assert listed == ["CPUExecutionProvider"], name
         elif not gpu_has_tensorrt:
             assert listed == ["CUDAExecutionProvider", "CPUExecutionProvider"], name
+
+
+def test_every_app_container_takes_the_site_settings_file(compose: dict[str, Any]) -> None:
+    """A MEDREGA_* setting the operator puts in .env (the retention size cap, the FHIR server,
+    OIDC) reaches the processes, not only the ${…} interpolation; a site without .env still
+    starts. Compose lets `environment:` win over the file."""
+    apps = {
+        n: s
+        for n, s in compose["services"].items()
+        if "MEDREGA_DATABASE_URL" in s.get("environment", {})
+    }
+    assert {"web", "retention", "worker", "delivery-worker", "listener", "orthanc"} <= set(apps)
+    for name, service in apps.items():
+        assert {"path": ".env", "required": False} in service.get("env_file", []), name
+
+
+def test_plain_http_redirects_to_the_published_https_port(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    [published] = [p.rsplit(":", 1)[0] for p in proxy["ports"] if p.endswith(":443")]
+    assert proxy["environment"]["MEDREGA_HTTPS_REDIRECT_PORT"] == published
+    template = (ROOT / "ops/nginx/medrega-site.conf.template").read_text()
+    assert "return 301 https://$host:${MEDREGA_HTTPS_REDIRECT_PORT}$request_uri;" in template
+
+
+def test_the_orthanc_image_has_the_index_plugin_its_default_loads(compose: dict[str, Any]) -> None:
+    """Compose defaults Orthanc's index to PostgreSQL, which loads Debian's
+    libOrthancPostgreSQLIndex.so: the image Orthanc runs must install that package."""
+    orthanc = compose["services"]["orthanc"]
+    assert resolved(orthanc["environment"]["MEDREGA_ORTHANC_INDEX_DATABASE"]) == "orthanc"
+    dockerfile = _dockerfile(orthanc)
+    assert dockerfile is not None
+    code = "\n".join(
+        line for line in (ROOT / dockerfile).read_text().splitlines() if not line.startswith("#")
+    )
+    assert re.search(r"apt-get install[^&]*\borthanc-postgresql\b", code)
