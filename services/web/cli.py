@@ -37,30 +37,38 @@ def _read_password() -> str:
 
 def create_user(
     username: str,
-    full_name: str,
+    full_name: str | None,
     password: str,
-    role: UserRole,
+    role: UserRole | None,
     dicom_person_name: str | None = None,
     *,
     update: bool = False,
 ) -> tuple[int, bool]:
     """Create (or with `update`, reset) a user; returns (id, created).
 
-    PasswordRejected when the password breaks the policy (password_policy.py). A reset ends
-    every session the user had."""
+    A new user needs a full name (role: radiologist unless given). A reset sets the password,
+    reactivates the account and ends every session it had; its full name, DICOM name and role
+    change only where given, so resetting an admin's password never demotes it and never drops
+    the DICOM name its signed reports carry. PasswordRejected when the password breaks the
+    policy (password_policy.py)."""
     password_hash = hash_new_password(password, username)
     with sessionmaker(get_engine()).begin() as session:
         user = session.scalar(select(User).where(User.username == username))
         created = user is None
         if user is None:
-            user = User(username=username)
+            if not full_name:
+                raise SystemExit(f"user {username!r} is new: --full-name is required")
+            user = User(username=username, role=role or UserRole.RADIOLOGIST)
             session.add(user)
         elif not update:
             raise SystemExit(f"user {username!r} exists; pass --update to reset it")
         user.password_hash = password_hash
-        user.full_name = full_name
-        user.dicom_person_name = dicom_person_name
-        user.role = role
+        if full_name:
+            user.full_name = full_name
+        if dicom_person_name is not None or created:
+            user.dicom_person_name = dicom_person_name
+        if role is not None:
+            user.role = role
         user.active = True
         session.flush()
         if not created:
@@ -71,7 +79,7 @@ def create_user(
                 object_type="user",
                 object_id=str(user.id),
                 username="cli",
-                details={"role": role.value, "via": "cli"},
+                details={"role": UserRole(user.role).value, "via": "cli"},
             )
         )
         return user.id, created
@@ -87,14 +95,21 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
     else:
         target = parser
     target.add_argument("--username", required=True)
-    target.add_argument("--full-name", required=True)
-    target.add_argument("--dicom-name", help='DICOM Person Name, e.g. "Li^Wei"')
+    target.add_argument("--full-name", help="required for a new user; --update: kept unless given")
+    target.add_argument(
+        "--dicom-name", help='DICOM Person Name, e.g. "Li^Wei" (--update: kept unless given)'
+    )
     target.add_argument(
         "--role",
         choices=[r.value for r in UserRole],
-        default=(default_role or UserRole.RADIOLOGIST).value,
+        help=f"new user: default {(default_role or UserRole.RADIOLOGIST).value}; "
+        "--update: kept unless given",
     )
-    target.add_argument("--update", action="store_true", help="reset an existing user")
+    target.add_argument(
+        "--update",
+        action="store_true",
+        help="reset an existing user: new password, reactivated, sessions ended",
+    )
     args = parser.parse_args(argv)
     password = _read_password()
     try:
@@ -102,14 +117,14 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
             args.username,
             args.full_name,
             password,
-            UserRole(args.role),
+            UserRole(args.role) if args.role else (None if args.update else default_role),
             args.dicom_name,
             update=args.update,
         )
     except PasswordRejected as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{'created' if created else 'updated'} {args.role} {args.username!r} (id {user_id})")
+    print(f"{'created' if created else 'updated'} {args.username!r} (id {user_id})")
     return 0
 
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from sqlalchemy import Exists, Select, exists, func, or_, select
+from sqlalchemy import ColumnElement, Exists, ScalarSelect, Select, and_, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
@@ -76,15 +76,36 @@ def _escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _current_report_status() -> ScalarSelect:
+    """The status of the study's newest report version (what display_status reads)."""
+    return (
+        select(Report.status)
+        .where(Report.study_id == Study.id, Report.status != ReportStatus.SUPERSEDED)
+        .order_by(Report.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _status_condition(status: str) -> ColumnElement[bool]:
+    """display_status in SQL: a filter returns exactly the rows showing that status."""
+    failed = _failed_delivery_exists()
+    if status == "delivery_failed":
+        return failed
+    edited = _current_report_status() == ReportStatus.EDITED
+    not_edited = or_(_current_report_status().is_(None), ~edited)
+    by_state: dict[str, ColumnElement[bool]] = {
+        "receiving": Study.state.in_([StudyState.RECEIVING, StudyState.STABLE]),
+        "draft_ready": and_(Study.state == StudyState.DRAFTED, not_edited),
+        "in_review": and_(Study.state.in_([StudyState.DRAFTED, StudyState.SIGNED]), edited),
+        "signed": and_(Study.state == StudyState.SIGNED, not_edited),
+    }
+    return and_(by_state.get(status, Study.state == status), ~failed)
+
+
 def _filtered(query: Select, f: WorklistFilter) -> Select:
-    if f.status == "receiving":
-        query = query.where(Study.state.in_([StudyState.RECEIVING, StudyState.STABLE]))
-    elif f.status in ("draft_ready", "in_review"):
-        query = query.where(Study.state == StudyState.DRAFTED)
-    elif f.status == "delivery_failed":
-        query = query.where(_failed_delivery_exists())
-    elif f.status is not None:
-        query = query.where(Study.state == f.status)
+    if f.status is not None:
+        query = query.where(_status_condition(f.status))
     if f.modality:
         query = query.where(
             exists(

@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.web.worklist_query import STATUSES
 from shared.db.models import (
     AuditEvent,
     Delivery,
@@ -82,6 +83,38 @@ def test_worklist_orders_critical_first_then_newest_and_filters(
         "q=" + "x" * 200,
     ):
         assert rad_client.get("/api/v1/worklist?" + bad).status_code == 422, bad
+
+
+def test_each_status_filter_returns_exactly_the_rows_showing_that_status(
+    rad_client: TestClient, db_session: Session, web_env: Path, tmp_path: Path
+) -> None:
+    """draft ready / in review / signed follow the current version as the row shows it: an
+    edited draft is in review, not draft ready; a signed study being amended is in review."""
+    work = tmp_path / "ph"
+    ready, editing, signed, amending = (
+        make_drafted_study(db_session, web_env, work, seed=seed).study_id for seed in (1, 2, 3, 4)
+    )
+    edit = {"op": "edit_sentence", "index": 0, "en": "Reviewed.", "zh": "已审阅。"}
+    assert _edit(rad_client, editing, 1, edit)["study"]["status"] == "in_review"
+    for sid in (signed, amending):
+        sign = rad_client.post(
+            f"/api/v1/studies/{sid}/report/sign", json={"base_version": 1, "confirm": True}
+        )
+        assert sign.status_code == 200, sign.text
+    assert _edit(rad_client, amending, 2, edit)["study"]["status"] == "in_review"
+    shown = {i["id"]: i["status"] for i in rad_client.get("/api/v1/worklist").json()["items"]}
+    assert shown == {
+        ready: "draft_ready",
+        editing: "in_review",
+        signed: "signed",
+        amending: "in_review",
+    }
+    for status in STATUSES:
+        response = rad_client.get(f"/api/v1/worklist?status={status}")
+        assert response.status_code == 200, response.text
+        ids = {item["id"] for item in response.json()["items"]}
+        assert ids == {sid for sid, s in shown.items() if s == status}, status
+        assert response.json()["total"] == len(ids)
 
 
 def test_delivery_failed_is_a_status_and_an_admin_can_retry_it(
