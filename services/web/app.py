@@ -1,8 +1,9 @@
 """FastAPI application: the radiologists' review UI and its JSON API.
 
 Pages are server-rendered (Jinja2, autoescaped) with a little vendored vanilla JS; the JSON API
-under /api/v1 is what that JS (and any other client) uses, documented at /docs (OpenAPI).
-Everything except sign-in, /healthz and /metrics needs a session.
+under /api/v1 is what that JS (and any other client) uses, described by /api/v1/openapi.json
+(signed in; /docs is off). Everything except sign-in, /healthz, /metrics, the FHIR metadata and
+static files needs a session.
 """
 
 from __future__ import annotations

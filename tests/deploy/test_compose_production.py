@@ -220,6 +220,7 @@ def test_every_app_container_takes_the_site_settings_file(compose: dict[str, Any
         if "MEDREGA_DATABASE_URL" in s.get("environment", {})
     }
     assert {"web", "retention", "worker", "delivery-worker", "listener", "orthanc"} <= set(apps)
+    apps["medrega-server"] = compose["services"]["medrega-server"]  # MEDREGA_SERVER_*
     for name, service in apps.items():
         assert {"path": ".env", "required": False} in service.get("env_file", []), name
 
