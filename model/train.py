@@ -176,6 +176,9 @@ def parse_domain_weights(text: str) -> tuple[float, ...]:
 
 
 def train(recipe: Recipe, log=print) -> dict:
+    # The code that trains is the checkout at the start: commits made while a long run goes on
+    # must not be recorded as its training commit.
+    commit = git_commit()
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -248,7 +251,7 @@ def train(recipe: Recipe, log=print) -> dict:
         "train_seconds": round(time.time() - t0, 1),
         "loss_first": float(np.mean(history[:5])),
         "loss_last": float(np.mean(history[-5:])),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "vocab_version": load_vocab().version,
         "region_codes": list(REGION_CODES),
         "finding_codes": list(FINDING_CODES),
