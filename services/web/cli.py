@@ -43,8 +43,8 @@ def create_user(
     dicom_person_name: str | None = None,
     *,
     update: bool = False,
-) -> tuple[int, bool]:
-    """Create (or with `update`, reset) a user; returns (id, created).
+) -> tuple[int, bool, str]:
+    """Create (or with `update`, reset) a user; returns (id, created, role).
 
     A new user needs a full name (role: radiologist unless given). A reset sets the password,
     reactivates the account and ends every session it had; its full name, DICOM name and role
@@ -82,7 +82,7 @@ def create_user(
                 details={"role": UserRole(user.role).value, "via": "cli"},
             )
         )
-        return user.id, created
+        return user.id, created, UserRole(user.role).value
 
 
 def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = None) -> int:
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
     args = parser.parse_args(argv)
     password = _read_password()
     try:
-        user_id, created = create_user(
+        user_id, created, role = create_user(
             args.username,
             args.full_name,
             password,
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
     except PasswordRejected as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{'created' if created else 'updated'} {args.username!r} (id {user_id})")
+    print(f"{'created' if created else 'updated'} {role} {args.username!r} (id {user_id})")
     return 0
 
 

@@ -30,13 +30,14 @@ def _user(session: Session, username: str) -> User:
 
 
 def test_a_password_reset_keeps_the_role_and_the_dicom_name(
-    monkeypatch: pytest.MonkeyPatch, db_session: Session
+    monkeypatch: pytest.MonkeyPatch, db_session: Session, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _run(monkeypatch, "create-user", "--username", "pacs.admin", "--full-name",
                 "PACS Admin", "--dicom-name", "Admin^PACS", "--role", "admin") == 0  # fmt: skip
     before = _user(db_session, "pacs.admin").password_hash
     # The reset an admin would type after a forgotten password: no --role, no --dicom-name.
     assert _run(monkeypatch, "create-user", "--username", "pacs.admin", "--update") == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("updated admin 'pacs.admin'")
     user = _user(db_session, "pacs.admin")
     assert user.role == UserRole.ADMIN
     assert user.dicom_person_name == "Admin^PACS"
