@@ -49,7 +49,7 @@ _DELETABLE = """
     AND NOT EXISTS (SELECT 1 FROM draft_jobs j WHERE j.study_id = s.id
                     AND j.state IN ('pending', 'queued', 'running'))
     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.study_id = s.id
-                    AND d.state IN ('pending', 'in_flight', 'retrying'))
+                    AND d.state IN ('pending', 'in_flight', 'retrying', 'failed'))
 """
 
 
@@ -127,8 +127,13 @@ def purge_study(session: Session, storage_dir: Path, study_id: int) -> tuple[int
     """Delete a deletable study's files (its lifecycle lock held, the rule checked again);
     returns (files, bytes) deleted. Call inside a transaction."""
     lock_study(session, study_id)
+    # FOR SHARE: the listener does not take the lifecycle lock, but every batch it stores for a
+    # study updates the study's row (and raises its flags there). Holding the row makes a batch
+    # that commits after this check wait until the purge has committed, and one that committed
+    # before it fail the check; the files listed next are then exactly those checked.
     still = session.execute(
-        text(f"SELECT 1 FROM studies s WHERE s.id = :id AND {_DELETABLE}"), {"id": study_id}
+        text(f"SELECT 1 FROM studies s WHERE s.id = :id AND {_DELETABLE} FOR SHARE OF s"),
+        {"id": study_id},
     ).first()
     if still is None:
         return 0, 0

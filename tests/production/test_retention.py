@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from ops.retention import RetentionPolicy, apply_retention, storage_usage
+from ops.retention import RetentionPolicy, apply_retention, purge_study, storage_usage
 from shared.config import REPO_ROOT
 from shared.db.models import Delivery, Instance, Study, User, UserRole
 from shared.reports.deliveries import create_deliveries
@@ -154,3 +155,66 @@ def test_the_cli_runs_one_pass_with_the_configured_limits(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode != 0 and "retention_max_age_days" in refused.stderr
+
+
+def test_a_failed_delivery_keeps_the_images_its_retry_reads(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    """A delivery that ran out of retries waits for an admin's retry, which rebuilds the SR, the
+    GSPS and the KOS from the study's files: they stay."""
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    with Session(clean_db, expire_on_commit=False) as session:
+        user = make_user(session, "li.wei", UserRole.RADIOLOGIST)
+        failed = _signed(session, storage, work, user, seed=7, days=200, deliveries="retrying")
+        session.execute(
+            text("UPDATE deliveries SET state = 'failed' WHERE study_id = :id AND state = "
+                 "'retrying'"), {"id": failed},
+        )  # fmt: skip
+        session.commit()
+    result = apply_retention(
+        clean_db, storage, RetentionPolicy(max_age=timedelta(0), max_storage_bytes=1)
+    )
+    assert result.purged_study_ids == []
+    assert all(p.exists() for p in _files(clean_db, storage, failed))
+
+
+def test_a_late_image_stored_during_a_purge_is_never_deleted(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    """The listener takes no lifecycle lock. A batch that raises the study's flag while a purge
+    is deciding (its transaction open on the study row) makes the purge wait and then keep the
+    study: no file goes whose study is no longer deletable."""
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    with Session(clean_db, expire_on_commit=False) as session:
+        user = make_user(session, "li.wei", UserRole.RADIOLOGIST)
+        study_id = _signed(session, storage, work, user, seed=8, days=200)
+    listener = Session(clean_db)
+    listener.begin()
+    # What the listener's batch does for an image arriving after sign-off (indexer.py).
+    listener.execute(
+        text("UPDATE studies SET new_images_after_signoff = true WHERE id = :id"), {"id": study_id}
+    )
+    outcome: list[object] = []
+
+    def purge() -> None:
+        with Session(clean_db) as session, session.begin():
+            outcome.append(purge_study(session, storage, study_id))
+
+    worker = threading.Thread(target=purge)
+    worker.start()
+    # The barrier: the purge's backend is waiting for the listener's row lock.
+    with clean_db.connect() as probe:
+        for _ in range(200):
+            waiting = probe.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND datname = current_database()")
+            ).scalar()  # fmt: skip
+            if waiting or not worker.is_alive():
+                break
+            threading.Event().wait(0.05)
+    assert worker.is_alive(), f"the purge did not wait for the listener's batch: {outcome}"
+    listener.commit()
+    listener.close()
+    worker.join(timeout=30)
+    assert outcome == [(0, 0)]
+    assert all(p.exists() for p in _files(clean_db, storage, study_id))
