@@ -71,7 +71,9 @@ restore() {
   mkdir -p "$STORAGE"
   [ -z "$(ls -A "$STORAGE")" ] || die "storage directory is not empty: $STORAGE (restore into an empty one)"
   log "restoring database into $PGDATABASE@$PGHOST:$PGPORT"
-  pg_restore --clean --if-exists --no-owner --exit-on-error --dbname="$PGDATABASE" "$src/database.dump"
+  # One transaction: a restore that fails halfway leaves the database as it was, not half dropped.
+  pg_restore --clean --if-exists --no-owner --exit-on-error --single-transaction \
+    --dbname="$PGDATABASE" "$src/database.dump"
   log "restoring storage into $STORAGE"
   tar -C "$STORAGE" -xf "$src/storage.tar"
   if [ -f "$src/orthanc.tar" ] && [ -n "${MEDREGA_ORTHANC_DIR:-}" ]; then

@@ -232,7 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     if policy.max_age is None and policy.max_storage_bytes is None:
         log.info("no retention limits set (MEDREGA_RETENTION_*): images are kept")
     while True:
-        result = apply_retention(get_engine(), settings.storage_dir, policy, dry_run=args.dry_run)
+        try:
+            result = apply_retention(
+                get_engine(), settings.storage_dir, policy, dry_run=args.dry_run
+            )
+        except Exception:
+            # A database restart or one unreadable file must not end the hourly service: nothing
+            # supervises it under ops/stack.sh, and storage would fill without a word.
+            log.exception("retention pass failed")
+            if args.every is None:
+                return 1
+            time.sleep(args.every)
+            continue
         log.info(
             "%s %d studies, %d files, %d bytes%s",
             "would purge" if args.dry_run else "purged",

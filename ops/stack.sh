@@ -89,7 +89,15 @@ start_postgres() {
     log "creating database $DB_NAME"
     psql -h 127.0.0.1 -U postgres -d postgres -qc "create database \"$DB_NAME\""
   fi
-  "$PY" -m alembic -c "$ROOT/alembic.ini" upgrade head 2>&1 | grep -v '^INFO' >&2 || true
+  # A failed migration stops the start: nothing may run against the old schema. Only the filter
+  # (grep finding no line to print) may "fail".
+  local out status=0
+  out="$("$PY" -m alembic -c "$ROOT/alembic.ini" upgrade head 2>&1)" || status=$?
+  printf '%s\n' "$out" | grep -v '^INFO' >&2 || true
+  if [ "$status" -ne 0 ]; then
+    log "database migration failed (alembic exit $status): nothing started"
+    exit 1
+  fi
 }
 
 start_rabbitmq() {

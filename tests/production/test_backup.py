@@ -80,6 +80,27 @@ def test_backup_then_restore_into_a_fresh_database_and_storage(
     finally:
         restored.dispose()
 
+    # A restore that fails halfway leaves the live database as it was, not half dropped: here a
+    # view a site added on `reports` makes --clean's DROP TABLE fail.
+    restored = create_engine(restore_url)
+    try:
+        with restored.begin() as conn:
+            conn.execute(text("CREATE VIEW site_report_counts AS "
+                              "SELECT study_id, count(*) AS n FROM reports GROUP BY study_id"))  # fmt: skip
+        live = _snapshot(restored)
+        env = {**os.environ, "MEDREGA_DATABASE_URL": restore_url,
+               "MEDREGA_STORAGE_DIR": str(tmp_path / "empty-storage")}  # fmt: skip
+        failed = subprocess.run(
+            [str(BACKUP), "restore", str(backup_dir)], env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert failed.returncode != 0 and "depend" in failed.stderr, failed.stderr
+        assert _snapshot(restored) == live
+        with restored.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM site_report_counts")).scalar()
+    finally:
+        restored.dispose()
+
     # A damaged backup is refused before anything is touched.
     with (backup_dir / "storage.tar").open("r+b") as handle:
         handle.seek(600)

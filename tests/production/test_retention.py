@@ -218,3 +218,32 @@ def test_a_late_image_stored_during_a_purge_is_never_deleted(
     worker.join(timeout=30)
     assert outcome == [(0, 0)]
     assert all(p.exists() for p in _files(clean_db, storage, study_id))
+
+
+def test_the_hourly_service_outlives_a_database_that_is_down(tmp_path: Path) -> None:
+    """With `--every`, a failed pass (here: nothing listens where the database should be) is
+    logged and the next one comes; one pass alone exits 1."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    env = {**os.environ, "MEDREGA_STORAGE_DIR": str(storage), "MEDREGA_RETENTION_MAX_AGE_DAYS": "30",
+           "MEDREGA_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"}  # fmt: skip
+    once = subprocess.run(
+        [sys.executable, "-m", "ops.retention"], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert once.returncode == 1 and "retention pass failed" in once.stderr
+    service = subprocess.Popen(
+        [sys.executable, "-m", "ops.retention", "--every", "1"], cwd=REPO_ROOT, env=env,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert service.stderr is not None
+        failures = 0
+        for line in service.stderr:  # blocks until the service writes; ends if it exits
+            failures += "retention pass failed" in line
+            if failures == 3:
+                break
+        assert failures == 3 and service.poll() is None
+    finally:
+        service.kill()
+        service.wait(timeout=30)
