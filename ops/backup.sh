@@ -79,6 +79,8 @@ restore() {
   if [ -f "$src/orthanc.tar" ] && [ -n "${MEDREGA_ORTHANC_DIR:-}" ]; then
     mkdir -p "$MEDREGA_ORTHANC_DIR"
     tar -C "$MEDREGA_ORTHANC_DIR" -xf "$src/orthanc.tar"
+  elif [ -f "$src/orthanc.tar" ]; then
+    log "orthanc.tar NOT restored: set MEDREGA_ORTHANC_DIR to the bundled Orthanc's work directory (Orthanc stopped) to restore it"
   fi
   log "restored from $src"
 }

@@ -172,6 +172,9 @@ def apply_retention(
     result = RetentionResult()
 
     def purge(study_id: int) -> int:
+        # A dry run deletes nothing, so the size pass would meet the age pass's studies again.
+        if study_id in result.purged_study_ids:
+            return 0
         with Session(engine) as session, session.begin():
             if dry_run:
                 files, size = study_file_usage(session, storage_dir, study_id)
@@ -189,7 +192,8 @@ def apply_retention(
         for study_id in old:
             purge(study_id)
     if policy.max_storage_bytes is not None:
-        usage = storage_usage(storage_dir)
+        # What the age pass freed (a dry run: would free) no longer counts.
+        usage = storage_usage(storage_dir) - (result.bytes if dry_run else 0)
         if usage > policy.max_storage_bytes:
             with Session(engine) as session:
                 candidates = deletable_studies(session)

@@ -247,3 +247,24 @@ def test_the_hourly_service_outlives_a_database_that_is_down(tmp_path: Path) -> 
     finally:
         service.kill()
         service.wait(timeout=30)
+
+
+def test_a_dry_run_with_both_limits_reports_what_a_real_pass_deletes(
+    clean_db: Engine, tmp_path: Path
+) -> None:
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    with Session(clean_db, expire_on_commit=False) as session:
+        user = make_user(session, "li.wei", UserRole.RADIOLOGIST)
+        old = _signed(session, storage, work, user, seed=9, days=200)
+        recent = _signed(session, storage, work, user, seed=10, days=1)
+    old_bytes = sum(p.stat().st_size for p in _files(clean_db, storage, old))
+    # The size cap is met once the age limit has freed the old study: the recent one stays.
+    policy = RetentionPolicy(
+        max_age=timedelta(days=90), max_storage_bytes=storage_usage(storage) - old_bytes
+    )
+    dry = apply_retention(clean_db, storage, policy, dry_run=True)
+    real = apply_retention(clean_db, storage, policy)
+    assert dry.purged_study_ids == real.purged_study_ids == [old]
+    assert (dry.files, dry.bytes) == (real.files, real.bytes) and dry.bytes == old_bytes
+    assert dry.storage_bytes_after == real.storage_bytes_after and not dry.over_limit
+    assert all(p.exists() for p in _files(clean_db, storage, recent))
