@@ -53,11 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = training_meta(args.onnx, dict(blob["net"]))
     recipe = Recipe()
     val = load_or_build("val", recipe.val_per_domain, model.cfg.input_size, recipe.max_side)
-    site = (
-        site_copies.load_or_build(recipe.site_per_domain, model.cfg.input_size)
-        if recipe.site_per_domain
-        else None
-    )
+    site = site_copies.load_or_build(recipe.site_per_domain, model.cfg.input_size)
     meta["calibration"] = calibrate(model, val, site=site)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "model.pt"

@@ -17,7 +17,6 @@ full resolution as the evaluation renders them; X-rays at most CXR_MAX_SIDE a si
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from model import shifts
 from model.phantoms.generator import generate_image
 from model.phantoms.splits import seeds
 from model.phantoms.types import DOMAINS
-from model.training_data import CACHE_DIR, encode_targets, stack_encoded
+from model.training_data import CACHE_DIR, cached_arrays, encode_targets, stack_encoded
 from shared.inference.preprocess import preprocess
 
 KINDS = ("sharpen", "blur", "noise", "exposure", "contrast", "display")
@@ -74,14 +73,9 @@ def build(per_domain: int, size: int, seed: int = 0, log=print) -> dict[str, np.
     return data
 
 
-def load_or_build(per_domain: int, size: int, log=print) -> dict[str, np.ndarray]:
-    path: Path = CACHE_DIR / f"site-v1-val-{per_domain}-{size}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    data = build(per_domain, size, log=log)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(path)
-    return data
+def load_or_build(per_domain: int, size: int, log=print) -> dict[str, np.ndarray] | None:
+    """The cached site copies; None when the recipe asks for none (`per_domain` 0)."""
+    if not per_domain:
+        return None
+    path = CACHE_DIR / f"site-v1-val-{per_domain}-{size}.npz"
+    return cached_arrays(path, lambda: build(per_domain, size, log=log))

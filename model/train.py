@@ -261,11 +261,7 @@ def train(recipe: Recipe, log=print) -> dict:
         val = load_or_build(
             "val", recipe.val_per_domain, recipe.input_size, recipe.max_side, workers
         )
-        site = (
-            site_copies.load_or_build(recipe.site_per_domain, recipe.input_size, log=log)
-            if recipe.site_per_domain
-            else None
-        )
+        site = site_copies.load_or_build(recipe.site_per_domain, recipe.input_size, log=log)
         result["calibration"] = calibrate(model, val, log=log, site=site)
     out_dir = RUNS / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)

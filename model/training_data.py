@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -133,15 +134,22 @@ def load_or_build(
     `per_domain` extra abdominal CT images (model.hard_abdomen, training seeds)."""
     # v2: modality-aware preprocessing and content boxes (older caches are not reused)
     path = CACHE_DIR / f"v2-{split}-{per_domain}-{size}-{max_side}.npz"
+    if split == "hard_abd":
+        return cached_arrays(path, lambda: build_hard_abdomen(per_domain, size, max_side, workers))
+    return cached_arrays(path, lambda: build(split, per_domain, size, max_side, workers))
+
+
+def cached_arrays(
+    path: Path, build_arrays: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The arrays stored at `path`, or `build_arrays()` stored there first (written to a
+    temporary name and renamed, so an interrupted build leaves no half cache)."""
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
     t0 = time.time()
-    if split == "hard_abd":
-        data = build_hard_abdomen(per_domain, size, max_side, workers)
-    else:
-        data = build(split, per_domain, size, max_side, workers)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    data = build_arrays()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **data)
     tmp.rename(path)
