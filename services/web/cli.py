@@ -43,10 +43,11 @@ def create_user(
     dicom_person_name: str | None = None,
     *,
     update: bool = False,
+    new_user_role: UserRole = UserRole.RADIOLOGIST,
 ) -> tuple[int, bool, str]:
     """Create (or with `update`, reset) a user; returns (id, created, role).
 
-    A new user needs a full name (role: radiologist unless given). A reset sets the password,
+    A new user needs a full name (role: `role`, else `new_user_role`). A reset sets the password,
     reactivates the account and ends every session it had; its full name, DICOM name and role
     change only where given, so resetting an admin's password never demotes it and never drops
     the DICOM name its signed reports carry. PasswordRejected when the password breaks the
@@ -58,19 +59,20 @@ def create_user(
         if user is None:
             if not full_name:
                 raise SystemExit(f"user {username!r} is new: --full-name is required")
-            user = User(username=username, role=role or UserRole.RADIOLOGIST)
+            user = User(username=username, role=role or new_user_role)
             session.add(user)
         elif not update:
             raise SystemExit(f"user {username!r} exists; pass --update to reset it")
         user.password_hash = password_hash
         if full_name:
             user.full_name = full_name
-        if dicom_person_name is not None or created:
+        if dicom_person_name is not None:
             user.dicom_person_name = dicom_person_name
         if role is not None:
             user.role = role
         user.active = True
         session.flush()
+        role_now = UserRole(user.role).value
         if not created:
             revoke_user_sessions(session, user.id, "password_reset")
         session.add(
@@ -79,10 +81,10 @@ def create_user(
                 object_type="user",
                 object_id=str(user.id),
                 username="cli",
-                details={"role": UserRole(user.role).value, "via": "cli"},
+                details={"role": role_now, "via": "cli"},
             )
         )
-        return user.id, created, UserRole(user.role).value
+        return user.id, created, role_now
 
 
 def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = None) -> int:
@@ -117,9 +119,10 @@ def main(argv: Sequence[str] | None = None, *, default_role: UserRole | None = N
             args.username,
             args.full_name,
             password,
-            UserRole(args.role) if args.role else (None if args.update else default_role),
+            UserRole(args.role) if args.role else None,
             args.dicom_name,
             update=args.update,
+            new_user_role=default_role or UserRole.RADIOLOGIST,
         )
     except PasswordRejected as exc:
         print(exc, file=sys.stderr)

@@ -69,3 +69,7 @@ def test_create_admin_makes_an_admin_and_a_new_user_needs_a_full_name(
     assert _run(monkeypatch, "--username", "first.admin", "--full-name", "First",
                 role=UserRole.ADMIN) == 0  # fmt: skip
     assert _user(db_session, "first.admin").role == UserRole.ADMIN
+    # `--update` on a name not yet taken creates the user as the command would without it.
+    assert _run(monkeypatch, "--username", "second.admin", "--full-name", "Second", "--update",
+                role=UserRole.ADMIN) == 0  # fmt: skip
+    assert _user(db_session, "second.admin").role == UserRole.ADMIN
