@@ -246,20 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("retention pass failed")
             if args.every is None:
                 return 1
-            time.sleep(args.every)
-            continue
-        log.info(
-            "%s %d studies, %d files, %d bytes%s",
-            "would purge" if args.dry_run else "purged",
-            len(result.purged_study_ids),
-            result.files,
-            result.bytes,
-            f"; storage now {result.storage_bytes_after} bytes"
-            if result.storage_bytes_after is not None
-            else "",
-        )
-        if args.every is None:
-            return 0
+        else:
+            log.info(
+                "%s %d studies, %d files, %d bytes%s",
+                "would purge" if args.dry_run else "purged",
+                len(result.purged_study_ids),
+                result.files,
+                result.bytes,
+                f"; storage now {result.storage_bytes_after} bytes"
+                if result.storage_bytes_after is not None
+                else "",
+            )
+            if args.every is None:
+                return 0
         time.sleep(args.every)
 
 

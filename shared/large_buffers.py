@@ -12,9 +12,9 @@ worker thread took 83.6 ms with glibc's defaults and 44.4 ms with the two settin
   fresh mappings.
 
 The cost is memory kept: freed heap stays with the process (the top of the heap is returned only
-past the trim threshold; free memory below it is not), about 190 MB more in that bench. An operator's own choice wins: a MALLOC_* environment variable leaves
-that setting alone, and any glibc.malloc tunable in GLIBC_TUNABLES leaves all of them alone
-(glibc reads both at start).
+past the trim threshold; free memory below it is not), about 190 MB more in that bench. An
+operator's own choice wins: a MALLOC_* environment variable leaves that setting alone, and any
+glibc.malloc tunable in GLIBC_TUNABLES leaves all of them alone (glibc reads both at start).
 """
 
 from __future__ import annotations

@@ -92,8 +92,9 @@ def _status_condition(status: str) -> ColumnElement[bool]:
     failed = _failed_delivery_exists()
     if status == "delivery_failed":
         return failed
-    edited = _current_report_status() == ReportStatus.EDITED
-    not_edited = or_(_current_report_status().is_(None), ~edited)
+    current = _current_report_status()
+    edited = current == ReportStatus.EDITED
+    not_edited = current.is_distinct_from(ReportStatus.EDITED)  # no report yet counts too
     by_state: dict[str, ColumnElement[bool]] = {
         "receiving": Study.state.in_([StudyState.RECEIVING, StudyState.STABLE]),
         "draft_ready": and_(Study.state == StudyState.DRAFTED, not_edited),

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def test_a_late_image_stored_during_a_purge_is_never_deleted(
             ).scalar()  # fmt: skip
             if waiting or not worker.is_alive():
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
     assert worker.is_alive(), f"the purge did not wait for the listener's batch: {outcome}"
     listener.commit()
     listener.close()

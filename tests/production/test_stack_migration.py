@@ -44,4 +44,5 @@ def test_a_failed_migration_stops_the_stack_with_an_error(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "no_such_revision" in result.stderr  # alembic's own reason is shown
-    assert "database migration failed (alembic exit 255): nothing started" in result.stderr
+    assert "[stack] database migration failed (alembic exit" in result.stderr
+    assert "nothing started" in result.stderr
