@@ -67,6 +67,28 @@ VIEWER_STATE = """() => ({
         [...layer.querySelectorAll('rect[data-id$="-rect"]')].map(
             b => [b.dataset.id, Math.round(b.width.baseVal.value), Math.round(b.height.baseVal.value)])),
 })"""
+# Every failed image load cornerstone reports, recorded in the page (OHIF's own listener for
+# these throws, so the console shows only "handler is not a function", not which image or why).
+RECORD_LOAD_ERRORS = """(() => {
+    window.__loadErrors = [];
+    const hook = () => {
+        const cs = window.cornerstone;
+        if (!cs?.eventTarget || !cs.EVENTS) { setTimeout(hook, 20); return; }
+        for (const type of [cs.EVENTS.IMAGE_LOAD_ERROR, cs.EVENTS.IMAGE_LOAD_FAILED]) {
+            cs.eventTarget.addEventListener(type, ({ detail }) => window.__loadErrors.push({
+                imageId: detail?.imageId ?? null,
+                error: String(detail?.error?.message ?? detail?.error?.status ?? detail?.error),
+            }));
+        }
+    };
+    hook();
+})()"""
+# Those load errors, each with whether cornerstone holds its image loaded now (loaded after all).
+LOAD_ERRORS = """() => (window.__loadErrors ?? []).map(e => ({
+    ...e, loaded_after_all: e.imageId !== null && window.cornerstone.cache.isLoaded(e.imageId),
+}))"""
+# A load that says it was cancelled or aborted (axios: "Request aborted", "canceled"; fetch: AbortError).
+CANCELLED = re.compile(r"abort|cancel", re.IGNORECASE)
 LABEL = re.compile(r"^[A-Z][^/]+ / [^/]*[\u4e00-\u9fff][^/]* \(p [01]\.\d\d\)$")
 
 
@@ -253,6 +275,7 @@ def test_every_finding_is_tracked_with_its_label_and_its_box_on_its_image(
     context = chromium.new_context(viewport={"width": 1600, "height": 1000})
     # OHIF's first-visit tour would cover the viewport (marked as seen, as after "Skip all").
     context.add_init_script(f"localStorage.setItem('shownTours', '{json.dumps([TOUR])}')")
+    context.add_init_script(RECORD_LOAD_ERRORS)
     page = context.new_page()
     console: list[tuple[str, str]] = []
     page.on("console", lambda message: console.append((message.type, message.text)))
@@ -269,6 +292,7 @@ def test_every_finding_is_tracked_with_its_label_and_its_box_on_its_image(
     try:
         attempt, console_start, titles = _track_in_viewer(page, viewer_origin, study, console)
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}.png"))
+        load_errors: list[dict[str, Any]] = page.evaluate(LOAD_ERRORS)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / f"ohif-{domain}-failed.png"))
         raise
@@ -278,16 +302,28 @@ def test_every_finding_is_tracked_with_its_label_and_its_box_on_its_image(
         context.close()
 
     # OHIF cancels image loads it no longer needs (the viewport switched to the SR, the stack
-    # prefetch stopped): the browser reports those as aborted, and OHIF's own IMAGE_LOAD_ERROR
-    # listener then logs an error of its own. Anything else is a failure.
+    # prefetch stopped, a progressive stage was superseded): the browser reports an aborted
+    # request, or none at all when the load was dropped before it reached the network (CI at
+    # stop 22: one IMAGE_LOAD_ERROR, no failed request, every check passed). OHIF's own listener
+    # then logs an error of its own. Such an error is tolerated when the browser aborted a
+    # request, or when every failed load on the page that passed either says it was cancelled
+    # or is of an image cornerstone holds loaded at the end; an image that failed for any other
+    # reason and never loaded, or any other error, is a failure.
     aborted = [f for f in requests_failed if f.startswith(ABORTED)]
     assert [f for f in requests_failed if f not in aborted] == []
+    benign_loads = bool(load_errors) and all(
+        e["loaded_after_all"] or CANCELLED.search(e["error"]) for e in load_errors
+    )
     errors = [
         text
-        for kind, text in messages
-        if kind == "error" and not (aborted and text.startswith(CANCELLED_LOAD_ERROR))
+        for index, (kind, text) in enumerate(messages)
+        if kind == "error"
+        and not (
+            text.startswith(CANCELLED_LOAD_ERROR)
+            and (bool(aborted) or (index >= console_start and benign_loads))
+        )
     ]
-    assert errors == [], (errors, requests_failed)
+    assert errors == [], (errors, requests_failed, load_errors)
     # Once per opening of the SR: counted on the page that passed (a retried one logged its own).
     skipped = [text for _, text in messages[console_start:] if SKIPPED_GROUP_WARNING in text]
     with_numbers = sum(1 for f in study.findings if f.probability is not None or f.size_mm)
