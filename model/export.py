@@ -15,6 +15,7 @@ import onnx
 import torch
 
 from model.network import N_DOMAIN_OUTPUTS, OUTPUT_NAMES, NetConfig, RegionNet
+from model.operating_points import parse_domain_thresholds
 from shared.inference.preprocess import (
     CT_WINDOWS,
     NORMALISATION,
@@ -102,6 +103,7 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "training_steps": str(meta["steps"]),
         "ood_threshold": str(cal.get("ood_threshold", 0.5)),
         "lesion_threshold": str(cal.get("lesion_threshold", 0.5)),
+        "lesion_thresholds": json.dumps(cal.get("lesion_thresholds", {}), sort_keys=True),
         "presence_threshold": "0.5",
         "calibration_temperatures": json.dumps(temps),
         "calibration_biases": json.dumps(
@@ -112,19 +114,31 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
     }
 
 
-def with_lesion_threshold(meta: dict, threshold: float) -> dict:
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"lesion threshold must be in (0, 1), got {threshold}")
-    cal = {**meta.get("calibration", {}), "lesion_threshold": float(threshold)}
+def with_lesion_threshold(
+    meta: dict, threshold: float | None, per_domain: dict[str, float] | None = None
+) -> dict:
+    cal = dict(meta.get("calibration", {}))
+    if threshold is not None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"lesion threshold must be in (0, 1), got {threshold}")
+        cal["lesion_threshold"] = float(threshold)
+    if per_domain is not None:
+        cal["lesion_thresholds"] = dict(per_domain)
     return {**meta, "calibration": cal}
 
 
-def export(checkpoint: Path, out: Path, lesion_threshold: float | None = None) -> Path:
-    """`lesion_threshold` replaces the calibration's operating point (metadata only: scores
-    are unchanged), e.g. one chosen on validation under site variations."""
+def export(
+    checkpoint: Path,
+    out: Path,
+    lesion_threshold: float | None = None,
+    domain_lesion_thresholds: dict[str, float] | None = None,
+) -> Path:
+    """`lesion_threshold` (every domain) and `domain_lesion_thresholds` (some domains)
+    replace the calibration's operating point (metadata only: scores are unchanged), e.g.
+    ones chosen on validation under site variations."""
     model, meta = load_checkpoint(checkpoint)
-    if lesion_threshold is not None:
-        meta = with_lesion_threshold(meta, lesion_threshold)
+    if lesion_threshold is not None or domain_lesion_thresholds is not None:
+        meta = with_lesion_threshold(meta, lesion_threshold, domain_lesion_thresholds)
     s = model.cfg.input_size
     image = torch.rand(2, 1, s, s)
     query = torch.tensor([[[0.1, 0.1, 0.5, 0.6]], [[0.4, 0.2, 0.9, 0.7]]], dtype=torch.float32)
@@ -165,8 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--lesion-threshold", type=float, help="replace the calibrated lesion operating point"
     )
+    ap.add_argument(
+        "--domain-lesion-thresholds",
+        type=parse_domain_thresholds,
+        help="domain=threshold,...: domains with an operating point of their own",
+    )
     args = ap.parse_args(argv)
-    path = export(ROOT / "runs" / args.run / "model.pt", args.out, args.lesion_threshold)
+    path = export(
+        ROOT / "runs" / args.run / "model.pt",
+        args.out,
+        args.lesion_threshold,
+        args.domain_lesion_thresholds,
+    )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 

@@ -52,7 +52,8 @@ class ModelInfo:
     vocab_version: str
     training_commit: str
     ood_threshold: float
-    lesion_threshold: float
+    lesion_threshold: float  # the operating point of a domain not in lesion_thresholds
+    lesion_thresholds: dict[str, float]  # per domain: each has its own precision/recall trade
     presence_threshold: float
     temperatures: dict[str, float]
     preprocessing: dict[str, object]
@@ -74,11 +75,30 @@ class ModelInfo:
             training_commit=meta.get("training_commit", ""),
             ood_threshold=float(meta.get("ood_threshold", 0.5)),
             lesion_threshold=float(meta.get("lesion_threshold", 0.5)),
+            lesion_thresholds=_domain_thresholds(meta),
             presence_threshold=float(meta.get("presence_threshold", 0.5)),
             temperatures=json.loads(meta.get("calibration_temperatures", "{}")),
             preprocessing=json.loads(meta.get("preprocessing", "{}")),
             raw=dict(meta),
         )
+
+    def lesion_threshold_for(self, domain: str) -> float:
+        return self.lesion_thresholds.get(domain, self.lesion_threshold)
+
+
+def _domain_thresholds(meta: dict[str, str]) -> dict[str, float]:
+    """`lesion_thresholds` (JSON, domain → score); a domain the model does not output or a
+    score outside (0, 1) is a broken contract, not something to guess around."""
+    raw = json.loads(meta.get("lesion_thresholds", "{}"))
+    domains = set(json.loads(meta["domain_outputs"]))
+    unknown = sorted(set(raw) - domains)
+    if unknown:
+        raise ModelContractError(f"lesion_thresholds names domains the model lacks: {unknown}")
+    out = {str(d): float(v) for d, v in raw.items()}
+    bad = {d: v for d, v in out.items() if not 0.0 < v < 1.0}
+    if bad:
+        raise ModelContractError(f"lesion_thresholds outside (0, 1): {bad}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -276,12 +296,13 @@ class ReferenceModel:
             for r in all_regions
             if r.code in allowed_regions and r.presence >= info.presence_threshold
         ]
+        lesion_threshold = info.lesion_threshold_for(domain)
         lesions = []
         for box, score, cls in zip(
             out["lesion_boxes"][i], out["lesion_scores"][i], out["lesion_classes"][i], strict=True
         ):
             code = info.finding_codes[int(cls)]
-            if score < info.lesion_threshold or code not in allowed_findings:
+            if score < lesion_threshold or code not in allowed_findings:
                 continue
             sbox = src(box)
             lesions.append(
