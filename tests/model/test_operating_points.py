@@ -10,7 +10,6 @@ import onnx
 import pytest
 
 from model.augment import MODALITY
-from model.export import metadata, with_lesion_threshold
 from model.operating_points import main, parse_domain_thresholds, set_operating_points
 from model.phantoms.generator import generate_study
 from shared.inference.reference_onnx import ModelContractError, ModelInfo, ReferenceModel
@@ -84,26 +83,3 @@ def test_a_broken_operating_point_is_refused_with_its_reason() -> None:
     assert ModelInfo.from_metadata(plain).lesion_threshold_for("cxr") == float(
         props["lesion_threshold"]
     )
-
-
-def test_export_writes_the_per_domain_points() -> None:
-    from model.network import NetConfig, RegionNet
-
-    meta = {
-        "calibration": {"lesion_threshold": 0.62, "temperatures": {}},
-        "domain_outputs": ["cxr", "unsupported"],
-        "region_codes": [],
-        "finding_codes": [],
-        "vocab_version": "v",
-        "git_commit": "c",
-        "steps": 1,
-    }
-    model = RegionNet(NetConfig(input_size=64, n_regions=27, n_findings=11))
-    assert json.loads(metadata(model, meta)["lesion_thresholds"]) == {}
-    moved = with_lesion_threshold(meta, 0.7, {"cxr": 0.45})
-    props = metadata(model, moved)
-    assert (props["lesion_threshold"], json.loads(props["lesion_thresholds"])) == (
-        "0.7",
-        {"cxr": 0.45},
-    )
-    assert "lesion_thresholds" not in meta["calibration"]  # the run's record is not changed

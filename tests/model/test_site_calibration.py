@@ -5,6 +5,8 @@ and the noise rate that grows with a domain's augmentation strength."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -135,8 +137,8 @@ def test_noise_rate_grows_with_strength(
 
 
 def test_export_can_replace_the_lesion_threshold() -> None:
-    """A shipped operating point (1.4.0: 0.70) can be chosen on validation under site
-    variations after training; the export writes it instead of the calibration's."""
+    """A shipped operating point (1.4.0: 0.70), or one per domain, can be chosen on validation
+    under site variations after training; the export writes it instead of the calibration's."""
     import pytest as _pytest
 
     from model.export import metadata, with_lesion_threshold
@@ -158,3 +160,11 @@ def test_export_can_replace_the_lesion_threshold() -> None:
     assert meta["calibration"]["lesion_threshold"] == 0.41  # the run's record is not changed
     with _pytest.raises(ValueError):
         with_lesion_threshold(meta, 1.5)
+    # a point per domain (none unless given), beside the common one
+    assert json.loads(metadata(model, meta)["lesion_thresholds"]) == {}
+    split = metadata(model, with_lesion_threshold(meta, 0.7, {"cxr": 0.45}))
+    assert (split["lesion_threshold"], json.loads(split["lesion_thresholds"])) == (
+        "0.7",
+        {"cxr": 0.45},
+    )
+    assert "lesion_thresholds" not in meta["calibration"]
