@@ -23,6 +23,7 @@ from shared.inference.preprocess import (
     PERCENTILES,
     POLICY,
 )
+from shared.inference.reference_onnx import ModelInfo
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
@@ -86,7 +87,7 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "slope/intercept, then the image's own percentiles; CT and MR: not used",
         "monochrome1": "invert to MONOCHROME2 before anything else",
     }
-    return {
+    props = {
         "model_version": MODEL_VERSION,
         "input_size": str(model.cfg.input_size),
         "input_names": json.dumps(["image", "query_boxes"]),
@@ -112,15 +113,16 @@ def metadata(model: RegionNet, meta: dict) -> dict[str, str]:
         "top_k": str(model.cfg.top_k),
         "intended_use": "synthetic-phantom reference model; NOT for clinical use",
     }
+    ModelInfo.from_metadata(props)  # the contract as the runtime reads it: fails here, not there
+    return props
 
 
 def with_lesion_threshold(
     meta: dict, threshold: float | None, per_domain: dict[str, float] | None = None
 ) -> dict:
+    """The run's record with other operating points (checked when `metadata` is built)."""
     cal = dict(meta.get("calibration", {}))
     if threshold is not None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"lesion threshold must be in (0, 1), got {threshold}")
         cal["lesion_threshold"] = float(threshold)
     if per_domain is not None:
         cal["lesion_thresholds"] = dict(per_domain)
@@ -137,8 +139,7 @@ def export(
     replace the calibration's operating point (metadata only: scores are unchanged), e.g.
     ones chosen on validation under site variations."""
     model, meta = load_checkpoint(checkpoint)
-    if lesion_threshold is not None or domain_lesion_thresholds is not None:
-        meta = with_lesion_threshold(meta, lesion_threshold, domain_lesion_thresholds)
+    meta = with_lesion_threshold(meta, lesion_threshold, domain_lesion_thresholds)
     s = model.cfg.input_size
     image = torch.rand(2, 1, s, s)
     query = torch.tensor([[[0.1, 0.1, 0.5, 0.6]], [[0.4, 0.2, 0.9, 0.7]]], dtype=torch.float32)

@@ -74,7 +74,7 @@ class ModelInfo:
             vocab_version=meta.get("vocab_version", ""),
             training_commit=meta.get("training_commit", ""),
             ood_threshold=float(meta.get("ood_threshold", 0.5)),
-            lesion_threshold=float(meta.get("lesion_threshold", 0.5)),
+            lesion_threshold=_threshold("lesion_threshold", meta.get("lesion_threshold", 0.5)),
             lesion_thresholds=_domain_thresholds(meta),
             presence_threshold=float(meta.get("presence_threshold", 0.5)),
             temperatures=json.loads(meta.get("calibration_temperatures", "{}")),
@@ -86,19 +86,23 @@ class ModelInfo:
         return self.lesion_thresholds.get(domain, self.lesion_threshold)
 
 
+def _threshold(name: str, value: str | float) -> float:
+    """A score threshold outside (0, 1) would report every detection or none, silently: a
+    broken contract. The one check for every writer of the metadata (export, operating points)."""
+    threshold = float(value)
+    if not 0.0 < threshold < 1.0:
+        raise ModelContractError(f"{name} outside (0, 1): {threshold}")
+    return threshold
+
+
 def _domain_thresholds(meta: dict[str, str]) -> dict[str, float]:
-    """`lesion_thresholds` (JSON, domain → score); a domain the model does not output or a
-    score outside (0, 1) is a broken contract, not something to guess around."""
+    """`lesion_thresholds` (JSON, domain → score); a domain the model does not output is a
+    broken contract, not something to guess around."""
     raw = json.loads(meta.get("lesion_thresholds", "{}"))
-    domains = set(json.loads(meta["domain_outputs"]))
-    unknown = sorted(set(raw) - domains)
+    unknown = sorted(set(raw) - set(json.loads(meta["domain_outputs"])))
     if unknown:
         raise ModelContractError(f"lesion_thresholds names domains the model lacks: {unknown}")
-    out = {str(d): float(v) for d, v in raw.items()}
-    bad = {d: v for d, v in out.items() if not 0.0 < v < 1.0}
-    if bad:
-        raise ModelContractError(f"lesion_thresholds outside (0, 1): {bad}")
-    return out
+    return {str(d): _threshold(f"lesion_thresholds[{d}]", v) for d, v in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,12 @@ def test_a_broken_operating_point_is_refused_with_its_reason() -> None:
     props = {p.key: p.value for p in onnx.load(str(ONNX_PATH)).metadata_props}
     with pytest.raises(ModelContractError, match="lacks.*'knee'"):
         set_operating_points(props, domain_thresholds={"knee": 0.5})
-    with pytest.raises(ModelContractError, match=r"outside \(0, 1\)"):
-        ModelInfo.from_metadata({**props, "lesion_thresholds": json.dumps({"cxr": 1.2})})
+    with pytest.raises(ModelContractError, match=r"lesion_thresholds\[cxr\] outside \(0, 1\)"):
+        set_operating_points(props, domain_thresholds=parse_domain_thresholds("cxr=0"))
+    with pytest.raises(ModelContractError, match=r"lesion_threshold outside \(0, 1\)"):
+        set_operating_points(props, lesion_threshold=1.2)
     with pytest.raises(ValueError, match="domain=threshold"):
         parse_domain_thresholds("cxr0.4")
-    with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        parse_domain_thresholds("cxr=0")
     assert parse_domain_thresholds(" cxr=0.45, abd_ct=0.65 ") == {"cxr": 0.45, "abd_ct": 0.65}
     # a model without the key: every domain at the common threshold
     plain = {k: v for k, v in props.items() if k != "lesion_thresholds"}

@@ -143,10 +143,11 @@ def test_export_can_replace_the_lesion_threshold() -> None:
 
     from model.export import metadata, with_lesion_threshold
     from model.network import NetConfig, RegionNet
+    from shared.inference.reference_onnx import ModelContractError
 
     meta = {
         "calibration": {"lesion_threshold": 0.41, "temperatures": {}},
-        "domain_outputs": [],
+        "domain_outputs": ["cxr", "unsupported"],
         "region_codes": [],
         "finding_codes": [],
         "vocab_version": "v",
@@ -158,8 +159,8 @@ def test_export_can_replace_the_lesion_threshold() -> None:
     moved = with_lesion_threshold(meta, 0.6)
     assert metadata(model, moved)["lesion_threshold"] == "0.6"
     assert meta["calibration"]["lesion_threshold"] == 0.41  # the run's record is not changed
-    with _pytest.raises(ValueError):
-        with_lesion_threshold(meta, 1.5)
+    with _pytest.raises(ModelContractError, match=r"lesion_threshold outside \(0, 1\)"):
+        metadata(model, with_lesion_threshold(meta, 1.5))
     # a point per domain (none unless given), beside the common one
     assert json.loads(metadata(model, meta)["lesion_thresholds"]) == {}
     split = metadata(model, with_lesion_threshold(meta, 0.7, {"cxr": 0.45}))
