@@ -66,8 +66,9 @@ def fit_lesion(logits: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[float, fl
             return loss
 
         opt.step(closure)
-        if float(a) > 0:  # a negative slope would invert the ranking: keep the identity
-            scale, bias = float(a), float(b)
+        slope, offset = a.item(), b.item()  # .item(): no autograd warning
+        if slope > 0:  # a negative slope would invert the ranking: keep the identity
+            scale, bias = slope, offset
     temperature = 1.0 / scale
     scores = 1 / (1 + np.exp(-(logits / temperature + bias)))
     threshold, best = _best_f1_threshold(scores, tp, n_gt)
