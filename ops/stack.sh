@@ -247,10 +247,16 @@ start_services() {
   if [ -f "$ROOT/services/web/app.py" ]; then
     # Behind the proxy, the client's address is the proxy's X-Forwarded-For, trusted from the
     # proxy on loopback only (said explicitly; uvicorn's default today).
-    local proxy_headers=()
-    [ "$PRODUCTION" = 1 ] && proxy_headers=(--proxy-headers --forwarded-allow-ips 127.0.0.1)
+    local proxy_headers=() web_host
+    web_host="$(settings s.web_host)"
+    if [ "$PRODUCTION" = 1 ]; then
+      proxy_headers=(--proxy-headers --forwarded-allow-ips 127.0.0.1)
+      # Only nginx (TLS, the trusted forwarder) may reach the app: loopback whatever is set.
+      [ "$web_host" = 127.0.0.1 ] || log "production: MEDREGA_WEB_HOST=$web_host not used; the web app listens on 127.0.0.1 behind the TLS proxy"
+      web_host=127.0.0.1
+    fi
     start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
-      --host 127.0.0.1 --port "$(settings s.web_port)" "${proxy_headers[@]}"
+      --host "$web_host" --port "$(settings s.web_port)" "${proxy_headers[@]}"
   fi
   if [ "$PRODUCTION" = 1 ]; then
     # Hourly retention pass (MEDREGA_RETENTION_*; none set: images are kept).
