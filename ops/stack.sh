@@ -109,22 +109,35 @@ start_rabbitmq() {
 }
 
 # start_daemon name port command… — runs detached in its own session, pid in var/run.
+# A pid file holds "PID START": the process's start time (clock ticks after boot, /proc). After
+# a reboot or a crash the bare pid may name another process by then, which `start` would take
+# for ours (and not start it) and `stop` would kill; the start time tells them apart.
+proc_start() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+running() { # NAME → prints the pid while the process its pid file names is still ours
+  local pid="" start="" pidfile="$RUN/$1.pid"
+  [ -f "$pidfile" ] || return 1
+  read -r pid start <"$pidfile" || true
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  if [ -n "$start" ] && [ "$(proc_start "$pid")" != "$start" ]; then
+    return 1
+  fi
+  echo "$pid"
+}
+
 start_daemon() {
   local name=$1 port=$2; shift 2
-  if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
-    return 0
-  fi
+  running "$name" >/dev/null && return 0
   log "starting $name"
   setsid nohup "$@" >>"$LOG/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN/$name.pid"
+  echo "$! $(proc_start $!)" >"$RUN/$name.pid"
   [ "$port" = "-" ] || wait_port "$port" 60 "$name"
 }
 
 stop_daemon() {
-  local name=$1 pidfile="$RUN/$1.pid"
+  local name=$1 pidfile="$RUN/$1.pid" pid
   [ -f "$pidfile" ] || return 0
-  local pid; pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if pid=$(running "$name"); then
     log "stopping $name"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -285,11 +298,12 @@ status() {
   fi
   for name in worker-gpu worker-interactive worker-io medrega-server relay retention ris-sink web \
     nginx; do
-    if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
-      printf "$fmt" "$name" up "pid $(cat "$RUN/$name.pid")"
+    local pid
+    if pid=$(running "$name"); then
+      printf "$fmt" "$name" up "pid $pid"
     fi
   done
-  if [ -f "$RUN/nginx.pid" ] && kill -0 "$(cat "$RUN/nginx.pid")" 2>/dev/null; then
+  if running nginx >/dev/null; then
     printf 'web (production): https://localhost:%s/\n' "$HTTPS_PORT"
   fi
   printf 'logs: %s\n' "$LOG"

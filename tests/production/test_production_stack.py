@@ -64,7 +64,7 @@ class ProductionStack:
         return (self.run_dir / "secrets" / name).read_text().strip()
 
     def pid(self, service: str) -> int:
-        return int((self.run_dir / "run" / f"{service}.pid").read_text())
+        return int((self.run_dir / "run" / f"{service}.pid").read_text().split()[0])  # "PID START"
 
     def logs(self) -> str:
         return "\n".join(
