@@ -22,7 +22,11 @@ def _stack(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MEDREGA_RUN_DIR": str(run_dir)}
     return subprocess.run(
         ["bash", str(ROOT / "ops" / "stack.sh"), *args],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -57,9 +61,7 @@ def test_status_does_not_call_a_reused_pid_up(tmp_path, stranger):
 def test_stop_stops_the_process_its_pid_file_names(tmp_path, stranger):
     """The guard's other side: the recorded process (same pid, same start time) is stopped."""
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "relay.pid").write_text(
-        f"{stranger.pid} {_start_time(stranger.pid)}\n"
-    )
+    (tmp_path / "run" / "relay.pid").write_text(f"{stranger.pid} {_start_time(stranger.pid)}\n")
     result = _stack(tmp_path, "stop")
     assert result.returncode == 0, result.stderr
     assert "stopping relay" in result.stderr
