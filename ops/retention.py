@@ -14,7 +14,8 @@ never touched, whatever its age or the storage's size.
 Two limits (either may be unset): `MEDREGA_RETENTION_MAX_AGE_DAYS` (since the study's last image
 arrived) and `MEDREGA_RETENTION_MAX_STORAGE_BYTES` (the oldest deletable studies go first until
 the storage is under it; if only protected studies remain, it stays over and says so). The rows
-stay: the report, its findings and the audit trail are records; only image files are deleted.
+stay: the report, its findings and the audit trail are records; only image files are deleted,
+and each purge leaves an audit row (`images_purged`, by `retention`, with files and bytes).
 Each study is purged under its lifecycle lock with the rule checked again, so a report being
 amended at that moment keeps its images.
 """
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings, get_settings
 from shared.db.advisory_locks import lock_study
+from shared.db.models import AuditEvent
 from shared.db.session import get_engine
 
 log = logging.getLogger("retention")
@@ -156,6 +158,19 @@ def purge_study(session: Session, storage_dir: Path, study_id: int) -> tuple[int
             directory.rmdir()  # only when empty: a file arriving meanwhile stays
         except OSError:
             pass
+    if files:
+        # The record of why a signed study's images are no longer here (the PACS keeps them),
+        # in the same transaction as the rule's check.
+        session.add(
+            AuditEvent(
+                action="images_purged",
+                object_type="study",
+                object_id=str(study_id),
+                study_id=study_id,
+                username="retention",
+                details={"files": files, "bytes": size},
+            )
+        )
     return files, size
 
 

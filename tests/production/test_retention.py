@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ops.retention import RetentionPolicy, apply_retention, purge_study, storage_usage
 from shared.config import REPO_ROOT
-from shared.db.models import Delivery, Instance, Study, User, UserRole
+from shared.db.models import AuditEvent, Delivery, Instance, Study, User, UserRole
 from shared.reports.deliveries import create_deliveries
 from shared.reports.lifecycle import editable_version, new_edited_version, sign
 from tests.web.factories import make_drafted_study, make_user
@@ -113,6 +113,7 @@ def test_retention_deletes_only_what_no_report_needs(clean_db: Engine, tmp_path:
     assert gone and not any(p.exists() for p in gone)
     assert not (storage / gone[0].relative_to(storage).parts[0]).exists()  # its directory too
     assert result.files == len(gone) and result.bytes > 0
+    first_bytes = result.bytes
     for study_id in [recent_done, *protected]:
         assert all(p.exists() for p in _files(clean_db, storage, study_id))
 
@@ -131,6 +132,17 @@ def test_retention_deletes_only_what_no_report_needs(clean_db: Engine, tmp_path:
         assert all(p.exists() for p in _files(clean_db, storage, study_id))
     with Session(clean_db) as session:
         assert session.scalar(select(Study.state).where(Study.id == old_done)) == "signed"
+        # Each purge is on the record, once, with what it deleted; a dry run left none.
+        purges = session.execute(
+            select(AuditEvent.study_id, AuditEvent.username, AuditEvent.details)
+            .where(AuditEvent.action == "images_purged")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [(p.study_id, p.username) for p in purges] == [
+        (old_done, "retention"),
+        (recent_done, "retention"),
+    ]
+    assert purges[0].details == {"files": len(gone), "bytes": first_bytes}
 
 
 def test_the_cli_runs_one_pass_with_the_configured_limits(
