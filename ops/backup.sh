@@ -44,6 +44,18 @@ PYEOF
   [ -n "$PGDATABASE" ] || die "no database name in MEDREGA_DATABASE_URL"
 }
 
+# archive DIR TAR: a tar of a directory the services keep writing. The listener links each image
+# in complete (never rewritten), so GNU tar's "changed as we read it" (a directory gaining a file)
+# and "removed before we read it" (retention purging) are the storage moving on after the dump,
+# not damage: tar's status 1 is taken, its status 2 (unreadable, disk full) is not. Half-written
+# `.part` files (the listener's fallback without O_TMPFILE) are never anyone's image yet.
+archive() {
+  local rc=0
+  tar -C "$1" --exclude='*.part' --warning=no-file-changed --warning=no-file-removed \
+    -cf "$2" . || rc=$?
+  [ "$rc" -le 1 ] || die "archiving $1 failed (tar exit $rc)"
+}
+
 backup() {
   local dest_root=${1:?usage: $0 backup DIR}
   load_settings
@@ -54,10 +66,10 @@ backup() {
   log "dumping database $PGDATABASE@$PGHOST:$PGPORT"
   pg_dump --format=custom --no-owner --file="$dest/database.dump"
   log "archiving storage $STORAGE"
-  tar -C "$STORAGE" -cf "$dest/storage.tar" .
+  archive "$STORAGE" "$dest/storage.tar"
   if [ -n "${MEDREGA_ORTHANC_DIR:-}" ]; then
     log "archiving Orthanc's work dir $MEDREGA_ORTHANC_DIR"
-    tar -C "$MEDREGA_ORTHANC_DIR" -cf "$dest/orthanc.tar" .
+    archive "$MEDREGA_ORTHANC_DIR" "$dest/orthanc.tar"
   fi
   (cd "$dest" && sha256sum -- *.dump *.tar >SHA256SUMS)
   echo "$dest"

@@ -4,8 +4,11 @@ and an empty storage directory with every row and file as it was."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
+import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,44 @@ def test_backup_then_restore_into_a_fresh_database_and_storage(
     )
     assert damaged.returncode != 0 and "damaged" in damaged.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_backup_taken_while_images_arrive_and_go_succeeds_with_every_dumped_file(
+    clean_db: Engine, db_url: str, tmp_path: Path
+) -> None:
+    """The listener writes (and retention deletes) while a nightly backup runs. GNU tar says
+    "file changed as we read it" / "removed before we read it" then, with exit status 1; the
+    backup must not die of it, and every file the dump's rows name is in the archive."""
+    storage = tmp_path / "storage"
+    with Session(clean_db) as session:
+        make_drafted_study(session, storage, tmp_path / "work", seed=1)
+        session.commit()
+    with clean_db.connect() as conn:
+        dumped = {row.file_path for row in conn.execute(text("SELECT file_path FROM instances"))}
+    # Other studies' series, whose directories keep gaining and losing images during the run.
+    busy = [storage / f"1.2.826.0.1.9{i}" / "1.2.3" for i in range(20)]
+    for directory in busy:
+        directory.mkdir(parents=True)
+        for k in range(100):
+            (directory / f"{k}.dcm").write_bytes(b"DICM" * 64)
+    stop = threading.Event()
+
+    def arrive_and_go() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            path = busy[i % len(busy)] / f"arriving-{i % 50}.dcm"
+            path.write_bytes(b"DICM")
+            path.unlink()
+
+    churn = threading.Thread(target=arrive_and_go)
+    churn.start()
+    try:
+        backup_dir = Path(_run("backup", tmp_path / "backups", db_url, storage))
+    finally:
+        stop.set()
+        churn.join()
+    with tarfile.open(backup_dir / "storage.tar") as archive:
+        names = {name.removeprefix("./") for name in archive.getnames()}
+    assert dumped <= names
+    assert all(f"{d.relative_to(storage)}/99.dcm" in names for d in busy)
