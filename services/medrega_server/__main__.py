@@ -4,8 +4,8 @@
         [--model-name medrega-ref] [--scale 999] [--providers CUDAExecutionProvider,...]
 
 Every flag defaults to its MEDREGA_SERVER_* environment variable (see settings.py); the API key
-comes only from the environment (MEDREGA_SERVER_API_KEY), never from the command line, where
-`ps` would show it.
+comes only from the environment (MEDREGA_SERVER_API_KEY) or a secrets file
+(MEDREGA_SECRETS_DIR/medrega_server_api_key), never from the command line, where `ps` would show it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from services.medrega_server.app import create_app
-from services.medrega_server.settings import ServerSettings
+from services.medrega_server.settings import ServerSettings, load_server_settings
 from shared.config import split_csv
 from shared.observability.logs import configure_logging, log_format_from_env
 
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None, defaults: ServerSettings) -> argparse
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    defaults = ServerSettings()
+    defaults = load_server_settings()
     args = parse_args(argv, defaults)
     settings = defaults.model_copy(
         update={

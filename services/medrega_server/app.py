@@ -37,7 +37,7 @@ from services.medrega_server.schemas import (
     Usage,
     error_body,
 )
-from services.medrega_server.settings import ServerSettings
+from services.medrega_server.settings import ServerSettings, load_server_settings
 from services.medrega_server.tokens import count_tokens
 from shared.inference.medrega_prompts import UnknownPrompt, classify_prompt
 from shared.inference.onnx_backend import OnnxBackend
@@ -85,7 +85,7 @@ def create_app(
     """The server for `settings` (environment MEDREGA_SERVER_* by default).
 
     `backend` lets tests share one loaded model between apps."""
-    settings = settings or ServerSettings()
+    settings = settings or load_server_settings()
     backend = backend or OnnxBackend(settings.model_path, settings.providers)
     answerer = MedRegAAnswerer(backend, model_name=settings.model_name, scale=settings.scale)
     created = int(time.time())

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.config import get_settings, split_csv
+from shared.config import get_settings, secrets_dir, split_csv
 from shared.inference.onnx_backend import MODEL_NAME
 
 
@@ -45,7 +45,20 @@ class ServerSettings(BaseSettings):
     load_on_startup: bool = True
     log_level: str = "INFO"
 
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty secret file means no key, as the worker reads its own (README "Secrets").
+        return value if value is not None and value.get_secret_value().strip() else None
+
     @field_validator("providers", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
+
+
+def load_server_settings() -> ServerSettings:
+    """MEDREGA_SERVER_* from the environment, and from MEDREGA_SECRETS_DIR the files named like
+    the setting (`medrega_server_api_key`), as every other service reads its secrets; the
+    environment wins over a file."""
+    return ServerSettings(_secrets_dir=secrets_dir())  # type: ignore[call-arg]

@@ -244,3 +244,13 @@ def test_the_orthanc_image_has_the_index_plugin_its_default_loads(compose: dict[
         line for line in (ROOT / dockerfile).read_text().splitlines() if not line.startswith("#")
     )
     assert re.search(r"apt-get install[^&]*\borthanc-postgresql\b", code)
+
+
+def test_the_bundled_model_server_checks_the_key_the_workers_send(compose: dict[str, Any]) -> None:
+    """One secret file, both ends: what the workers send as MEDREGA_MLLM_API_KEY is what the
+    `medrega-server` service reads as its own key (a file in its MEDREGA_SECRETS_DIR)."""
+    server = compose["services"]["medrega-server"]
+    assert server["environment"]["MEDREGA_SECRETS_DIR"] == "/run/secrets"
+    assert _secret_targets(server) == {"medrega_server_api_key": "mllm_api_key"}
+    for name in ("worker", "worker-cpu"):
+        assert _secret_targets(compose["services"][name])["medrega_mllm_api_key"] == "mllm_api_key"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from services.medrega_server.settings import load_server_settings
 from shared.inference.medrega_prompts import (
     detection_prompt,
     grounding_prompt,
@@ -149,6 +151,26 @@ def test_api_key(backend: OnnxBackend, xray: PhantomXray) -> None:
         assert keyed.post("/v1/chat/completions", json=body, headers=good).status_code == 200
         assert keyed.get("/v1/models", headers=good).status_code == 200
         assert keyed.get("/healthz").status_code == 200  # probes carry no key
+
+
+def test_the_api_key_from_the_secrets_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every other service reads its secrets: a file named like the setting in
+    MEDREGA_SECRETS_DIR (Compose's /run/secrets); the environment wins; an empty file (the
+    README's `: > secrets/mllm_api_key`) is no key, as the worker reads its own."""
+    monkeypatch.delenv("MEDREGA_SERVER_API_KEY", raising=False)
+    monkeypatch.setenv("MEDREGA_SECRETS_DIR", str(tmp_path))
+    key_file = tmp_path / "medrega_server_api_key"
+    key_file.write_text("from-the-file\n")
+    key = load_server_settings().api_key
+    assert key is not None and key.get_secret_value() == "from-the-file"
+    monkeypatch.setenv("MEDREGA_SERVER_API_KEY", "from-the-environment")
+    key = load_server_settings().api_key
+    assert key is not None and key.get_secret_value() == "from-the-environment"
+    monkeypatch.delenv("MEDREGA_SERVER_API_KEY")
+    key_file.write_text("\n")
+    assert load_server_settings().api_key is None
 
 
 def test_oversized_bodies_get_413(backend: OnnxBackend) -> None:
