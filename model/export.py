@@ -27,7 +27,7 @@ from shared.inference.reference_onnx import ModelInfo
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "artifacts" / "medrega-ref.onnx"
-MODEL_VERSION = "medrega-ref-1.4.0"
+MODEL_VERSION = "medrega-ref-1.5.0"
 OPSET = 17
 
 OUTPUT_DOC = {
