@@ -58,9 +58,14 @@ install_debian() {
     log "installing Debian packages: ${missing[*]}"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    # The packages' own services are not wanted: we run Orthanc with our configuration.
+    # The services these packages start on install are not wanted: we run Orthanc and nginx with
+    # our configuration. Only those just installed here: a host's own Orthanc or nginx, there
+    # before, is none of our business (installing fonts must not stop a site's web server).
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    for svc in orthanc nginx; do $sudo service "$svc" stop >/dev/null 2>&1 || true; done
+    for svc in orthanc nginx; do
+      [[ " ${missing[*]} " == *" $svc "* ]] || continue
+      $sudo service "$svc" stop >/dev/null 2>&1 || true
+    done
   fi
 }
 
