@@ -140,15 +140,14 @@ start_daemon() {
 }
 
 stop_daemon() {
-  local name=$1 pidfile="$RUN/$1.pid" pid
-  [ -f "$pidfile" ] || return 0
+  local name=$1 pid
   if pid=$(running "$name"); then
     log "stopping $name"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
-  rm -f "$pidfile"
+  rm -f "$RUN/$name.pid"  # ours and stopped, or stale
 }
 
 settings() { "$PY" -c "from shared.config import get_settings as g; s=g(); print($1)"; }
@@ -265,16 +264,16 @@ start_services() {
   if [ -f "$ROOT/services/web/app.py" ]; then
     # Behind the proxy, the client's address is the proxy's X-Forwarded-For, trusted from the
     # proxy on loopback only (said explicitly; uvicorn's default today).
-    local proxy_headers=() web_host
-    web_host="$(settings s.web_host)"
+    local proxy_headers=() web_host web_port
+    read -r web_host web_port <<<"$(settings "f'{s.web_host} {s.web_port}'")"
     if [ "$PRODUCTION" = 1 ]; then
       proxy_headers=(--proxy-headers --forwarded-allow-ips 127.0.0.1)
       # Only nginx (TLS, the trusted forwarder) may reach the app: loopback whatever is set.
       [ "$web_host" = 127.0.0.1 ] || log "production: MEDREGA_WEB_HOST=$web_host not used; the web app listens on 127.0.0.1 behind the TLS proxy"
       web_host=127.0.0.1
     fi
-    start_daemon web "$(settings s.web_port)" "$PY" -m uvicorn services.web.app:app \
-      --host "$web_host" --port "$(settings s.web_port)" "${proxy_headers[@]}"
+    start_daemon web "$web_port" "$PY" -m uvicorn services.web.app:app \
+      --host "$web_host" --port "$web_port" "${proxy_headers[@]}"
   fi
   if [ "$PRODUCTION" = 1 ]; then
     # Hourly retention pass (MEDREGA_RETENTION_*; none set: images are kept).
@@ -301,9 +300,9 @@ status() {
     port_open "$http" && printf "$fmt" orthanc up "127.0.0.1:$http" || printf "$fmt" orthanc down "127.0.0.1:$http"
     port_open "$lp" && printf "$fmt" listener up "127.0.0.1:$lp" || printf "$fmt" listener down "127.0.0.1:$lp"
   fi
+  local name pid
   for name in worker-gpu worker-interactive worker-io medrega-server relay retention ris-sink web \
     nginx; do
-    local pid
     if pid=$(running "$name"); then
       printf "$fmt" "$name" up "pid $pid"
     fi
