@@ -96,10 +96,15 @@ def test_consecutive_stores_share_one_warm_association(sr: Dataset, clean_pool: 
 
 
 def test_an_association_the_peer_dropped_is_replaced(sr: Dataset, clean_pool: None) -> None:  # noqa: F811
-    scp = CountingSCP(network_timeout=0.3)  # drops (aborts) what is idle for 0.3 s
+    scp = CountingSCP()
     try:
         store_dataset(sr, "PACS", "127.0.0.1", scp.port, timeout_s=5, keep_warm=True)
-        time.sleep(1.0)  # the SCP has aborted our idle association meanwhile
+        assert POOL.idle_count() == 1
+        # The peer aborts our idle association (its idle timer, a restart): done here by the
+        # SCP itself once the store is over, not by a timer racing the first C-STORE.
+        for association in scp.server.active_associations:
+            association.abort()
+        assert wait_until(lambda: not scp.server.active_associations)
         other = copy_of(sr)
         assert store_dataset(other, "PACS", "127.0.0.1", scp.port, timeout_s=5, keep_warm=True) == 0
         assert scp.received == [sr.SOPInstanceUID, other.SOPInstanceUID]
